@@ -1,0 +1,69 @@
+# The same targets CI runs (.ci/run): `make test`, `make lint`, `make demo`, `make bench-*`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages the tests and the demo use: the real programs, never mocks.
+SYSTEM_PACKAGES := chromium chromium-driver tmux openssh-client openssh-server \
+	iproute2 procps debootstrap systemd-container xvfb
+PYTEST_ARGS ?=
+
+.PHONY: help venv system-deps deps test lint format demo bench bench-tunnel bench-browser \
+	bench-recovery clean
+
+help:
+	@echo "make test    install what the tests need, then run them all"
+	@echo "make demo    the whole loop against a simulated Colab on this machine"
+	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make bench-tunnel | bench-browser | bench-recovery"
+
+$(BIN)/colab-gateway: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+venv: $(BIN)/colab-gateway
+
+# apt when root; otherwise say exactly what to install.
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "missing system packages; run:  sudo apt-get install$$missing" >&2; exit 1; \
+	fi
+
+deps: venv system-deps
+
+test: deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/mypy gateway
+
+format: venv
+	$(BIN)/ruff check --fix gateway tests bench
+	$(BIN)/ruff format gateway tests bench
+
+demo: deps
+	$(BIN)/colab-gateway demo
+
+bench: bench-tunnel bench-browser bench-recovery
+
+bench-tunnel: deps
+	$(BIN)/python bench/bench_tunnel.py
+
+bench-browser: deps
+	$(BIN)/python bench/bench_browser.py
+
+bench-recovery: deps
+	$(BIN)/python bench/bench_recovery.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

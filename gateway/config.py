@@ -1,0 +1,297 @@
+"""Every setting of colab-gateway, with its default, in one place.
+
+Constructing these dataclasses only stores values; ``load_config`` reads the file once and
+reports every mistake with its position. ``config.example.yaml`` documents the same keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gateway.configschema import (
+    ConfigError,
+    Duration,
+    Problem,
+    Secret,
+    SecretFile,
+    bind_document,
+    setting,
+)
+
+__all__ = ["Config", "ConfigError", "Duration", "Problem", "Secret", "SecretFile", "load_config"]
+
+DEFAULT_CONFIG_PATH = Path("/etc/colab-gateway/config.yaml")
+EX_CONFIG = 78  # sysexits.h: the unit's RestartPreventExitStatus
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def _session_name(value: str) -> None:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid session name: use 1-32 lowercase letters, digits, "
+            "'-' or '_', starting with a letter (it names a tmux window and a Colab secret)"
+        )
+
+
+def _url(value: str) -> None:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError(f"{value!r} is not a URL: paste the notebook's address from Colab")
+
+
+def _host_port(value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT, e.g. 0.0.0.0:10022 or [::]:10022")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(f"{value!r}: listen on an IP address such as 0.0.0.0 or ::") from None
+
+
+def _network(value: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a network: write e.g. 192.168.1.0/24") from None
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One port of the Colab VM made reachable on the Pi's loopback."""
+
+    colab: int = setting(min=1, max=65535)
+    local: int = setting(min=1024, max=65535)
+
+
+def _default_forwards() -> dict[str, Forward]:
+    return {"ssh": Forward(colab=22, local=20022)}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    name: str = setting(check=_session_name)
+    notebook_url: str = setting(check=_url)
+    forwards: dict[str, Forward] = setting(factory=_default_forwards)
+
+    def check(self) -> list[tuple[str, str]]:
+        if "ssh" not in self.forwards:
+            return [("forwards", "needs an 'ssh' entry (the port tmux and ssh-config use)")]
+        return []
+
+    @property
+    def ssh_port(self) -> int:
+        return self.forwards["ssh"].local
+
+    @property
+    def is_placeholder(self) -> bool:
+        return "XXXXXXXX" in self.notebook_url
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    enabled: bool = True
+    listen: str = setting("0.0.0.0:10022", check=_host_port)
+    public_host: str = ""  # what the Colab VM dials; the DDNS hostname when empty
+    public_port: int | None = setting(None, min=1, max=65535)  # router's port; listen's if unset
+    username: str = "colab"
+    login_timeout: Duration = setting(Duration(20), min=1, max=600)
+    max_unauthenticated: int = setting(10, min=1, max=1000)
+    max_unauthenticated_per_source: int = setting(3, min=1, max=100)
+    penalty_min: Duration = setting(Duration(30), min=0, max=86400)
+    penalty_max: Duration = setting(Duration(600), min=0, max=86400)
+    # Sources never penalised for failed logins (each item is checked as a network).
+    exempt_networks: list[str] = setting(factory=lambda: ["127.0.0.0/8", "::1/128"], check=_network)
+    keepalive_interval: Duration = setting(Duration(15), min=1, max=3600)
+    keepalive_count_max: int = setting(3, min=1, max=100)
+
+    @property
+    def listen_host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+
+@dataclass(frozen=True)
+class BrowserConfig:
+    enabled: bool = True
+    chromedriver: str = "auto"  # auto: Debian, Ubuntu snap and Raspberry Pi OS locations
+    chromium: str = "auto"
+    profile_dir: str = ""  # empty: <state>/chromium-profile (the snap needs a non-hidden path)
+    headless: bool = True
+    display: Literal["none", "xvfb"] = "none"
+    reload_every: Duration = setting(Duration(1800), min=60)
+    rerun: Literal["bootstrap", "all", "never"] = "bootstrap"
+    rerun_after: Duration = setting(Duration(180), min=10)
+    max_reruns_per_hour: int = setting(4, min=1, max=60)
+    on_gpu_limit: Literal["connect_without_gpu", "wait"] = "connect_without_gpu"
+    poll_every: Duration = setting(Duration(5), min=0.5, max=300)
+    max_memory_mb: int = setting(800, min=100)
+    screenshots_keep: int = setting(20, min=0, max=1000)
+    selectors: dict[str, str] = setting(factory=dict)  # overrides of gateway/browser/colab_dom.py
+
+    def check(self) -> list[tuple[str, str]]:
+        if not self.headless and self.display == "none" and not os.environ.get("DISPLAY"):
+            return [("headless", "false needs a screen: set display: xvfb on a headless Pi")]
+        return []
+
+
+@dataclass(frozen=True)
+class CloudflareConfig:
+    api_token_file: SecretFile | None = None
+    zone: str = ""  # empty: the hostname's last two labels
+    api_base: str = setting("https://api.cloudflare.com/client/v4", check=_url)
+
+
+@dataclass(frozen=True)
+class DuckdnsConfig:
+    token_file: SecretFile | None = None
+    server: str = setting("https://www.duckdns.org", check=_url)
+
+
+@dataclass(frozen=True)
+class Dyndns2Config:
+    server: str = setting("", check=lambda v: _url(v) if v else None)
+    username: str = ""
+    password_file: SecretFile | None = None
+    dual_stack: Literal["separate", "myip_list", "myipv6"] = "separate"
+
+
+@dataclass(frozen=True)
+class DdnsConfig:
+    provider: Literal["cloudflare", "duckdns", "dyndns2", "none"] = "none"
+    hostname: str = ""
+    ipv4: bool = True
+    ipv6: bool = False
+    check_every: Duration = setting(Duration(300), min=30)
+    contact: str = ""  # goes into the User-Agent, as providers ask
+    cloudflare: CloudflareConfig = setting(factory=CloudflareConfig)
+    duckdns: DuckdnsConfig = setting(factory=DuckdnsConfig)
+    dyndns2: Dyndns2Config = setting(factory=Dyndns2Config)
+
+    def check(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        if self.provider != "none" and not self.hostname:
+            problems.append(("hostname", f"provider {self.provider} needs a hostname to update"))
+        secrets = {
+            "cloudflare": ("cloudflare", self.cloudflare.api_token_file, "api_token_file"),
+            "duckdns": ("duckdns", self.duckdns.token_file, "token_file"),
+            "dyndns2": ("dyndns2", self.dyndns2.password_file, "password_file"),
+        }
+        if self.provider in secrets:
+            key, secret, name = secrets[self.provider]
+            if secret is None:
+                problems.append((key, f"provider {self.provider} needs {key}.{name}"))
+        if self.provider == "dyndns2" and not self.dyndns2.server:
+            problems.append(("dyndns2", "provider dyndns2 needs dyndns2.server"))
+        if not (self.ipv4 or self.ipv6) and self.provider != "none":
+            problems.append(("ipv4", "enable ipv4, ipv6 or both, or set provider: none"))
+        return problems
+
+
+@dataclass(frozen=True)
+class TmuxConfig:
+    enabled: bool = True
+    session: str = setting("colab", check=_session_name)
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    identity: str = "~/.ssh/id_ed25519"  # the Pi user's key; its .pub goes to Colab
+    server_alive_interval: Duration = setting(Duration(15), min=1, max=3600)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # A component that shows no progress this long is wedged: the watchdog pings stop and
+    # systemd restarts the service.
+    stall_timeout: Duration = setting(Duration(90), min=1, max=3600)
+    shutdown_timeout: Duration = setting(Duration(8), min=1, max=60)
+    restart_backoff_max: Duration = setting(Duration(300), min=1, max=3600)
+
+
+@dataclass(frozen=True)
+class Config:
+    sessions: list[SessionConfig] = setting(factory=list)
+    tunnel: TunnelConfig = setting(factory=TunnelConfig)
+    browser: BrowserConfig = setting(factory=BrowserConfig)
+    ddns: DdnsConfig = setting(factory=DdnsConfig)
+    tmux: TmuxConfig = setting(factory=TmuxConfig)
+    ssh: SshConfig = setting(factory=SshConfig)
+    daemon: DaemonConfig = setting(factory=DaemonConfig)
+
+    def check(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        names = [s.name for s in self.sessions]
+        if len(set(names)) != len(names):
+            problems.append(("sessions", f"session names must be unique, got {names}"))
+        locals_ = [f.local for s in self.sessions for f in s.forwards.values()]
+        if len(set(locals_)) != len(locals_):
+            problems.append(("sessions", f"local forward ports must be unique, got {locals_}"))
+        if self.tunnel.listen_port in locals_:
+            problems.append(
+                ("tunnel", f"listen port {self.tunnel.listen_port} is also a local forward port")
+            )
+        if not self.sessions and (self.browser.enabled or self.tmux.enabled):
+            problems.append(
+                (
+                    "sessions",
+                    "add at least one session (name, notebook_url), or disable browser and tmux",
+                )
+            )
+        return problems
+
+    def session(self, name: str) -> SessionConfig:
+        for session in self.sessions:
+            if session.name == name:
+                return session
+        known = ", ".join(s.name for s in self.sessions) or "none configured"
+        raise KeyError(f"no session named {name!r} (sessions: {known})")
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: Config
+    path: Path
+    warnings: list[Problem]
+
+
+def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
+    """Read and validate ``path``; raise ConfigError with every problem found."""
+    config_path = Path(path)
+    try:
+        text = config_path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            [
+                Problem(
+                    str(config_path),
+                    1,
+                    1,
+                    "config file does not exist: copy config.example.yaml there and edit it",
+                )
+            ]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            [Problem(str(config_path), 1, 1, f"cannot read config file: {exc.strerror}")]
+        ) from None
+    return load_config_text(text, str(config_path))
+
+
+def load_config_text(text: str, filename: str = "<string>") -> LoadedConfig:
+    config, warnings = bind_document(text, filename, Config)
+    return LoadedConfig(config=config, path=Path(filename), warnings=warnings)

@@ -1,0 +1,78 @@
+"""The daemon's State as JSON on a Unix socket, for ``colab-gateway status``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from gateway.state import State
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 2.0
+MAX_REQUEST = 4096
+
+
+class StatusServer:
+    """Answers one request per connection: a line ``status`` gets the snapshot."""
+
+    def __init__(self, state: State, path: Path) -> None:
+        self.state = state
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # left over from a crash; nothing else may own our runtime dir
+        # Owner and group only: the status names peers and paths.
+        old_umask = os.umask(0o117)
+        try:
+            self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o660)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            request = line[:MAX_REQUEST].decode(errors="replace").strip() or "status"
+            if request == "status":
+                reply = self.state.snapshot()
+            else:
+                reply = {"error": f"unknown request {request[:40]!r}; try 'status'"}
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+def query(path: Path, timeout: float = 5.0) -> dict[str, object]:
+    """Blocking client for the CLI: the daemon's snapshot, or OSError if it is not there."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(b"status\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    data = json.loads(b"".join(chunks))
+    if not isinstance(data, dict):
+        raise ValueError("status socket answered something other than an object")
+    return data
