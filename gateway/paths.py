@@ -55,6 +55,25 @@ class Paths:
     def status_socket(self) -> Path:
         return self.runtime_dir / STATUS_SOCKET_NAME
 
+    # Well-known places inside the state directory, shared by the components that write
+    # them and the commands that read them.
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    @property
+    def known_hosts(self) -> Path:
+        """Pinned host keys of the Colab VMs, as ``[localhost]:PORT`` entries."""
+        return self.state_dir / "known_hosts"
+
+    @property
+    def screenshots_dir(self) -> Path:
+        return self.state_dir / "screenshots"
+
+    @property
+    def ddns_state(self) -> Path:
+        return self.state_dir / "ddns.json"
+
     def ensure(self) -> None:
         """Create the state and runtime directories, private to the service user."""
         for directory in (self.state_dir, self.runtime_dir):

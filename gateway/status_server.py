@@ -17,8 +17,16 @@ REQUEST_TIMEOUT = 2.0
 MAX_REQUEST = 4096
 
 
+WATCH_HEARTBEAT = 10.0
+
+
 class StatusServer:
-    """Answers one request per connection: a line ``status`` gets the snapshot."""
+    """Answers one request per connection.
+
+    ``status`` (or an empty line) gets the snapshot as one JSON line. ``watch`` gets a JSON
+    line now and another on every change of the State (at least every 10 s), until the
+    client hangs up: ``colab-gateway shell`` reacts to the tunnel without polling.
+    """
 
     def __init__(self, state: State, path: Path) -> None:
         self.state = state
@@ -43,22 +51,37 @@ class StatusServer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
+    async def _watch(self, writer: asyncio.StreamWriter) -> None:
+        await _watch_loop(self.state, writer)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
             request = line[:MAX_REQUEST].decode(errors="replace").strip() or "status"
+            if request == "watch":
+                await self._watch(writer)
+                return
             if request == "status":
                 reply = self.state.snapshot()
             else:
                 reply = {"error": f"unknown request {request[:40]!r}; try 'status'"}
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (asyncio.TimeoutError, ConnectionError, BrokenPipeError):
             pass
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+async def _watch_loop(state: State, writer: asyncio.StreamWriter) -> None:
+    version = -1
+    while not writer.is_closing():
+        version = state.version
+        writer.write(json.dumps(state.snapshot()).encode() + b"\n")
+        await writer.drain()
+        await state.wait_changed(version, WATCH_HEARTBEAT)
 
 
 def query(path: Path, timeout: float = 5.0) -> dict[str, object]:
