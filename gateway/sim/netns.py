@@ -61,7 +61,8 @@ def delete(name: str) -> None:
     if not exists(name):
         return
     for pid in pids(name):
-        _kill(pid)
+        if pid != os.getpid():  # a thread of ours may still be inside: never kill ourselves
+            _kill(pid)
     _ip("netns", "delete", name, check=False)
 
 

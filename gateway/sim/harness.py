@@ -1,0 +1,431 @@
+"""The whole loop on one machine: the real daemon against a simulated Colab.
+
+``LoopHarness`` is what ``colab-gateway demo``, the end-to-end tests and the recovery
+benchmark share. It builds two hosts with ``gateway.sim.vm`` ("the Pi" and "the Colab VM",
+each a network namespace), serves the simulated notebook page (``gateway.sim.colab``) on
+the Pi's loopback, and starts the real daemon (``colab-gateway run``) in the Pi's namespace
+with a temporary config, state and runtime directory and its own tmux server
+(``TMUX_TMPDIR``). The page's "run cell" runs the generated bootstrap on the VM, which dials
+the daemon's endpoint through the veth with ``ssh -R``; the daemon's tmux pane logs into
+the VM through that tunnel.
+
+Everything observed here is observed from outside, as a person would: the status socket,
+the page's own event log, the tmux pane's screen, the pinned known_hosts file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.sim import netns
+from gateway.sim.vm import SimNetwork, SimVM
+
+SESSION = "demo"
+TMUX_SESSION = "colab"
+RERUN_AFTER = 10  # seconds; config.py's minimum for browser.rerun_after
+POLL = 0.05
+
+# The parts of the product the loop needs, and where each comes from.
+REQUIRED_MODULES = {
+    "gateway.sim.colab": "the simulated Colab page (gateway/sim/colab.py, issue 5)",
+    "gateway.tunnel.bootstrap": "the bootstrap renderer (gateway/tunnel/bootstrap.py, issue 3)",
+}
+REQUIRED_COMPONENTS = {
+    "tunnel": "the SSH endpoint (issue 3)",
+    "browser": "the browser keep-alive (issue 5)",
+    "tmux": "the tmux keeper (issue 4)",
+}
+
+
+class HarnessError(RuntimeError):
+    """The loop could not be set up or did not reach a state in time; says what and why."""
+
+
+def missing_parts() -> list[str]:
+    """What of the product is not here yet, each named with where it should come from."""
+    missing = []
+    for module, what in REQUIRED_MODULES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            missing.append(f"{what}: module {module} not found")
+    from gateway.components import all_specs
+
+    names = {spec.name for spec in all_specs()}
+    missing += [
+        f"{what}: component {name!r} is not registered in gateway/components.py"
+        for name, what in REQUIRED_COMPONENTS.items()
+        if name not in names
+    ]
+    for program in ("chromium", "chromedriver", "tmux", "ssh", "ssh-keygen", "ip"):
+        if shutil.which(program) is None:
+            missing.append(f"program {program!r} is not installed (make system-deps)")
+    return missing
+
+
+def free_port(host: str) -> int:
+    """A port free on ``host`` in the calling thread's namespace, found by binding port 0."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PaneLogin:
+    """A shell prompt of the VM seen in the tmux pane."""
+
+    vm_hostname: str
+    count: int  # prompt lines of that VM in the pane's history so far
+
+
+class LoopHarness:
+    def __init__(self, workdir: Path, *, log: Callable[[str], None] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.log = log or (lambda text: None)
+        self.network = SimNetwork()
+        self.vm: SimVM | None = None
+        self.sim: Any = None  # gateway.sim.colab.SimColab, imported late (it may be missing)
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self._in_pi: Any = None
+        self._vm_lock = threading.Lock()
+        self._sim_vm_id: str | None = None
+        self.config_path = self.workdir / "config.yaml"
+        self.state_dir = self.workdir / "state"
+        self.runtime_dir = self.workdir / "run"
+        self.tmux_dir = self.workdir / "tmux"
+        self.logs_dir = self.workdir / "logs"
+        self.identity = self.workdir / "pi-ssh" / "id_ed25519"
+        self.tunnel_port = 0
+        self.ssh_port = 0
+        self.hook_errors: list[str] = []
+        self.cell = ""
+        self.secrets: dict[str, str] = {}
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def start(self) -> LoopHarness:
+        netns.require_root("the demo and the end-to-end tests")
+        missing = missing_parts()
+        if missing:
+            raise HarnessError("the loop cannot run; missing:\n  - " + "\n  - ".join(missing))
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        colab = importlib.import_module("gateway.sim.colab")
+
+        for directory in (self.state_dir, self.runtime_dir, self.tmux_dir, self.logs_dir):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.network.create()
+        self.log(
+            f"hosts: Pi = netns {self.network.pi_ns} ({self.network.pi_address}), "
+            f"Colab VM = netns {self.network.vm_ns} ({self.network.vm_address})"
+        )
+        # From here on this thread, and every thread and process it starts, is on the Pi.
+        self._in_pi = self.network.entered_pi()
+        self._in_pi.__enter__()
+        # No sshd of the harness's own: the bootstrap cell starts it, as on a real Colab VM.
+        self.vm = SimVM(self.network, self.workdir / "colab-vm", sshd=False)
+        self.sim = colab.SimColab(connect_delay=0.5).start()
+        self.sim.on_connect = self._on_connect
+        self.sim.on_reset = self._on_reset
+        self.sim.on_run_cell = self._on_run_cell
+        self.log(f"simulated Colab page: {self.sim.url}")
+        self.identity.parent.mkdir(mode=0o700, exist_ok=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pi@demo",
+             "-f", str(self.identity)],
+            check=True,
+        )  # fmt: skip
+        self.tunnel_port = free_port(self.network.pi_address)
+        self.ssh_port = free_port("127.0.0.1")
+        self.config_path.write_text(self.config_text())
+        self.prepare_notebook()
+        self.start_daemon()
+
+    def config_text(self) -> str:
+        return f"""\
+# Written by the colab-gateway demo harness: the real daemon against a simulated Colab.
+sessions:
+  - name: {SESSION}
+    notebook_url: {self.sim.url}
+    forwards:
+      ssh: {{colab: 22, local: {self.ssh_port}}}
+tunnel:
+  listen: {self.network.pi_address}:{self.tunnel_port}
+  public_host: {self.network.pi_address}
+browser:
+  profile_dir: {self.workdir / "chromium-profile"}
+  headless: true
+  rerun: bootstrap
+  rerun_after: {RERUN_AFTER}s
+  max_reruns_per_hour: 60
+  poll_every: 1s
+ddns:
+  provider: none
+tmux:
+  session: {TMUX_SESSION}
+ssh:
+  identity: {self.identity}
+  server_alive_interval: 2s
+daemon:
+  log_level: debug
+"""
+
+    def cli(self, *args: str) -> str:
+        """Run ``colab-gateway ARGS`` against the harness's config and state; its stdout."""
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", args[0], "-c", str(self.config_path),
+             "--state-dir", str(self.state_dir), "--runtime-dir", str(self.runtime_dir),
+             *args[1:]],
+            capture_output=True, text=True, env=self.environment(), timeout=60, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise HarnessError(
+                f"`colab-gateway {' '.join(args)}` failed ({result.returncode}): "
+                f"{result.stderr.strip()}"
+            )
+        return result.stdout
+
+    def prepare_notebook(self) -> None:
+        """What the user does once: put the bootstrap cell in the notebook, the key in its
+        secrets, with the product's own commands."""
+        self.cell = self.cli("snippet", SESSION)
+        secret = re.search(r"^SECRET = '([^']+)'$", self.cell, re.MULTILINE)
+        if secret is None:
+            raise HarnessError("`colab-gateway snippet` printed no SECRET = '...' line")
+        self.secrets = {secret.group(1): self.cli("keys", "--private", SESSION)}
+        (self.workdir / "notebook-cell.py").write_text(self.cell)
+        self.log(
+            f"notebook: bootstrap cell from `colab-gateway snippet` ({len(self.cell)} bytes), "
+            f"secret {secret.group(1)!r} from `colab-gateway keys --private`"
+        )
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+        env.pop("TMUX", None)
+        env.pop("TMUX_PANE", None)
+        env["TMUX_TMPDIR"] = str(self.tmux_dir)
+        # The tmux pane runs `colab-gateway shell`: make this very installation the one found.
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+        return env
+
+    def start_daemon(self) -> None:
+        log_path = self.logs_dir / "daemon.log"
+        with log_path.open("ab") as log:
+            self.daemon = subprocess.Popen(
+                [
+                    sys.executable, "-m", "gateway", "run",
+                    "-c", str(self.config_path),
+                    "--state-dir", str(self.state_dir),
+                    "--runtime-dir", str(self.runtime_dir),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+            )  # fmt: skip
+        self.log(f"daemon started: pid {self.daemon.pid}, log {log_path}")
+
+    # -- teardown --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(15)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait(5)
+        self.tmux("kill-server", check=False)
+        # What the daemon left behind on the Pi (Chromium, tmux, ssh), all started by us.
+        for pid in self.network.pi_pids() if self.network.pi_ns else []:
+            if pid != os.getpid():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.sim is not None:
+            self.sim.stop()
+        if self.vm is not None:
+            self.vm.stop()
+        if self._in_pi is not None:
+            self._in_pi.__exit__(None, None, None)
+            self._in_pi = None
+        self.network.destroy()
+
+    def __enter__(self) -> LoopHarness:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the simulated Colab's hooks: the page drives the VM -------------------------------------
+
+    def _on_connect(self, vm_id: str) -> None:
+        self._ensure_vm(vm_id)
+
+    def _on_reset(self) -> None:
+        self._ensure_vm(self.sim.vm_id)
+
+    def _ensure_vm(self, sim_vm_id: str | None) -> None:
+        assert self.vm is not None
+        with self._vm_lock:
+            if sim_vm_id == self._sim_vm_id and self.vm.vm_id:
+                return
+            self._sim_vm_id = sim_vm_id
+            if self.vm.vm_id:
+                self.vm.reset()
+            else:
+                self.vm.start()
+            self.log(
+                f"Colab assigned VM {self.vm.hostname} (page's id {sim_vm_id}), "
+                f"host key {self.vm.host_key_fingerprint()}"
+            )
+
+    def _on_run_cell(self, kind: str) -> None:
+        try:
+            self.run_bootstrap(kind)
+        except Exception as exc:
+            self.hook_errors.append(f"running the bootstrap cell failed: {exc}")
+            self.log(f"ERROR running the bootstrap on the VM: {exc}")
+
+    def run_bootstrap(self, kind: str) -> None:
+        assert self.vm is not None
+        with self._vm_lock:
+            if not self.vm.vm_id:
+                self.vm.start()
+            # GW_INSTALL=0: sshd is installed on this machine, nothing to apt-get.
+            proc = self.vm.run_cell(self.cell, secrets=self.secrets, env={"GW_INSTALL": "0"})
+            self.log(f"page ran the {kind} cell: bootstrap pid {proc.pid} on {self.vm.hostname}")
+
+    # -- observing -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        from gateway.status_server import query
+
+        try:
+            return dict(query(self.runtime_dir / "status.sock", timeout=2.0))
+        except (OSError, ValueError):
+            return {}
+
+    def session_facts(self) -> dict[str, Any]:
+        sessions = self.status().get("sessions") or {}
+        facts = sessions.get(SESSION) if isinstance(sessions, dict) else None
+        return facts if isinstance(facts, dict) else {}
+
+    def tunnel_up(self) -> bool:
+        return bool(self.session_facts().get("tunnel", {}).get("up"))
+
+    def runtime_state(self) -> str:
+        return str(self.session_facts().get("runtime", {}).get("state", "unknown"))
+
+    def tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["tmux", *args],
+            capture_output=True,
+            text=True,
+            env=self.environment(),
+            timeout=10,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise HarnessError(f"tmux {' '.join(args)}: {result.stderr.strip()}")
+        return result
+
+    @property
+    def pane(self) -> str:
+        return f"{TMUX_SESSION}:{SESSION}"
+
+    def pane_text(self) -> str:
+        """The pane's whole history and screen, as tmux shows it."""
+        result = self.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", self.pane, check=False)
+        return result.stdout if result.returncode == 0 else ""
+
+    def pane_logins(self, hostname: str) -> int:
+        """How many shell prompts of VM ``hostname`` the pane has shown."""
+        prompt = re.compile(rf"^root@{re.escape(hostname)}:\S*[#$]", re.MULTILINE)
+        return len(prompt.findall(self.pane_text()))
+
+    def pane_run(self, command: str, timeout: float = 10.0) -> str:
+        """Type ``command`` into the pane and return the line it printed (marked)."""
+        marker = f"out-{time.monotonic_ns() % 10**8}"
+        self.tmux("send-keys", "-t", self.pane, f"echo {marker}: $({command})", "Enter")
+        pattern = re.compile(rf"^{marker}: (.*)$", re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = pattern.search(self.pane_text())
+            if found:
+                return found.group(1).strip()
+            time.sleep(POLL)
+        raise HarnessError(f"the pane did not answer {command!r} within {timeout:.0f}s")
+
+    def pinned_key(self) -> str:
+        """What the Pi's known_hosts pins for the session's ssh port (``type base64``)."""
+        try:
+            lines = (self.state_dir / "known_hosts").read_text().splitlines()
+        except FileNotFoundError:
+            return ""
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 3 and f"[localhost]:{self.ssh_port}" in fields[0].split(","):
+                return f"{fields[1]} {fields[2]}"
+        return ""
+
+    def wait(self, what: str, predicate: Callable[[], Any], timeout: float) -> float:
+        """Poll ``predicate`` until truthy; return the seconds it took, or raise."""
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            if self.daemon is not None and self.daemon.poll() is not None:
+                raise HarnessError(
+                    f"the daemon exited with status {self.daemon.returncode} while waiting "
+                    f"for {what}; see {self.logs_dir / 'daemon.log'}"
+                )
+            if predicate():
+                return time.monotonic() - start
+            if time.monotonic() > deadline:
+                raise HarnessError(f"{what}: not within {timeout:.0f}s")
+            time.sleep(POLL)
+
+    # -- the processes the faults hit ------------------------------------------------------------
+
+    def chromium_pids(self) -> list[int]:
+        """The browser processes the daemon's chromedriver started (the top-level ones)."""
+        pids = [p for p in self.network.pi_pids() if p != os.getpid()]
+        drivers = {p for p in pids if _comm(p) == "chromedriver"}
+        return [p for p in pids if _ppid(p) in drivers and _comm(p).startswith("chrom")]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _ppid(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rpartition(")")[2].split()[1])

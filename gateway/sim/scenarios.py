@@ -1,0 +1,233 @@
+"""The loop coming up, and each fault with its recovery, measured from outside.
+
+Each scenario injects one fault into a running ``LoopHarness`` and waits, with a bound,
+for what a person would check: the tmux pane logged into the (possibly new) VM. It
+returns a ``Step`` with the measured times; a step whose wait ran out has ``ok=False``
+and says what did not happen. The demo prints them, the end-to-end tests assert them, the
+benchmark repeats them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.sim.harness import HarnessError, LoopHarness
+
+# The bounds the issue sets, and generous ones where it sets none.
+BRING_UP_BOUND = 90.0
+TUNNEL_BOUND = 5.0
+RESET_BOUND = 30.0
+DIALOG_CLICK_BOUND = 10.0
+DIALOG_BOUND = 45.0  # the reconnect, then a new VM: the reset's bound plus rerun_after
+CHROMIUM_BOUND = 45.0
+
+# What the pane must never show when the VM's host key changes.
+HOST_KEY_COMPLAINTS = (
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "Are you sure you want to continue connecting",
+    "Host key verification failed",
+    "POSSIBLE DNS SPOOFING",
+)
+
+
+@dataclass
+class Step:
+    name: str
+    measure: str  # what "seconds" is the time to
+    bound: float
+    seconds: float | None = None
+    ok: bool = False
+    detail: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _attempt(step: Step, body: Callable[[], None]) -> Step:
+    try:
+        body()
+        step.ok = True
+    except HarnessError as exc:
+        step.ok = False
+        step.detail = str(exc)
+    return step
+
+
+def bring_up(h: LoopHarness) -> Step:
+    """The browser connects, the bootstrap runs, the tunnel comes up, the pane logs in."""
+    step = Step("the loop comes up", "pane logged into the VM", BRING_UP_BOUND)
+    start = time.monotonic()
+
+    def body() -> None:
+        assert h.vm is not None
+        h.wait("the browser connects the runtime", lambda: h.runtime_state() == "connected", 60)
+        step.extra["runtime connected"] = time.monotonic() - start
+        h.log(f"browser: runtime connected ({step.extra['runtime connected']:.1f}s)")
+        h.wait("the bootstrap cell runs", lambda: h.sim.runs, 60)
+        step.extra["cell ran"] = time.monotonic() - start
+        h.wait("the tunnel comes up", h.tunnel_up, 30)
+        step.extra["tunnel up"] = time.monotonic() - start
+        h.log(f"tunnel: up ({step.extra['tunnel up']:.1f}s)")
+        h.wait("the tmux pane logs into the VM", lambda: h.pane_logins(h.vm.hostname) > 0, 30)  # type: ignore[union-attr]
+        step.seconds = time.monotonic() - start
+        h.log(f"tmux: pane logged into {h.vm.hostname} ({step.seconds:.1f}s)")
+        _check_pane_and_pin(h, step)
+
+    return _attempt(step, body)
+
+
+def _check_pane_and_pin(h: LoopHarness, step: Step) -> None:
+    assert h.vm is not None
+    answer = h.pane_run("hostname; cat /root/vm-id")
+    h.log(f"tmux: typed `hostname; cat /root/vm-id` in the pane → {answer}")
+    if h.vm.hostname not in answer or h.vm.vm_id not in answer:
+        raise HarnessError(f"the pane answered {answer!r}, not from VM {h.vm.hostname}")
+    pinned = h.pinned_key()
+    if pinned != h.vm.host_key():
+        raise HarnessError(
+            f"known_hosts pins {pinned or 'nothing'} for [localhost]:{h.ssh_port}, "
+            f"but the VM's host key is {h.vm.host_key()}"
+        )
+    step.detail = f"pane answered {answer!r}; pinned {h.vm.host_key_fingerprint()}"
+
+
+def tunnel_killed(h: LoopHarness) -> Step:
+    """Kill the VM's ssh client: the VM dials again and the pane reconnects."""
+    step = Step("tunnel killed", "pane connected again", TUNNEL_BOUND)
+    assert h.vm is not None
+    vm = h.vm
+
+    def body() -> None:
+        before = h.pane_logins(vm.hostname)
+        killed = vm.kill_tunnel()
+        start = time.monotonic()
+        if not killed:
+            raise HarnessError("the VM had no ssh client to kill: the tunnel was not up")
+        h.log(f"FAULT: killed the VM's ssh client (pid {', '.join(map(str, killed))})")
+        h.wait("the VM dials again", lambda: vm.tunnel_pids() and h.tunnel_up(), step.bound)
+        step.extra["tunnel up"] = time.monotonic() - start
+        h.wait(
+            "the pane reconnects",
+            lambda: h.pane_logins(vm.hostname) > before,
+            max(0.1, step.bound - (time.monotonic() - start)),
+        )
+        step.seconds = time.monotonic() - start
+        h.log(f"recovered: tunnel up {step.extra['tunnel up']:.1f}s, pane {step.seconds:.1f}s")
+        _check_pane_and_pin(h, step)
+
+    return _attempt(step, body)
+
+
+def vm_reset(h: LoopHarness) -> Step:
+    """Colab swaps the VM: new host key, nothing running; the gateway brings it all back."""
+    step = Step("VM reset", "pane connected in the new VM", RESET_BOUND)
+    assert h.vm is not None
+    vm = h.vm
+
+    def body() -> None:
+        mark = len(h.pane_text())
+        old = vm.hostname
+        start = time.monotonic()
+        h.sim.reset_vm()
+        h.log(f"FAULT: Colab reset the VM: {old} → {vm.hostname}")
+        new = vm.hostname
+        h.wait("the tunnel comes back from the new VM", h.tunnel_up, step.bound)
+        step.extra["tunnel up"] = time.monotonic() - start
+        h.wait(
+            "the pane logs into the new VM",
+            lambda: h.pane_logins(new) > 0,
+            max(0.1, step.bound - (time.monotonic() - start)),
+        )
+        step.seconds = time.monotonic() - start
+        h.log(f"recovered: tunnel up {step.extra['tunnel up']:.1f}s, pane {step.seconds:.1f}s")
+        _check_no_host_key_complaint(h, mark)
+        _check_pane_and_pin(h, step)
+
+    return _attempt(step, body)
+
+
+def _check_no_host_key_complaint(h: LoopHarness, mark: int) -> None:
+    since = h.pane_text()[max(0, mark - 200) :]
+    for complaint in HOST_KEY_COMPLAINTS:
+        if complaint in since:
+            raise HarnessError(f"the pane showed {complaint!r} after the new host key")
+
+
+def disconnect_dialog(h: LoopHarness) -> Step:
+    """The runtime drops with "Runtime disconnected": the browser clicks Reconnect."""
+    step = Step("disconnect dialog", "pane connected in the new VM", DIALOG_BOUND)
+    assert h.vm is not None
+    vm = h.vm
+
+    def body() -> None:
+        mark = len(h.pane_text())
+        old = vm.hostname
+        clicks = h.sim.count("action", action="dialog_runtime_disconnected_connect")
+        start, start_wall = time.monotonic(), time.time()
+        h.sim.disconnect(dialog=True)
+        vm.kill_all()  # a disconnected runtime's VM is gone
+        h.log("FAULT: the runtime disconnected; page shows 'Runtime disconnected'")
+        h.wait(
+            "the browser clicks Reconnect in the dialog",
+            lambda: h.sim.count("action", action="dialog_runtime_disconnected_connect") > clicks,
+            DIALOG_CLICK_BOUND,
+        )
+        click = h.sim.events("action", action="dialog_runtime_disconnected_connect")[-1]
+        step.extra["dialog reaction"] = float(click["server_t"]) - start_wall
+        h.log(f"browser: clicked Reconnect after {step.extra['dialog reaction']:.2f}s")
+        h.wait(
+            "Colab assigns a new VM",
+            lambda: h.sim.runtime == "connected" and vm.hostname != old,
+            15,
+        )
+        new = vm.hostname
+        h.wait(
+            "the pane logs into the new VM",
+            lambda: h.pane_logins(new) > 0,
+            max(0.1, step.bound - (time.monotonic() - start)),
+        )
+        step.seconds = time.monotonic() - start
+        h.log(f"recovered: pane in {new} after {step.seconds:.1f}s")
+        _check_no_host_key_complaint(h, mark)
+        _check_pane_and_pin(h, step)
+
+    return _attempt(step, body)
+
+
+def chromium_killed(h: LoopHarness) -> Step:
+    """SIGKILL Chromium: the browser component starts a new one and reloads the notebook."""
+    step = Step("Chromium killed", "notebook loaded again", CHROMIUM_BOUND)
+
+    def body() -> None:
+        pids = h.chromium_pids()
+        if not pids:
+            raise HarnessError("found no Chromium started by the daemon's chromedriver")
+        loads = h.sim.count("load")
+        start = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        h.log(f"FAULT: SIGKILL to Chromium (pid {', '.join(map(str, pids))})")
+        h.wait("a new Chromium loads the notebook", lambda: h.sim.count("load") > loads, step.bound)
+        step.extra["page loaded"] = time.monotonic() - start
+        h.wait(
+            "the runtime shows connected again",
+            lambda: h.runtime_state() == "connected" and set(h.chromium_pids()) - set(pids),
+            max(0.1, step.bound - (time.monotonic() - start)),
+        )
+        step.seconds = time.monotonic() - start
+        h.log(f"recovered: notebook reloaded and connected after {step.seconds:.1f}s")
+        if not h.tunnel_up():
+            raise HarnessError("the tunnel went down although only Chromium was killed")
+        _check_pane_and_pin(h, step)
+
+    return _attempt(step, body)
+
+
+FAULTS: dict[str, Callable[[LoopHarness], Step]] = {
+    "tunnel": tunnel_killed,
+    "reset": vm_reset,
+    "dialog": disconnect_dialog,
+    "chromium": chromium_killed,
+}
