@@ -436,6 +436,10 @@ class SimVM:
                 killed.append(pid)
             except ProcessLookupError:
                 pass
+        # SIGKILL is delivered asynchronously: return once they are really gone.
+        deadline = time.monotonic() + 5.0
+        while any(not _zombie(pid) for pid in killed) and time.monotonic() < deadline:
+            time.sleep(0.005)
         self._reap()
         return killed
 
