@@ -336,6 +336,13 @@ daemon:
     def tunnel_up(self) -> bool:
         return bool(self.session_facts().get("tunnel", {}).get("up"))
 
+    def tunnel_up_since(self, wall: float, fingerprint: str | None = None) -> bool:
+        """The tunnel came up after ``wall`` (time.time()), from a VM with ``fingerprint``."""
+        tunnel = self.session_facts().get("tunnel", {})
+        if not tunnel.get("up") or float(tunnel.get("since") or 0.0) <= wall:
+            return False
+        return fingerprint is None or tunnel.get("hostkey_fingerprint") == fingerprint
+
     def runtime_state(self) -> str:
         return str(self.session_facts().get("runtime", {}).get("state", "unknown"))
 

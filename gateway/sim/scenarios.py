@@ -101,12 +101,12 @@ def tunnel_killed(h: LoopHarness) -> Step:
 
     def body() -> None:
         before = h.pane_logins(vm.hostname)
+        start, start_wall = time.monotonic(), time.time()
         killed = vm.kill_tunnel()
-        start = time.monotonic()
         if not killed:
             raise HarnessError("the VM had no ssh client to kill: the tunnel was not up")
         h.log(f"FAULT: killed the VM's ssh client (pid {', '.join(map(str, killed))})")
-        h.wait("the VM dials again", lambda: vm.tunnel_pids() and h.tunnel_up(), step.bound)
+        h.wait("the VM dials again", lambda: h.tunnel_up_since(start_wall), step.bound)
         step.extra["tunnel up"] = time.monotonic() - start
         h.wait(
             "the pane reconnects",
@@ -131,10 +131,14 @@ def vm_reset(h: LoopHarness, *, settle: bool = True) -> Step:
             h.settle_reruns()
         old = vm.hostname
         h.log(f"FAULT: Colab resets the VM {old}")
-        start = time.monotonic()
+        start, start_wall = time.monotonic(), time.time()
         h.sim.reset_vm()
-        new = vm.hostname
-        h.wait("the tunnel comes back from the new VM", h.tunnel_up, step.bound)
+        new, key = vm.hostname, vm.host_key_fingerprint()
+        h.wait(
+            "the tunnel comes back from the new VM",
+            lambda: h.tunnel_up_since(start_wall, key),
+            step.bound,
+        )
         step.extra["tunnel up"] = time.monotonic() - start
         h.wait(
             "the pane logs into the new VM",
@@ -185,7 +189,13 @@ def disconnect_dialog(h: LoopHarness, *, settle: bool = True) -> Step:
             lambda: h.sim.runtime == "connected" and vm.hostname != old,
             15,
         )
-        new = vm.hostname
+        new, key = vm.hostname, vm.host_key_fingerprint()
+        h.wait(
+            "the tunnel comes back from the new VM",
+            lambda: h.tunnel_up_since(start_wall, key),
+            max(0.1, step.bound - (time.monotonic() - start)),
+        )
+        step.extra["tunnel up"] = time.monotonic() - start
         h.wait(
             "the pane logs into the new VM",
             lambda: h.pane_logins(new) > 0,
