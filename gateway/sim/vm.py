@@ -202,6 +202,7 @@ class SimVM:
         self.run_sshd = sshd
         self.vm_id = ""
         self.generation = 0
+        self._disk: Path | None = None
         self._procs: list[subprocess.Popen[bytes]] = []
         self._lock = threading.RLock()
 
@@ -236,16 +237,23 @@ class SimVM:
     # -- the VM's disk -------------------------------------------------------------------------
 
     @property
+    def disk(self) -> Path:
+        """The VM's own files: ``root`` (/root), ``etc-ssh`` (/etc/ssh), ``tmp`` (/tmp)."""
+        if self._disk is None:
+            raise VMError("the VM has not been started")
+        return self._disk
+
+    @property
     def root_home(self) -> Path:
-        return self.workdir / "vm" / "root"
+        return self.disk / "root"
 
     @property
     def etc_ssh(self) -> Path:
-        return self.workdir / "vm" / "etc-ssh"
+        return self.disk / "etc-ssh"
 
     @property
     def tmp(self) -> Path:
-        return self.workdir / "vm" / "tmp"
+        return self.disk / "tmp"
 
     @property
     def logs_dir(self) -> Path:
@@ -274,27 +282,33 @@ class SimVM:
         return out.split()[1]
 
     def _provision(self) -> None:
-        self.generation += 1
-        self.vm_id = uuid.uuid4().hex[:12]
-        vm_root = self.workdir / "vm"
-        if vm_root.exists():
-            shutil.rmtree(vm_root)
+        # Build the new VM's disk beside the old one and switch at the end: whoever reads
+        # vm_id, hostname or the host key sees the old VM or the new one, never a mix.
+        generation = self.generation + 1
+        vm_id = uuid.uuid4().hex[:12]
+        disk = self.workdir / f"vm-{generation}"
+        if disk.exists():
+            shutil.rmtree(disk)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.root_home.mkdir(parents=True, mode=0o700)
-        self.etc_ssh.mkdir(parents=True, mode=0o755)
-        self.tmp.mkdir(parents=True)
-        self.tmp.chmod(0o1777)
-        (self.etc_ssh / "sshd_config").write_text(SSHD_CONFIG)
+        (disk / "root").mkdir(parents=True, mode=0o700)
+        (disk / "etc-ssh").mkdir(parents=True, mode=0o755)
+        (disk / "tmp").mkdir(parents=True)
+        (disk / "tmp").chmod(0o1777)
+        (disk / "etc-ssh" / "sshd_config").write_text(SSHD_CONFIG)
         # A fresh host key per VM, as a new Colab VM has: the Pi must pin the new one.
         subprocess.run(
             [
                 "ssh-keygen", "-q", "-t", "ed25519", "-N", "",
-                "-C", f"root@{self.hostname}",
-                "-f", str(self.etc_ssh / "ssh_host_ed25519_key"),
+                "-C", f"root@colab-{vm_id}",
+                "-f", str(disk / "etc-ssh" / "ssh_host_ed25519_key"),
             ],
             check=True,
         )  # fmt: skip
-        (self.root_home / "vm-id").write_text(self.vm_id + "\n")
+        (disk / "root" / "vm-id").write_text(vm_id + "\n")
+        old = self._disk
+        self._disk, self.vm_id, self.generation = disk, vm_id, generation
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
     # -- running things inside ---------------------------------------------------------------
 
