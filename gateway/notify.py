@@ -63,6 +63,12 @@ class Notifier:
     def stopping(self) -> None:
         self.send("STOPPING=1")
 
+    def close(self) -> None:
+        sock = getattr(self._notifier, "socket", None)
+        if sock is not None:
+            sock.close()
+        self._notifier = None
+
 
 def _watchdog_usec() -> int | None:
     value = os.environ.get("WATCHDOG_USEC")
