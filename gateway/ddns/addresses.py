@@ -53,10 +53,10 @@ def why_not_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> st
             return "a carrier-grade NAT address (100.64.0.0/10): the router has no public IPv4"
         if _is_documentation(address):
             return "a documentation address"
-        if address.is_private:
-            return "a private address"
-        if address.is_reserved or not address.is_global:
+        if address.is_reserved or address == ipaddress.IPv4Address("255.255.255.255"):
             return "a reserved address"
+        if address.is_private or not address.is_global:
+            return "a private address"
         return None
     if address.ipv4_mapped is not None:
         return "an IPv4-mapped address"

@@ -182,7 +182,18 @@ class Updater:
         known = self._known(detected)
         outcomes = self.provider.publish(wanted, known, dry_run)
         for family, outcome in outcomes.items():
-            lines.append(self._apply(family, outcome, now, dry_run))
+            if family in wanted:
+                lines.append(self._apply(family, outcome, now, dry_run))
+            elif isinstance(outcome, Published) and not dry_run:
+                # Sent along with the other family (dyndns2 myip_list/myipv6, DuckDNS): the
+                # provider confirmed it, which counts as a refresh; its status stays as is.
+                record_key = key(self.config.hostname, family)
+                last = self.store.last(record_key, self.target)
+                if last is not None and same_address(last.address, outcome.address):
+                    synced = self.clock_synced()
+                    refreshed = Accepted(last.address, now, last.changed_at, synced, self.target)
+                    self.store.remember(record_key, refreshed)
+                    self._sent_mono[family] = self.monotonic()
         return lines
 
     def _known(self, detected: dict[Family, str]) -> dict[Family, str]:
