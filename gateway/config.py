@@ -246,6 +246,17 @@ class DdnsConfig:
             key, secret, name = secrets[self.provider]
             if secret is None:
                 problems.append((key, f"provider {self.provider} needs {key}.{name}"))
+        if (
+            self.provider == "duckdns"
+            and "." in self.hostname
+            and not self.hostname.lower().endswith(".duckdns.org")
+        ):
+            problems.append(
+                (
+                    "hostname",
+                    f"{self.hostname!r} is not a DuckDNS name: write SUB.duckdns.org or SUB",
+                )
+            )
         if self.provider == "dyndns2":
             if not self.dyndns2.server:
                 problems.append(("dyndns2", "provider dyndns2 needs dyndns2.server"))

@@ -6,6 +6,7 @@ what an answer means is for the caller (a provider, a detection source) to judge
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,7 +79,9 @@ class Http:
                     if time.monotonic() > deadline:
                         raise NetworkError(f"{host} sent its answer too slowly")
                 text = body.decode(response.encoding or "utf-8", errors="replace")
-                return Answer(response.status_code, dict(response.headers), text)
+                # requests' headers mapping ignores case, as HTTP does (HTTP/2 proxies send
+                # lower-case names).
+                return Answer(response.status_code, response.headers, text)
         except requests.exceptions.SSLError as exc:
             raise NetworkError(f"TLS with {host} failed: {_reason(exc)}") from None
         except requests.exceptions.Timeout:
@@ -93,8 +96,9 @@ class Http:
 
 
 def _reason(exc: BaseException) -> str:
-    """The innermost cause, without urllib3's pool and object reprs."""
-    text = str(exc)
+    """The innermost cause, without urllib3's pool and object reprs, and without the URL:
+    a query string may carry a token (DuckDNS), and this text reaches the status."""
+    text = re.sub(r"url: \S+", "", str(exc))
     for marker in ("Caused by ", "Errno"):
         if marker in text:
             text = text[text.index(marker) :]

@@ -79,6 +79,7 @@ def test_ok_stores_and_unchanged_sends_nothing(
         "verbose": "true",
     }
     assert request.headers["user-agent"] == AGENT
+    assert "authorization" not in request.headers and request.body == b""
     assert {f: s.published for f, s in updater.records.items()} == {"ipv4": V4, "ipv6": V6}
     assert duck.ips == {"ip": V4, "ipv6": V6}
     clock.advance(300)
@@ -127,3 +128,16 @@ def test_dry_run_hides_the_token(tmp_path: Path, serve: Serve, echo: Echo, clock
     text = "\n".join(lines)
     assert f"/update?domains=home&token=<token>&ip={V4}&verbose=true" in text
     assert TOKEN not in text
+
+
+def test_a_network_error_never_shows_the_token(
+    tmp_path: Path, serve: Serve, echo: Echo, clock: Clock
+) -> None:
+    duck = DuckDnsServer(serve)
+    cfg = config(tmp_path, duck, echo)
+    duck.server.close()
+    updater = make_updater(cfg, tmp_path, clock)
+    updater.cycle()
+    error = updater.records["ipv4"].last_error
+    assert "could not reach 127.0.0.1" in error and "connection refused" in error
+    assert TOKEN not in error and "token=" not in error

@@ -29,7 +29,7 @@ DEFAULT_RETRY_AFTER = 60.0
 PER_PAGE = 100
 MAX_PAGES = 50  # 5,000 records of one name and type is not a home zone: stop there
 # Cloudflare's error codes for a token that is unknown, expired or lacks a permission.
-_AUTH_CODES = {9106, 9109, 10000, 10001, 9103, 1000, 7003}
+_AUTH_CODES = {1000, 6003, 9103, 9106, 9109, 10000, 10001}
 
 
 class CloudflareError(Exception):
