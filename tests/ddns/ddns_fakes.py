@@ -62,6 +62,7 @@ class FakeServer:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out at once
 
             def _serve(self) -> None:
                 split = urlsplit(self.path)
