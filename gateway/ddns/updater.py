@@ -154,13 +154,14 @@ class Updater:
             status.last_check = now
             result = self.detector.detect(family)
             if isinstance(result, DetectFailed):
-                status.last_error = (
+                message = (
                     f"could not detect the public {LABEL[family]} address, so the record is "
                     f"left alone: {result.reason}"
                 )
+                _log_once(status.last_error, message, logging.WARNING)
+                status.last_error = message
                 status.next_check = now + self.config.check_every
-                lines.append(f"{LABEL[family]}: {status.last_error}")
-                log.warning("%s", status.last_error)
+                lines.append(f"{LABEL[family]}: {message}")
                 continue
             detected[family] = result.address
             via = " and ".join(result.sources)
@@ -241,7 +242,15 @@ class Updater:
             status.last_error, status.failures = None, 0
             status.next_check = now + self.config.check_every
             self._sent_mono[family] = self.monotonic()
-            if not dry_run:
+            # A read-back record that held the address already needs no write: the file
+            # lives on an SD card, and Cloudflare's records need no refresh.
+            held_already = (
+                self.provider.reads_back
+                and not outcome.changed
+                and last is not None
+                and same_address(last.address, outcome.address)
+            )
+            if not dry_run and not held_already:
                 synced = self.clock_synced()
                 self.store.remember(
                     record_key,
@@ -249,11 +258,13 @@ class Updater:
                 )
             verb = "published" if outcome.changed else "confirmed"
             line = f"{label}: {verb} {self.config.hostname} = {outcome.address} ({outcome.note})"
-            log.info("%s", line)
+            log.log(logging.INFO if outcome.changed else logging.DEBUG, "%s", line)
             return line
         return self._failed(status, outcome, now)
 
     def _failed(self, status: RecordStatus, failed: Failed, now: float) -> str:
+        level = logging.ERROR if failed.kind == "fatal" else logging.WARNING
+        _log_once(status.last_error, failed.message, level)
         status.last_error = failed.message
         status.failures += 1
         if failed.kind == "fatal":
@@ -261,17 +272,14 @@ class Updater:
                 self.hash, Stop(self.config.hostname, failed.code or "fatal", failed.message, now)
             )
             status.next_check = now + self.config.check_every
-            log.error("%s", failed.message)
         elif failed.kind == "wait":
             # At least what the provider asked for, plus up to 10% so retries spread out.
             wait = (failed.wait or RETRY_FIRST) * (1 + 0.1 * self.rng())
             status.next_check = now + wait
-            log.warning("%s", failed.message)
         else:
             ceiling = min(RETRY_FIRST * 2 ** (status.failures - 1), self.config.retry_max)
             # Full jitter over the upper half: never hammering, never in lockstep.
             status.next_check = now + ceiling * (0.5 + 0.5 * self.rng())
-            log.warning("%s", failed.message)
         wait_for = format_duration(status.next_check - now)
         return f"{LABEL[status.family]}: failed: {failed.message} (next try in {wait_for})"
 
@@ -297,6 +305,11 @@ class Updater:
 
     def close(self) -> None:
         self.http.close()
+
+
+def _log_once(previous: str | None, message: str, level: int) -> None:
+    """A problem is worth a warning when it starts, not on every retry."""
+    log.log(level if message != previous else logging.DEBUG, "%s", message)
 
 
 class DdnsComponent:

@@ -185,6 +185,12 @@ def test_nothing_is_written_when_the_record_holds_the_address(
     updater.cycle()
     # The zone is looked up once; the record is read back on every check; nothing written.
     assert calls(api) == [("GET", "/zones"), ("GET", RECORDS), ("GET", RECORDS)]
+    # Nor is the state file rewritten every check (it lives on an SD card).
+    state = (tmp_path / "ddns.json").read_text()
+    clock.advance(300)
+    updater.cycle()
+    assert (tmp_path / "ddns.json").read_text() == state
+    assert len(api.received) == 4
     health, _, brief = updater.health()
     assert (health.value, brief) == ("ok", f"ddns {HOST}={V4}")
 

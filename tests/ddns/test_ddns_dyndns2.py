@@ -357,6 +357,18 @@ def test_dual_stack_variants(
     assert {f: s.published for f, s in updater.records.items()} == {"ipv4": V4, "ipv6": V6}
 
 
+def test_a_fatal_answer_stops_the_second_family_s_request_too(
+    tmp_path: Path, serve: Serve, echo: Echo, clock: Clock
+) -> None:
+    server = Dyndns2Server(serve, "badauth")
+    cfg = config(tmp_path, server, echo, ipv6=True, dual_stack="separate")
+    updater = make_updater(cfg, tmp_path, clock)
+    updater.cycle()
+    (request,) = server.received
+    assert_update(request, myip=V4)
+    assert all("badauth" in s.last_error for s in updater.records.values())
+
+
 @pytest.mark.parametrize(
     ("variant", "query"),
     [
@@ -419,3 +431,18 @@ def test_dry_run_sends_nothing_and_writes_nothing(
         for line in lines
     )
     assert "s3cret" not in "".join(lines)
+
+
+def test_a_lasting_problem_is_logged_once(
+    tmp_path: Path, serve: Serve, echo: Echo, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Dyndns2Server(serve, Reply(503, "busy"), Reply(503, "busy"), "good {myip}")
+    updater = make_updater(config(tmp_path, server, echo), tmp_path, clock)
+    caplog.set_level("INFO", logger="gateway.ddns")
+    for _ in range(3):
+        updater.cycle()
+        clock.now = updater.records["ipv4"].next_check
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"{server.server.url} for {HOST} answered HTTP 503; will retry"),
+        ("INFO", f"IPv4: published {HOST} = {V4} ({server.server.url} answered 'good {V4}')"),
+    ]

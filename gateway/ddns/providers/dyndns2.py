@@ -70,6 +70,7 @@ class Dyndns2:
         self, wanted: dict[Family, str], known: dict[Family, str], dry_run: bool
     ) -> dict[Family, Outcome]:
         out: dict[Family, Outcome] = {}
+        stopped: Failed | None = None
         url = f"{self.server}/nic/update"
         for families, query in self.requests_for(wanted, known):
             if dry_run:
@@ -79,7 +80,9 @@ class Dyndns2:
                         known.get(f) or wanted[f], f"would send GET {url}?{shown}"
                     )
                 continue
-            outcome = self._send(url, query)
+            outcome = stopped or self._send(url, query)
+            if isinstance(outcome, Failed) and outcome.kind == "fatal":
+                stopped = outcome  # not one more request to this host
             for f in families:
                 address = wanted.get(f) or known[f]
                 out[f] = (
