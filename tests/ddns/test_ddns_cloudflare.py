@@ -195,6 +195,17 @@ def test_nothing_is_written_when_the_record_holds_the_address(
     assert (health.value, brief) == ("ok", f"ddns {HOST}={V4}")
 
 
+def test_a_proxied_record_stays_proxied_with_a_warning(
+    tmp_path: Path, serve: Serve, echo: Echo, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = CloudflareApi(serve, [{**record("r1", "81.2.69.1"), "proxied": True}])
+    updater = make_updater(config(tmp_path, api, echo), tmp_path, clock)
+    updater.cycle()
+    assert api.received[-1].json() == {"content": V4}
+    assert api.records[0]["proxied"] is True
+    assert "proxied by Cloudflare: the tunnel's SSH cannot pass" in caplog.text
+
+
 def test_a_missing_record_is_created_dns_only(
     tmp_path: Path, serve: Serve, echo: Echo, clock: Clock
 ) -> None:

@@ -9,6 +9,7 @@ envelope whose HTTP status and ``success`` are both checked.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -24,6 +25,8 @@ from gateway.ddns.outcomes import (
     Published,
     WouldPublish,
 )
+
+log = logging.getLogger("gateway.ddns")
 
 DEFAULT_RETRY_AFTER = 60.0
 PER_PAGE = 100
@@ -50,6 +53,7 @@ class Cloudflare:
         self.token = secret.reveal() if secret is not None else ""
         self.http = http
         self.zone_id: str | None = None  # a zone's id never changes: look it up once
+        self.warned_proxied = False
 
     def target(self) -> str:
         return f"cloudflare {self.base} {self.zone} {self.host}"
@@ -96,6 +100,16 @@ class Cloudflare:
             self._check_content(result, address, rtype)
             return Published(address, True, f"created the {rtype} record")
         record = records[0]
+        if record.get("proxied") is True and not self.warned_proxied:
+            # Kept as the user set it (only the content is ours), but said once: through
+            # Cloudflare's HTTP proxy the Colab VM's SSH cannot reach the Pi.
+            log.warning(
+                "the %s record %s is proxied by Cloudflare: the tunnel's SSH cannot pass the "
+                "proxy; set it to DNS only in the dashboard",
+                rtype,
+                self.host,
+            )
+            self.warned_proxied = True
         current = str(record.get("content", ""))
         if same_address(current, address):
             return Published(address, False, f"the {rtype} record already holds it")
