@@ -341,6 +341,9 @@ class DdnsComponent:
 
     async def _cycle(self, ctx: Context, updater: Updater) -> None:
         task = asyncio.ensure_future(asyncio.to_thread(updater.cycle))
+        # If we are cancelled mid-cycle the thread still ends (every request has a
+        # timeout); its result, or error, is then nobody's business.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         started = time.monotonic()
         while not task.done():
             await asyncio.wait({task}, timeout=10)
