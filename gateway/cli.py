@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
-    return []
+    from gateway.ddns.cli import register as register_ddns
+
+    return [register_ddns]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
