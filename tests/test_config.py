@@ -94,7 +94,8 @@ def test_wrong_type(text: str, expected: str) -> None:
     [
         (
             "tunnel:\n  keepalive_count_max: 0\n",
-            "c.yaml:2:24: tunnel.keepalive_count_max: 0 is out of range: expected between 1 and 100",
+            "c.yaml:2:24: tunnel.keepalive_count_max: 0 is out of range: "
+            "expected between 1 and 100",
         ),
         (
             "browser:\n  enabled: false\n  reload_every: 10s\n",
@@ -132,7 +133,8 @@ def test_sessions_must_be_named_well_and_uniquely() -> None:
         "sessions:\n"
         "  - {name: colab, notebook_url: 'https://a/'}\n"
         "  - {name: Colab!, notebook_url: 'https://b/'}\n"
-        "  - {name: colab, notebook_url: 'https://c/', forwards: {ssh: {colab: 22, local: 20023}}}\n"
+        "  - {name: colab, notebook_url: 'https://c/',"
+        " forwards: {ssh: {colab: 22, local: 20023}}}\n"
     )
     assert any(
         "c.yaml:3:12: sessions[1].name: 'Colab!' is not a valid session name" in p

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from support import MINIMAL_CONFIG, NotifySocket, StartDaemon
 
-from conftest import MINIMAL_CONFIG, NotifySocket, StartDaemon
 from gateway.component import ComponentSpec, Context
 from gateway.config import load_config_text
 from gateway.daemon import Gateway
@@ -62,7 +63,7 @@ def test_watchdog_pings_at_half_the_interval(
     pings = [t for t, m in notify_socket.messages if m == "WATCHDOG=1"]
     # 0.5 s period over ~3 s: about six pings; allow a busy machine some slack.
     assert 4 <= len(pings) <= 8, pings
-    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert max(gaps) < 1.0, gaps
 
 
@@ -128,8 +129,8 @@ def test_watchdog_stops_when_a_component_wedges(
     asyncio.run(scenario())
     notify_socket.read(0.2)
     pings = [t for t, m in notify_socket.messages if m == "WATCHDOG=1"]
-    stop = [t for t, m in notify_socket.messages if m == "STOPPING=1"][0]
-    ready = [t for t, m in notify_socket.messages if m == "READY=1"][0]
+    stop = next(t for t, m in notify_socket.messages if m == "STOPPING=1")
+    ready = next(t for t, m in notify_socket.messages if m == "READY=1")
     assert pings, "pings while the component makes progress"
     # Healthy for 1 s, stall limit 1 s: no ping may come later than ~2.2 s after start.
     assert pings[-1] - ready < 2.4
