@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from support import MINIMAL_CONFIG
@@ -17,7 +18,7 @@ from gateway.state import Health, State
 
 
 class _Crasher:
-    starts: list[float] = []
+    starts: ClassVar[list[float]] = []
 
     async def run(self, ctx: Context) -> None:
         _Crasher.starts.append(time.monotonic())
