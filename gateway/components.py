@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from gateway.component import ComponentSpec
 from gateway.healer import Healer
+from gateway.tunnel.component import TunnelComponent
 
 
 def all_specs() -> list[ComponentSpec]:
@@ -16,5 +17,11 @@ def all_specs() -> list[ComponentSpec]:
             enabled=lambda c: True,
             relevant=lambda c: (c.sessions, c.browser.rerun, c.browser.rerun_after),
             factory=Healer,
+        ),
+        ComponentSpec(
+            name="tunnel",
+            enabled=lambda c: c.tunnel.enabled,
+            relevant=lambda c: (c.tunnel, c.sessions),
+            factory=TunnelComponent,
         ),
     ]
