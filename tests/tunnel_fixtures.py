@@ -44,7 +44,7 @@ def make_config(
             "    notebook_url: https://colab.research.google.com/drive/abc",
             "    forwards:",
         ]
-        lines += [f"      {k}: {{colab: {c}, local: {l}}}" for k, (c, l) in fwd.items()]
+        lines += [f"      {k}: {{colab: {c}, local: {loc}}}" for k, (c, loc) in fwd.items()]
     lines += ["tunnel:", f"  listen: 127.0.0.1:{free_port()}", "  public_host: 127.0.0.1"]
     lines += [f"  {line}" for line in extra_tunnel.strip().splitlines() if line.strip()]
     lines += [
