@@ -152,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
     from gateway.ddns.cli import register as register_ddns
+    from gateway.tunnel import commands as tunnel_commands
 
-    return [register_ddns]
+    return [tunnel_commands.register, register_ddns]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from gateway.component import ComponentSpec
 from gateway.ddns.updater import DdnsComponent
 from gateway.healer import Healer
+from gateway.tunnel.component import TunnelComponent
 
 
 def all_specs() -> list[ComponentSpec]:
@@ -17,6 +18,12 @@ def all_specs() -> list[ComponentSpec]:
             enabled=lambda c: True,
             relevant=lambda c: (c.sessions, c.browser.rerun, c.browser.rerun_after),
             factory=Healer,
+        ),
+        ComponentSpec(
+            name="tunnel",
+            enabled=lambda c: c.tunnel.enabled,
+            relevant=lambda c: (c.tunnel, c.sessions),
+            factory=TunnelComponent,
         ),
         ComponentSpec(
             name="ddns",
