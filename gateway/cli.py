@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
-    return []
+    from gateway.tmux.commands import register_shell, register_ssh_config
+
+    return [register_shell, register_ssh_config]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from gateway.component import ComponentSpec
 from gateway.healer import Healer
+from gateway.tmux.keeper import TmuxKeeper
 
 
 def all_specs() -> list[ComponentSpec]:
@@ -16,5 +17,12 @@ def all_specs() -> list[ComponentSpec]:
             enabled=lambda c: True,
             relevant=lambda c: (c.sessions, c.browser.rerun, c.browser.rerun_after),
             factory=Healer,
+        ),
+        ComponentSpec(
+            name="tmux",
+            enabled=lambda c: c.tmux.enabled and bool(c.sessions),
+            # Its windows run `colab-gateway shell`, which reads ssh settings itself.
+            relevant=lambda c: (c.tmux, tuple(s.name for s in c.sessions)),
+            factory=TmuxKeeper,
         ),
     ]

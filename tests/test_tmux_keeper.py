@@ -1,0 +1,213 @@
+"""The tmux keeper and `colab-gateway shell`, with real tmux, sshd and the daemon.
+
+The tunnel endpoint is played by a test component (tests/tunnel_switch_daemon.py) that
+publishes ``update_tunnel(up=…)``; a real sshd stands in for the Colab VM's on the session's
+local ssh port, with its host key pinned in the state directory's known_hosts file as the
+tunnel pins it. Assertions read the pane with ``tmux capture-pane``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tmux_testkit import (
+    READY_MARK,
+    Daemon,
+    Sshd,
+    alive,
+    capture,
+    keeper_window,
+    keeper_windows,
+    keygen,
+    require_root,
+    runs_child,
+    short_dir,
+    tmux,
+    tmux_server,
+    wait_for_text,
+    wait_until,
+)
+
+__all__ = ["tmux_server"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Rig:
+    daemon: Daemon
+    colab: Sshd
+    base: Path
+
+
+@pytest.fixture
+def rig(tmux_server: Path) -> Iterator[Rig]:
+    require_root()
+    base = short_dir("cg-gw-")
+    identity = base / "id_ed25519"
+    public = keygen(identity)
+    # The remote shell announces itself, so the test can time the reconnection.
+    colab = Sshd(
+        base / "colab-sshd",
+        [f'command="echo {READY_MARK}; exec /bin/bash --norc --noprofile -i" {public}'],
+    )
+    daemon = Daemon(base, identity, colab.port)
+    daemon.known_hosts.write_text(colab.known_hosts_line() + "\n")
+    try:
+        yield Rig(daemon, colab, base)
+    finally:
+        daemon.stop(signal.SIGKILL)
+        colab.stop()
+        tmux("kill-server", check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def pane() -> str | None:
+    return keeper_window("colab")
+
+
+def test_the_pane_waits_connects_and_reconnects_within_a_second(rig: Rig) -> None:
+    rig.daemon.start()
+    screen = wait_for_text(pane, "waiting for the Colab tunnel", 15)
+    assert "tunnel not up yet" in screen
+
+    rig.colab.start()
+    rig.daemon.tunnel(up=True)
+    wait_for_text(pane, READY_MARK, 10)
+    tmux("send-keys", "-t", str(pane()), "echo $((6*7))-marker", "Enter")
+    wait_for_text(pane, "42-marker", 10)
+
+    # The VM vanishes: its sshd and every connection go, and the tunnel reports down.
+    rig.colab.stop()
+    rig.daemon.tunnel(up=False)
+    screen = wait_for_text(pane, "tunnel down for", 10)
+    assert "waiting for the Colab tunnel" in screen
+    assert "42-marker" not in screen
+
+    rig.colab.start()
+    pane_pid = int(tmux("display-message", "-p", "-t", str(pane()), "#{pane_pid}").stdout)
+    up_at = time.monotonic()
+    rig.daemon.tunnel(up=True)
+    # The gateway's part: ssh is on its way within 1 s. The login itself is OpenSSH's
+    # handshake, bounded separately (it alone takes ~0.9 s on a loaded 2-core machine).
+    wait_until(lambda: runs_child(pane_pid, "ssh"), 1.0, "ssh within 1 s of the tunnel up")
+    started = time.monotonic() - up_at
+    wait_for_text(pane, READY_MARK, 5)
+    print(
+        f"after tunnel up: ssh started in {started:.3f}s, "
+        f"remote shell on screen in {time.monotonic() - up_at:.3f}s"
+    )
+    tmux("send-keys", "-t", str(pane()), "echo $((7*8))-again", "Enter")
+    wait_for_text(pane, "56-again", 10)
+
+
+def test_ctrl_c_and_typing_on_the_waiting_screen_change_nothing(rig: Rig) -> None:
+    rig.daemon.start()
+    wait_for_text(pane, "waiting for the Colab tunnel", 15)
+    window = str(pane())
+    pane_pid = int(tmux("display-message", "-p", "-t", window, "#{pane_pid}").stdout)
+
+    for key in ("C-c", "C-\\", "C-z", "C-d"):
+        tmux("send-keys", "-t", window, key)
+    tmux("send-keys", "-t", window, "-l", "typed-while-waiting")
+    tmux("send-keys", "-t", window, "Enter")
+    # Two redraws of the screen later, the same process still waits and showed nothing.
+    wait_for_text(pane, "tunnel not up yet since the daemon started", 5)
+    time.sleep(2.2)
+    screen = capture(window)
+    assert "waiting for the Colab tunnel" in screen
+    assert "typed-while-waiting" not in screen
+    assert pane() == window
+    assert alive(pane_pid)
+
+    # What was typed while waiting never reaches the remote shell either.
+    rig.colab.start()
+    rig.daemon.tunnel(up=True)
+    wait_for_text(pane, READY_MARK, 10)
+    tmux("send-keys", "-t", window, "echo $((5*5))-remote", "Enter")
+    screen = wait_for_text(pane, "25-remote", 10)
+    assert "typed-while-waiting" not in screen
+
+
+def test_daemon_restart_leaves_the_session_and_an_attached_client_alive(rig: Rig) -> None:
+    rig.daemon.start()
+    wait_for_text(pane, "waiting for the Colab tunnel", 15)
+    window = str(pane())
+    server_pid = tmux("display-message", "-p", "-t", window, "#{pid}").stdout.strip()
+    client = subprocess.Popen(
+        ["script", "-qfec", "tmux attach -t =colab", "/dev/null"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: tmux("list-clients", "-t", "=colab").stdout.strip(), 10, "attached client"
+        )
+
+        def still_attached() -> None:
+            assert client.poll() is None, "the attached tmux client died"
+            assert tmux("list-clients", "-t", "=colab").stdout.strip()
+            assert tmux("display-message", "-p", "-t", window, "#{pid}").stdout.strip() == (
+                server_pid
+            )
+
+        rig.daemon.stop(signal.SIGTERM)
+        wait_for_text(lambda: window, "daemon not running", 10)
+        still_attached()
+
+        rig.daemon.start()
+        wait_for_text(lambda: window, "tunnel not up yet", 10)
+        wait_until(
+            lambda: rig.daemon.status()["components"]["tmux"]["health"] == "ok",  # type: ignore[index]
+            10,
+            "the keeper to report ok",
+        )
+        assert keeper_windows() == {window: "colab"}, "the new keeper made a second window"
+        still_attached()
+
+        # A crash that takes the daemon's whole process group down spares tmux too.
+        rig.daemon.stop(signal.SIGKILL)
+        wait_for_text(lambda: window, "daemon not", 10)
+        still_attached()
+    finally:
+        client.kill()
+        client.wait(timeout=10)
+        assert client.stdin is not None
+        client.stdin.close()
+
+
+def test_keeper_minds_its_own_windows_only(rig: Rig) -> None:
+    tmux("new-session", "-d", "-s", "other", "sleep 600")
+    tmux("new-window", "-d", "-t", "=other:", "sleep 600")
+    other_before = tmux("list-windows", "-t", "=other", "-F", "#{window_id}").stdout
+
+    rig.daemon.start()
+    wait_for_text(pane, "waiting for the Colab tunnel", 15)
+    tmux("new-window", "-d", "-t", "=colab:", "-n", "mine", "sleep 600")
+    mine = tmux("list-windows", "-t", "=colab", "-F", "#{window_id} #{window_name}").stdout
+    mine_id = next(line.split()[0] for line in mine.splitlines() if line.endswith(" mine"))
+
+    first = str(pane())
+    killed_at = time.monotonic()
+    tmux("kill-window", "-t", first)
+    second = wait_until(lambda: pane() not in (None, first) and pane(), 5, "the window back")
+    print(f"keeper window back {time.monotonic() - killed_at:.2f}s after kill-window")
+    wait_for_text(pane, "waiting for the Colab tunnel", 10)
+    windows = keeper_windows()
+    assert windows == {mine_id: "", str(second): "colab"}
+    name = tmux("display-message", "-p", "-t", str(second), "#{window_name}").stdout.strip()
+    assert name == "colab"
+
+    # The whole session killed: the keeper makes it again (a re-check, no hook can tell).
+    tmux("kill-session", "-t", "=colab")
+    wait_until(pane, 10, "the keeper's session back")
+    assert tmux("list-windows", "-t", "=other", "-F", "#{window_id}").stdout == other_before
