@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from tmux_testkit import (
     READY_MARK,
+    REPO,
     Daemon,
     Sshd,
     alive,
@@ -211,3 +212,27 @@ def test_keeper_minds_its_own_windows_only(rig: Rig) -> None:
     tmux("kill-session", "-t", "=colab")
     wait_until(pane, 10, "the keeper's session back")
     assert tmux("list-windows", "-t", "=other", "-F", "#{window_id}").stdout == other_before
+
+
+def unit_exec_start() -> list[str]:
+    unit = (REPO / "systemd" / "colab-gateway-tmux.service").read_text()
+    line = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
+    # systemd splits on whitespace and turns a lone `\;` into a literal ';'.
+    return [";" if word == "\\;" else word for word in line.removeprefix("ExecStart=").split()]
+
+
+def test_the_units_server_outlives_its_client_and_hosts_the_keepers_session(rig: Rig) -> None:
+    argv = unit_exec_start()
+    assert argv[0] == shutil.which("tmux") or Path(argv[0]).exists()
+    # Type=forking: the command must return once the server runs in the background.
+    starter = subprocess.run(argv, timeout=10, capture_output=True, text=True)
+    assert starter.returncode == 0, starter.stderr
+    assert tmux("list-sessions").stdout == ""  # a server with no session, kept up
+    time.sleep(0.5)
+    assert tmux("list-sessions").returncode == 0, "the server exited with no session"
+
+    rig.daemon.start()
+    wait_for_text(pane, "waiting for the Colab tunnel", 15)
+    server_pid = int(tmux("display-message", "-p", "-t", str(pane()), "#{pid}").stdout)
+    assert b"start-server" in Path(f"/proc/{server_pid}/cmdline").read_bytes()
+    assert keeper_windows() == {str(pane()): "colab"}, "no stray shell window"

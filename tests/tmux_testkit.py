@@ -180,6 +180,7 @@ class Sshd:
             "UsePAM no\n"
             "PrintMotd no\n"
             "PrintLastLog no\n"
+            "Subsystem sftp internal-sftp\n"
             "LogLevel ERROR\n" + extra
         )
         self.proc: subprocess.Popen[bytes] | None = None

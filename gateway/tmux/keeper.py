@@ -39,6 +39,9 @@ RECHECK = 5.0  # the fallback for what no hook reports; also the watchdog's proo
 QUICK_EXIT = 2.0  # a window gone sooner than this after its creation is a crash loop
 FIRST_DELAY = 1.0
 MAX_DELAY = 60.0
+# Under systemd the server belongs to colab-gateway-tmux.service (Restart=always, 2 s):
+# give it this long to come back before starting one in the daemon's own cgroup.
+SERVER_GRACE = 10.0
 
 
 def channel(tmux_session: str) -> str:
@@ -77,6 +80,7 @@ class TmuxKeeper:
         self._not_before: dict[str, float] = {}
         self._hooked: str | None = None  # the tmux session id our hook is installed on
         self._started_server = False
+        self._no_server_since: float | None = None
 
     async def run(self, ctx: Context) -> None:
         while True:
@@ -91,6 +95,14 @@ class TmuxKeeper:
         wanted = [s.name for s in ctx.config.sessions]
         now = time.monotonic()
         session_id = await self._ensure_session(ctx, name, wanted, now)
+        if session_id is None:
+            ctx.health(
+                Health.DEGRADED,
+                f"no tmux server on {tmuxctl.socket_path()}: waiting for "
+                "colab-gateway-tmux.service to start it (systemctl status colab-gateway-tmux)",
+                brief="",
+            )
+            return 1.0
         if session_id != self._hooked:
             # Replaces only this session's hook; the user's global hooks stay untouched.
             await tmuxctl.run(
@@ -140,12 +152,22 @@ class TmuxKeeper:
         )
         return now + delay
 
-    async def _ensure_session(self, ctx: Context, name: str, wanted: list[str], now: float) -> str:
+    async def _ensure_session(
+        self, ctx: Context, name: str, wanted: list[str], now: float
+    ) -> str | None:
+        """The tmux session's id, made if missing; None while waiting for systemd's server."""
         found = await tmuxctl.run(
             "display-message", "-p", "-t", f"={name}:", "#{session_id}", check=False
         )
         if found.returncode == 0 and found.stdout.strip():
+            self._no_server_since = None
             return found.stdout.strip()
+        if found.no_server and os.environ.get("INVOCATION_ID"):
+            if self._no_server_since is None:
+                self._no_server_since = now
+            if now - self._no_server_since < SERVER_GRACE:
+                return None
+        self._no_server_since = None
         # A new session starts with the first Colab session's window, so that no stray
         # shell window appears; a server is started if there is none.
         first = wanted[0]

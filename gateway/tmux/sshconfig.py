@@ -53,7 +53,8 @@ def known_hosts_lines(config: Config, paths: Paths, sessions: list[str]) -> list
 def config_block(config: Config, paths: Paths, session: str, pi: str) -> str:
     port = config.session(session).ssh_port
     keys = pinned_keys(paths.known_hosts, port)
-    fetch = f"ssh -o BatchMode=yes {pi} colab-gateway ssh-config --known-hosts {session}"
+    # ssh runs KnownHostsCommand without a shell and wants an absolute path.
+    fetch = f"/usr/bin/ssh -o BatchMode=yes {pi} colab-gateway ssh-config --known-hosts {session}"
     lines = [
         f"# Colab session {session!r}, reached through {pi} (colab-gateway ssh-config).",
         f"Host {alias(session)}",
