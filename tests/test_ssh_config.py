@@ -218,3 +218,24 @@ def test_laptop_reaches_the_vm_through_the_pi_with_the_pinned_key(laptop: Laptop
     assert "Host key verification failed" in refused.stderr or "HOST IDENTIFICATION" in (
         refused.stderr
     ), refused.stderr
+
+
+def test_secrets_it_cannot_read_do_not_stop_it_but_a_bad_session_does(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 20022)
+    state = tmp_path / "state"
+    state.mkdir()
+    # A member of the gateway's group runs it over ssh: the DDNS token is not theirs.
+    with config.open("a") as f:
+        f.write(
+            "ddns:\n  provider: cloudflare\n  hostname: home.example.net\n"
+            f"  cloudflare: {{api_token_file: {tmp_path / 'missing.token'}}}\n"
+        )
+    assert gateway("check-config", "-c", str(config)).returncode == 78
+    out = gateway("ssh-config", "-c", str(config), "--state-dir", str(state), "--pi", "pi")
+    assert out.returncode == 0, out.stderr
+    assert "Host colab-colab" in out.stdout
+
+    config.write_text(config.read_text().replace("local: 20022", "local: 80"))
+    bad = gateway("ssh-config", "-c", str(config), "--state-dir", str(state))
+    assert bad.returncode == 78
+    assert f"{config}:4:" in bad.stderr and "80" in bad.stderr

@@ -236,3 +236,24 @@ def test_the_units_server_outlives_its_client_and_hosts_the_keepers_session(rig:
     server_pid = int(tmux("display-message", "-p", "-t", str(pane()), "#{pid}").stdout)
     assert b"start-server" in Path(f"/proc/{server_pid}/cmdline").read_bytes()
     assert keeper_windows() == {str(pane()): "colab"}, "no stray shell window"
+
+
+def test_one_window_per_session_following_config_reloads(rig: Rig) -> None:
+    rig.daemon.write_config(extra_sessions=("spare",))
+    rig.daemon.start()
+    wait_until(lambda: sorted(keeper_windows().values()) == ["colab", "spare"], 15, "both windows")
+    spare = keeper_window("spare")
+    wait_for_text(lambda: spare, "waiting for the Colab tunnel", 10)
+    colab = keeper_window("colab")
+
+    rig.daemon.write_config()
+    rig.daemon.reload()
+    wait_until(lambda: keeper_window("spare") is None, 10, "the removed session's window gone")
+    assert keeper_windows() == {str(colab): "colab"}, "the remaining window was replaced"
+
+    rig.daemon.write_config(extra_sessions=("third",))
+    rig.daemon.reload()
+    third = wait_until(lambda: keeper_window("third"), 10, "the added session's window")
+    name = tmux("display-message", "-p", "-t", str(third), "#{window_name}").stdout.strip()
+    assert name == "third"
+    assert keeper_window("colab") == colab

@@ -244,24 +244,30 @@ class Daemon:
         self.runtime_dir = base / "run"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log = base / "daemon.log"
+        self.identity = identity
+        self.ssh_port = ssh_port
+        self.tmux_enabled = tmux_enabled
+        self.write_config(extra_sessions)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, extra_sessions: tuple[str, ...] = ()) -> None:
+        """Sessions colab (on ssh_port) and ``extra_sessions`` (on the ports after it)."""
         sessions = [
-            "  - name: colab\n"
+            f"  - name: {name}\n"
             "    notebook_url: https://colab.research.google.com/drive/test\n"
-            f"    forwards: {{ssh: {{colab: 22, local: {ssh_port}}}}}\n"
+            f"    forwards: {{ssh: {{colab: 22, local: {self.ssh_port + index}}}}}\n"
+            for index, name in enumerate(("colab", *extra_sessions))
         ]
-        for index, name in enumerate(extra_sessions, start=1):
-            sessions.append(
-                f"  - name: {name}\n"
-                "    notebook_url: https://colab.research.google.com/drive/test\n"
-                f"    forwards: {{ssh: {{colab: 22, local: {ssh_port + index}}}}}\n"
-            )
         self.config.write_text(
             "sessions:\n" + "".join(sessions) + "tunnel: {enabled: false}\n"
             "browser: {enabled: false}\n"
-            f"tmux: {{enabled: {str(tmux_enabled).lower()}, session: colab}}\n"
-            f"ssh: {{identity: {identity}, server_alive_interval: 5s}}\n"
+            f"tmux: {{enabled: {str(self.tmux_enabled).lower()}, session: colab}}\n"
+            f"ssh: {{identity: {self.identity}, server_alive_interval: 5s}}\n"
         )
-        self.proc: subprocess.Popen[bytes] | None = None
+
+    def reload(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     @property
     def known_hosts(self) -> Path:
@@ -278,6 +284,8 @@ class Daemon:
         ]
 
     def start(self) -> None:
+        # Not under systemd, whatever runs the tests: the keeper may start tmux at once.
+        env = {k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -289,6 +297,7 @@ class Daemon:
                 stderr=log,
                 start_new_session=True,
                 cwd=self.base,
+                env=env,
             )
         wait_until(self._switch_ready, 15, "the daemon's tunnel switch")
 

@@ -51,14 +51,17 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:
-    from gateway.cli import load_or_report, paths_from
+    from gateway.cli import paths_from
+    from gateway.config import ConfigError
     from gateway.tmux import sshconfig
 
     paths = paths_from(args)
-    loaded = load_or_report(paths)
-    if loaded is None:
+    try:
+        config = sshconfig.load_ssh_view(paths.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
         return EX_CONFIG
-    config = loaded.config
     names = args.sessions or [s.name for s in config.sessions]
     for name in names:
         try:

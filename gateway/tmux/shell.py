@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError
 from gateway.durations import format_duration
 from gateway.paths import Paths
+from gateway.tmux.sshconfig import load_ssh_view
 
 REFRESH = 1.0  # the waiting screen's clock ticks once a second
 RECONNECT = 0.5  # how often to look for the daemon's status socket while it is away
@@ -247,7 +248,7 @@ def ssh_argv(config: Config, session: str, paths: Paths) -> list[str]:
 def plan_ssh(session: str, paths: Paths) -> SshPlan | str:
     """The ssh command line, or what keeps us from running it (a sentence for the screen)."""
     try:
-        config = load_config(paths.config).config
+        config = load_ssh_view(paths.config)
     except ConfigError as exc:
         return f"the config has a problem: {exc.problems[0]}"
     try:
@@ -320,7 +321,9 @@ def screen_lines(
                 lines.append(f"tunnel up; ssh again in {format_duration(retry_in)}")
         else:
             lines.append(waiting_line(snapshot, session, now))
-        lines.append(f"daemon: {snapshot.get('summary', '')}")
+        summary = snapshot.get("summary", "")
+        if summary and summary != "no components enabled":
+            lines.append(f"daemon: {summary}")
     if last is not None:
         why = f": {last.message}" if last.message else ""
         lines.append(

@@ -14,10 +14,39 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from gateway.config import Config
+import yaml
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.configschema import bind_document
 from gateway.paths import Paths
 
+# What a terminal into the VM needs from the config; the rest is the daemon's business.
+_SSH_SECTIONS = ("sessions", "ssh")
+
 ALIAS_PREFIX = "colab-"
+
+
+def load_ssh_view(path: Path) -> Config:
+    """The config as far as ssh into the VM needs it (``sessions`` and ``ssh``).
+
+    The whole file is tried first, for its exact error positions. If that fails, only the
+    two sections are bound: a person in the gateway's group may not read the DDNS secret
+    files, and a mistake elsewhere must not cut the tmux window off from the VM. Raises
+    the whole file's ConfigError when even those two sections are wrong.
+    """
+    try:
+        return load_config(path).config
+    except ConfigError as whole:
+        try:
+            document = yaml.safe_load(path.read_text())
+            if not isinstance(document, dict):
+                raise whole from None
+            subset = {key: document[key] for key in _SSH_SECTIONS if key in document}
+            config, _ = bind_document(yaml.safe_dump(subset), str(path), Config)
+        except (ConfigError, OSError, yaml.YAMLError):
+            raise whole from None
+        assert isinstance(config, Config)
+        return config
 
 
 def alias(session: str) -> str:
