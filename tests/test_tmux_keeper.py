@@ -74,6 +74,13 @@ def pane() -> str | None:
     return keeper_window("colab")
 
 
+def flags(target: str) -> str:
+    """Whether the pane is on the alternate screen, and whether mouse reporting is on."""
+    return tmux(
+        "display-message", "-p", "-t", target, "#{alternate_on} #{mouse_any_flag}"
+    ).stdout.strip()
+
+
 def test_the_pane_waits_connects_and_reconnects_within_a_second(rig: Rig) -> None:
     rig.daemon.start()
     screen = wait_for_text(pane, "waiting for the Colab tunnel", 15)
@@ -84,6 +91,9 @@ def test_the_pane_waits_connects_and_reconnects_within_a_second(rig: Rig) -> Non
     wait_for_text(pane, READY_MARK, 10)
     tmux("send-keys", "-t", str(pane()), "echo $((6*7))-marker", "Enter")
     wait_for_text(pane, "42-marker", 10)
+    # A full-screen program with mouse reporting is running when the VM goes away.
+    tmux("send-keys", "-t", str(pane()), r"printf '\033[?1049h\033[?1000h'; cat", "Enter")
+    wait_until(lambda: flags(str(pane())) == "1 1", 10, "alternate screen and mouse on")
 
     # The VM vanishes: its sshd and every connection go, and the tunnel reports down.
     rig.colab.stop()
@@ -91,6 +101,7 @@ def test_the_pane_waits_connects_and_reconnects_within_a_second(rig: Rig) -> Non
     screen = wait_for_text(pane, "tunnel down for", 10)
     assert "waiting for the Colab tunnel" in screen
     assert "42-marker" not in screen
+    assert flags(str(pane())) == "0 0", "the waiting screen inherited the VM's terminal modes"
 
     rig.colab.start()
     pane_pid = int(tmux("display-message", "-p", "-t", str(pane()), "#{pane_pid}").stdout)

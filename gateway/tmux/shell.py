@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from gateway.config import Config, ConfigError
 from gateway.durations import format_duration
 from gateway.paths import Paths
-from gateway.tmux.sshconfig import load_ssh_view
+from gateway.tmux.sshconfig import load_ssh_view, pinned_keys
 
 REFRESH = 1.0  # the waiting screen's clock ticks once a second
 RECONNECT = 0.5  # how often to look for the daemon's status socket while it is away
@@ -38,6 +38,11 @@ MAX_BACKOFF = 30.0
 MAX_LINE = 4 * 1024 * 1024
 
 _QUIET_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP)
+# Leave the alternate screen (vim, htop), stop mouse reports and bracketed paste, reset
+# colours and the character set: a VM that vanished mid-program never sent these itself.
+_RESET = (
+    "\x1b[?1049l\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[?1l\x1b>\x1b[0m\x1b(B"
+)
 
 
 @dataclass
@@ -144,6 +149,13 @@ class Terminal:
             attrs[3] &= ~(termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN)
             termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
         self.out.write("\x1b[?25l")  # hide the cursor: there is nothing to type
+        self.out.flush()
+
+    def reset(self) -> None:
+        """Undo what a program in the VM may have left on when the connection dropped."""
+        if self.fd is not None and self.saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
+        self.out.write(_RESET)
         self.out.flush()
 
     def restore(self) -> None:
@@ -261,21 +273,12 @@ def plan_ssh(session: str, paths: Paths) -> SshPlan | str:
             f"the ssh key ssh.identity={config.ssh.identity!r} does not exist ({identity}): "
             "create it or point ssh.identity at the key whose .pub the bootstrap installs"
         )
-    if not _pinned(paths.known_hosts, port):
+    if not pinned_keys(paths.known_hosts, port):
         return (
             f"tunnel up, but no host key for [localhost]:{port} is pinned in "
             f"{paths.known_hosts} yet"
         )
     return SshPlan(ssh_argv(config, session, paths))
-
-
-def _pinned(known_hosts: Path, port: int) -> bool:
-    prefix = f"[localhost]:{port}"
-    try:
-        text = known_hosts.read_text()
-    except OSError:
-        return False
-    return any(line.split(" ", 1)[0].split(",")[0] == prefix for line in text.splitlines())
 
 
 def run_ssh(argv: list[str], terminal: Terminal, tunnel_since: float | None) -> Attempt:
@@ -296,6 +299,7 @@ def run_ssh(argv: list[str], terminal: Terminal, tunnel_since: float | None) -> 
             ]
             text = next((line for line in reversed(lines) if line), "")
     ended = time.monotonic()
+    terminal.reset()
     terminal.quiet()
     return Attempt(started, ended, time.time(), tunnel_since, code, text)
 
