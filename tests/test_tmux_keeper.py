@@ -219,9 +219,10 @@ def test_keeper_minds_its_own_windows_only(rig: Rig) -> None:
     name = tmux("display-message", "-p", "-t", str(second), "#{window_name}").stdout.strip()
     assert name == "colab"
 
-    # The whole session killed: the keeper makes it again (a re-check, no hook can tell).
+    # The whole session killed (the server stays: it has another session): the global
+    # session-closed hook tells the keeper, which makes it again.
     tmux("kill-session", "-t", "=colab")
-    wait_until(pane, 10, "the keeper's session back")
+    wait_until(pane, 3, "the keeper's session back")
     assert tmux("list-windows", "-t", "=other", "-F", "#{window_id}").stdout == other_before
 
 
@@ -268,3 +269,57 @@ def test_one_window_per_session_following_config_reloads(rig: Rig) -> None:
     name = tmux("display-message", "-p", "-t", str(third), "#{window_name}").stdout.strip()
     assert name == "third"
     assert keeper_window("colab") == colab
+
+
+def pane_pid() -> int | None:
+    window = pane()
+    if window is None:
+        return None
+    out = tmux("display-message", "-p", "-t", window, "#{pane_pid}", check=False)
+    return int(out.stdout) if out.returncode == 0 and out.stdout.strip() else None
+
+
+def hooks() -> str:
+    return tmux("show-hooks", "-t", str(pane()), check=False).stdout
+
+
+def test_keeper_recovers_from_a_killed_tmux_server(rig: Rig) -> None:
+    rig.daemon.start()
+    wait_for_text(pane, "waiting for the Colab tunnel", 15)
+    assert "wait-for -S colab-gateway-colab" in hooks()
+
+    tmux("kill-server")
+    # The keeper's `tmux wait-for` client ends with the server: it notices at once.
+    wait_for_text(pane, "waiting for the Colab tunnel", 10)
+    # The new server reuses session id $0; the hook must be installed on it all the same.
+    assert "wait-for -S colab-gateway-colab" in hooks()
+    first = pane_pid()
+    # Its only window: the session closes with it, and so does the server (no session
+    # left); the keeper's wait-for client notices.
+    tmux("kill-window", "-t", str(pane()))
+    wait_until(lambda: pane_pid() not in (None, first), 3, "the window back, through a hook")
+
+
+def test_a_window_that_dies_at_once_is_retried_with_a_growing_pause(rig: Rig) -> None:
+    subprocess.run(unit_exec_start(), timeout=10, check=True)
+    # Every pane's python dies at start-up, as a broken install would make it.
+    tmux("set-environment", "-g", "PYTHONHOME", "/nonexistent")
+    rig.daemon.start()
+
+    def degraded() -> bool:
+        tmux_health = rig.daemon.status()["components"]["tmux"]  # type: ignore[index]
+        return "keep closing" in tmux_health["message"]  # type: ignore[no-any-return]
+
+    wait_until(degraded, 15, "the keeper to report a crash loop")
+    time.sleep(4)
+    created = rig.daemon.log.read_text().count("created tmux session colab")
+    # At once, at once, then 1 s, 2 s, 4 s apart: a handful, not one per python start.
+    assert 2 <= created <= 6, f"{created} sessions created in a crash loop"
+
+    tmux("set-environment", "-gu", "PYTHONHOME")
+    wait_for_text(pane, "waiting for the Colab tunnel", 20)
+    wait_until(
+        lambda: rig.daemon.status()["components"]["tmux"]["health"] == "ok",  # type: ignore[index]
+        10,
+        "the keeper to report ok again",
+    )

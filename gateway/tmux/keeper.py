@@ -4,12 +4,12 @@ The keeper owns exactly the windows it marked with the window option ``@colab-ga
 (whose value is the Colab session's name). It never touches other tmux sessions, never
 closes windows the user opened in its session, and recreates its own windows when they go.
 
-It reacts to a lost window at once without polling: a session hook runs
-``wait-for -S <channel>`` whenever a window leaves the session, and the keeper waits on
-that channel with ``tmux wait-for``. tmux remembers a signal sent while nobody waits, so
-nothing is lost between two checks. What no session hook can report (the whole session
-killed) is caught by a re-check every few seconds; a killed server ends the waiting
-client at once.
+It reacts to a lost window at once without polling: hooks run ``wait-for -S <channel>``
+whenever a window leaves its session (a hook of that session only) or a session closes (a
+global hook, appended beside the user's own), and the keeper waits on that channel with
+``tmux wait-for``. tmux remembers a signal sent while nobody waits, so nothing is lost
+between two checks. A killed server ends the waiting client at once. A re-check every
+few seconds is the safety net for anything else (hooks removed by hand, say).
 
 The tmux server normally belongs to ``colab-gateway-tmux.service`` so that restarting
 the daemon never ends the session a user is attached to. When there is no server (tests,
@@ -42,6 +42,7 @@ MAX_DELAY = 60.0
 # Under systemd the server belongs to colab-gateway-tmux.service (Restart=always, 2 s):
 # give it this long to come back before starting one in the daemon's own cgroup.
 SERVER_GRACE = 10.0
+MIN_WAIT = 0.05
 
 
 def channel(tmux_session: str) -> str:
@@ -78,13 +79,22 @@ class TmuxKeeper:
         self._created_at: dict[str, float] = {}  # monotonic, per Colab session
         self._quick_deaths: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
-        self._hooked: str | None = None  # the tmux session id our hook is installed on
+        # (server pid, session id) our hook is on: a new server reuses session ids.
+        self._hooked: tuple[str, str] | None = None
         self._started_server = False
         self._no_server_since: float | None = None
 
     async def run(self, ctx: Context) -> None:
         while True:
-            wake_in = await self.reconcile(ctx)
+            try:
+                wake_in = await self.reconcile(ctx)
+            except tmuxctl.TmuxError as exc:
+                if not exc.vanished:
+                    raise
+                # A window or the session went while we worked on it: look again. A
+                # window that keeps dying is held back by _schedule, so this can't spin.
+                log.debug("tmux changed under the keeper (%s); looking again", exc)
+                wake_in = MIN_WAIT
             ctx.progress()
             await self._wait(channel(ctx.config.tmux.session), min(RECHECK, wake_in))
             ctx.progress()
@@ -94,21 +104,12 @@ class TmuxKeeper:
         name = ctx.config.tmux.session
         wanted = [s.name for s in ctx.config.sessions]
         now = time.monotonic()
-        session_id = await self._ensure_session(ctx, name, wanted, now)
-        if session_id is None:
-            ctx.health(
-                Health.DEGRADED,
-                f"no tmux server on {tmuxctl.socket_path()}: waiting for "
-                "colab-gateway-tmux.service to start it (systemctl status colab-gateway-tmux)",
-                brief="",
-            )
-            return 1.0
-        if session_id != self._hooked:
-            # Replaces only this session's hook; the user's global hooks stay untouched.
-            await tmuxctl.run(
-                "set-hook", "-t", session_id, "window-unlinked", f"wait-for -S {channel(name)}"
-            )
-            self._hooked = session_id
+        found = await self._ensure_session(ctx, name, wanted, now)
+        if isinstance(found, float):
+            return found
+        if found != self._hooked:
+            await self._install_hooks(name, found[1])
+            self._hooked = found
         owned = await self._owned_windows(name)
         wake_in = RECHECK
         for session in wanted:
@@ -125,7 +126,7 @@ class TmuxKeeper:
                     log.info("closing window %s: session %s left the config", window_id, session)
                     await tmuxctl.run("kill-window", "-t", window_id, check=False)
         self._report(ctx, name, wanted, owned)
-        return max(wake_in, 0.05)
+        return max(wake_in, MIN_WAIT)
 
     def _schedule(self, session: str, now: float) -> float:
         """When the window of ``session`` may be created again (now, or after a backoff)."""
@@ -154,23 +155,36 @@ class TmuxKeeper:
 
     async def _ensure_session(
         self, ctx: Context, name: str, wanted: list[str], now: float
-    ) -> str | None:
-        """The tmux session's id, made if missing; None while waiting for systemd's server."""
+    ) -> tuple[str, str] | float:
+        """(server pid, session id), the session made if missing; or, when it can't be
+        made yet, how many seconds to wait (the reason is in the health)."""
         found = await tmuxctl.run(
-            "display-message", "-p", "-t", f"={name}:", "#{session_id}", check=False
+            "display-message", "-p", "-t", f"={name}:", "#{pid} #{session_id}", check=False
         )
-        if found.returncode == 0 and found.stdout.strip():
+        if found.returncode == 0 and len(found.stdout.split()) == 2:
             self._no_server_since = None
-            return found.stdout.strip()
+            pid, session_id = found.stdout.split()
+            return pid, session_id
         if found.no_server and os.environ.get("INVOCATION_ID"):
             if self._no_server_since is None:
                 self._no_server_since = now
             if now - self._no_server_since < SERVER_GRACE:
-                return None
+                ctx.health(
+                    Health.DEGRADED,
+                    f"no tmux server on {tmuxctl.socket_path()}: waiting for "
+                    "colab-gateway-tmux.service to start it "
+                    "(systemctl status colab-gateway-tmux)",
+                    brief="",
+                )
+                return 1.0
         self._no_server_since = None
         # A new session starts with the first Colab session's window, so that no stray
         # shell window appears; a server is started if there is none.
         first = wanted[0]
+        ready_at = self._schedule(first, now)
+        if ready_at > now:  # its only window keeps dying, taking the session along
+            self._report(ctx, name, wanted, {})
+            return ready_at - now
         started_server = found.no_server
         created = await tmuxctl.run(
             "new-session",
@@ -181,18 +195,28 @@ class TmuxKeeper:
             first,
             "-P",
             "-F",
-            "#{session_id} #{window_id}",
+            "#{pid} #{session_id} #{window_id}",
             shlex.join(shell_command(first, ctx.paths)),
             detach=True,
         )
-        session_id, window_id = created.stdout.split()
-        await self._mark(window_id, first)
+        pid, session_id, window_id = created.stdout.split()
         self._note_created(first, now)
+        await self._mark(window_id, first)
         if started_server:
             self._started_server = True
             log.info("started a tmux server on %s", tmuxctl.socket_path())
         log.info("created tmux session %s (%s) with window %s", name, session_id, first)
-        return session_id
+        return pid, session_id
+
+    async def _install_hooks(self, name: str, session_id: str) -> None:
+        signal = f"wait-for -S {channel(name)}"
+        # A window leaving our session. This session's own hook: replaces no one's.
+        await tmuxctl.run("set-hook", "-t", session_id, "window-unlinked", signal)
+        # The session itself closing (its last window killed, kill-session) runs no session
+        # hook, only the global one: append ours, once per server, beside the user's.
+        current = await tmuxctl.run("show-hooks", "-g", "session-closed", check=False)
+        if signal not in current.stdout:
+            await tmuxctl.run("set-hook", "-ga", "session-closed", signal)
 
     async def _owned_windows(self, name: str) -> dict[str, list[str]]:
         listing = await tmuxctl.run(
@@ -220,8 +244,8 @@ class TmuxKeeper:
             shlex.join(shell_command(session, ctx.paths)),
         )
         window_id = created.stdout.strip()
-        await self._mark(window_id, session)
         self._note_created(session, time.monotonic())
+        await self._mark(window_id, session)
         log.info("opened window %s (%s) in tmux session %s", session, window_id, name)
 
     async def _mark(self, window_id: str, session: str) -> None:

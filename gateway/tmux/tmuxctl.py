@@ -29,8 +29,30 @@ _PRIVATE_VARIABLES = (
 )
 
 
+# What tmux says when a session or window went away between two commands.
+_GONE = (
+    "no such session",
+    "no such window",
+    "can't find session",
+    "can't find window",
+    "can't find pane",
+    "no server running",
+    "server exited",
+)
+
+
 class TmuxError(RuntimeError):
     """tmux answered with an error, or did not answer in time."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+    @property
+    def vanished(self) -> bool:
+        """The target went away meanwhile (a window closed, the server exited): a race
+        with the user or a dying pane, to be answered by looking again."""
+        return any(text in self.stderr for text in _GONE)
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,7 @@ async def run(*args: str, check: bool = True, detach: bool = False) -> Result:
     result = Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
     if check and result.returncode != 0:
         raise TmuxError(
-            f"'tmux {' '.join(args)}' failed ({result.returncode}): {result.stderr.strip()}"
+            f"'tmux {' '.join(args)}' failed ({result.returncode}): {result.stderr.strip()}",
+            result.stderr,
         )
     return result
