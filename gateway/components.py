@@ -8,6 +8,7 @@ from __future__ import annotations
 from gateway.component import ComponentSpec
 from gateway.ddns.updater import DdnsComponent
 from gateway.healer import Healer
+from gateway.tmux.keeper import TmuxKeeper
 from gateway.tunnel.component import TunnelComponent
 
 
@@ -30,5 +31,12 @@ def all_specs() -> list[ComponentSpec]:
             enabled=lambda c: c.ddns.provider != "none",
             relevant=lambda c: c.ddns,
             factory=DdnsComponent,
+        ),
+        ComponentSpec(
+            name="tmux",
+            enabled=lambda c: c.tmux.enabled and bool(c.sessions),
+            # Its windows run `colab-gateway shell`, which reads ssh settings itself.
+            relevant=lambda c: (c.tmux, tuple(s.name for s in c.sessions)),
+            factory=TmuxKeeper,
         ),
     ]

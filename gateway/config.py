@@ -318,10 +318,27 @@ class TmuxConfig:
     session: str = setting("colab", check=_session_name)
 
 
+_PUBLIC_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
+    r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
+
+
+def _public_key(value: str) -> None:
+    if not _PUBLIC_KEY.match(value.strip()):
+        raise ValueError(
+            f"{value[:40]!r} is not an OpenSSH public key line: paste the whole line of the "
+            "laptop's ~/.ssh/id_ed25519.pub (ssh-ed25519 AAAA... comment)"
+        )
+
+
 @dataclass(frozen=True)
 class SshConfig:
     identity: str = "~/.ssh/id_ed25519"  # the Pi user's key; its .pub goes to Colab
     server_alive_interval: Duration = setting(Duration(15), min=1, max=3600)
+    # More public keys the bootstrap installs for root on the VM: a laptop's, so that
+    # `colab-gateway ssh-config` hosts (ProxyJump through the Pi) can log in end to end.
+    authorized_keys: list[str] = setting(factory=list, check=_public_key)
 
 
 @dataclass(frozen=True)
