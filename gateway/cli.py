@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
-    return []
+    from gateway.browser import login
+
+    return [login.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
