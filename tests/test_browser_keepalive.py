@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from browser_harness import Harness
-from gateway.browser.launch import processes_with_arg
+from gateway.browser.launch import is_running, processes_with_arg
 from gateway.sim import SimColab
 from gateway.state import Command
 
@@ -136,7 +136,7 @@ def test_chromium_killed_is_restarted_without_orphans(keeper: Harness, sim: SimC
     sim.wait_for(lambda s: s.count("load") > loads, 30, "a new page load")
     keeper.wait(lambda h: h.worker().browser not in (None, old), 30, "a new browser")
     keeper.wait_state("connected", timeout=30)
-    survivors = [p for p in old_pids if Path(f"/proc/{p}").exists()]
+    survivors = [p for p in old_pids if is_running(p)]
     assert not survivors, f"orphans of the killed browser: {survivors}"
     # the runtime stayed connected server-side: the new page needed no click
     assert not sim.events("action", action="connect_while_connected")

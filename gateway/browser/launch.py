@@ -166,6 +166,11 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rfind(")") + 2 :].split()
 
 
+def is_running(pid: int) -> bool:
+    """Exists and is not a zombie (a dead child waiting for its parent to notice)."""
+    return _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     fields = _stat_fields(pid)
     return fields is not None and fields[0] != "Z"
@@ -196,6 +201,17 @@ def processes_with_arg(fragment: str) -> set[int]:
             continue
         if needle in cmdline and _alive(int(entry)):
             found.add(int(entry))
+    return found
+
+
+def crashpad_handlers() -> set[int]:
+    """Chromium's crash handlers: started with setsid(), outside the driver's session."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/comm").read_text().startswith("chrome_crashpad"):
+                    found.add(int(entry))
     return found
 
 
@@ -236,6 +252,7 @@ class Browser:
     display: str | None = None
     started_at: float = field(default_factory=time.monotonic)
     chromium_pid: int | None = None
+    helpers: set[int] = field(default_factory=set)  # processes outside the session (crashpad)
 
     def pids(self) -> list[int]:
         return session_members(self.sid)
@@ -268,6 +285,10 @@ class Browser:
     def kill(self) -> None:
         """Thread-safe and idempotent: may be called while another thread is inside Selenium."""
         kill_session(self.sid)
+        for pid in self.helpers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(self.sid, os.WNOHANG)
         if self.xvfb is not None and self.xvfb.poll() is None:
@@ -346,6 +367,7 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
         log_output=subprocess.DEVNULL,
         popen_kw={"start_new_session": True},
     )
+    crashpad_before = crashpad_handlers()
     try:
         driver = webdriver.Chrome(options=options, service=service)
     except Exception:
@@ -358,6 +380,7 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
     sid = service.process.pid
     browser = Browser(driver=driver, sid=sid, profile=profile, xvfb=xvfb, display=display)
     browser.chromium_pid = browser.main_pid()
+    browser.helpers = crashpad_handlers() - crashpad_before
     # A hung page must not hang this thread forever: every command gets an answer or fails.
     driver.command_executor._client_config.timeout = config.page_timeout + 30
     driver.set_page_load_timeout(config.page_timeout)
