@@ -5,6 +5,7 @@ This is the one place that wires components to the daemon; they never import eac
 
 from __future__ import annotations
 
+from gateway.browser.keepalive import BrowserKeeper
 from gateway.component import ComponentSpec
 from gateway.ddns.updater import DdnsComponent
 from gateway.healer import Healer
@@ -38,5 +39,11 @@ def all_specs() -> list[ComponentSpec]:
             # Its windows run `colab-gateway shell`, which reads ssh settings itself.
             relevant=lambda c: (c.tmux, tuple(s.name for s in c.sessions)),
             factory=TmuxKeeper,
+        ),
+        ComponentSpec(
+            name="browser",
+            enabled=lambda c: c.browser.enabled and bool(c.sessions),
+            relevant=lambda c: (c.sessions, c.browser),
+            factory=BrowserKeeper,
         ),
     ]

@@ -164,11 +164,27 @@ class BrowserConfig:
     max_memory_mb: int = setting(800, min=100)
     screenshots_keep: int = setting(20, min=0, max=1000)
     selectors: dict[str, str] = setting(factory=dict)  # overrides of gateway/browser/colab_dom.py
+    user_agent: str = ""  # empty: a desktop Chromium's, for the installed version
+    page_timeout: Duration = setting(Duration(60), min=5, max=600)  # load / hang limit
+    connect_timeout: Duration = setting(Duration(180), min=10, max=3600)  # then reload
+    limit_wait: Duration = setting(Duration(1800), min=60)  # GPU limit (wait) / too many sessions
+    recaptcha_max: int = setting(3, min=1, max=100)  # dismissals per window, then a human
+    recaptcha_window: Duration = setting(Duration(1800), min=60)
 
     def check(self) -> list[tuple[str, str]]:
+        from gateway.browser.colab_dom import DEFAULTS
+
+        problems = []
         if not self.headless and self.display == "none" and not os.environ.get("DISPLAY"):
-            return [("headless", "false needs a screen: set display: xvfb on a headless Pi")]
-        return []
+            problems.append(
+                ("headless", "false needs a screen: set display: xvfb on a headless Pi")
+            )
+        for name in self.selectors:
+            if name not in DEFAULTS:
+                problems.append(
+                    ("selectors", f"{name!r} is not a known selector; known: {', '.join(DEFAULTS)}")
+                )
+        return problems
 
 
 @dataclass(frozen=True)
