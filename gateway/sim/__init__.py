@@ -1,1 +1,5 @@
-"""The simulated Colab: a notebook page and a VM on this machine, for the demo and tests."""
+"""A simulated Colab page for tests, benchmarks and the demo; see ``gateway.sim.colab``."""
+
+from gateway.sim.colab import SimColab
+
+__all__ = ["SimColab"]
