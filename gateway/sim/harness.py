@@ -16,7 +16,6 @@ the page's own event log, the tmux pane's screen, the pinned known_hosts file.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import importlib.util
 import os
 import re
@@ -133,7 +132,7 @@ class LoopHarness:
         return self
 
     def _start(self) -> None:
-        colab = importlib.import_module("gateway.sim.colab")
+        from gateway.sim.colab import SimColab
 
         for directory in (self.state_dir, self.runtime_dir, self.tmux_dir, self.logs_dir):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -147,7 +146,7 @@ class LoopHarness:
         self._in_pi.__enter__()
         # No sshd of the harness's own: the bootstrap cell starts it, as on a real Colab VM.
         self.vm = SimVM(self.network, self.workdir / "colab-vm", sshd=False)
-        self.sim = colab.SimColab(connect_delay=0.5).start()
+        self.sim = SimColab(connect_delay=0.5).start()
         self.sim.on_connect = self._on_connect
         self.sim.on_reset = self._on_reset
         self.sim.on_run_cell = self._on_run_cell
