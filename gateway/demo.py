@@ -98,6 +98,9 @@ def run_demo(
                     timeline(f"FAILED: {step.detail}")
         if harness.hook_errors:
             timeline("errors in the simulated Colab: " + "; ".join(harness.hook_errors))
+    except (KeyboardInterrupt, SystemExit):
+        timeline("interrupted")
+        raise
     finally:
         timeline("stopping the daemon and removing the simulated hosts")
         failed = not steps or not all(s.ok for s in steps) or harness.hook_errors
