@@ -6,6 +6,7 @@ This is the one place that wires components to the daemon; they never import eac
 from __future__ import annotations
 
 from gateway.component import ComponentSpec
+from gateway.ddns.updater import DdnsComponent
 from gateway.healer import Healer
 from gateway.tmux.keeper import TmuxKeeper
 
@@ -17,6 +18,12 @@ def all_specs() -> list[ComponentSpec]:
             enabled=lambda c: True,
             relevant=lambda c: (c.sessions, c.browser.rerun, c.browser.rerun_after),
             factory=Healer,
+        ),
+        ComponentSpec(
+            name="ddns",
+            enabled=lambda c: c.ddns.provider != "none",
+            relevant=lambda c: c.ddns,
+            factory=DdnsComponent,
         ),
         ComponentSpec(
             name="tmux",

@@ -42,7 +42,9 @@ class Notifier:
 
     def send(self, message: str) -> None:
         if self._notifier is not None:
-            self._notifier.notify(message)
+            # systemd reads UTF-8, but sdnotify encodes with latin-1 (which can't even
+            # encode '—'): hand it the UTF-8 bytes spelled as latin-1 characters.
+            self._notifier.notify(message.encode().decode("latin-1"))
 
     def ready(self) -> None:
         self.send("READY=1")
@@ -62,6 +64,12 @@ class Notifier:
 
     def stopping(self) -> None:
         self.send("STOPPING=1")
+
+    def close(self) -> None:
+        sock = getattr(self._notifier, "socket", None)
+        if sock is not None:
+            sock.close()
+        self._notifier = None
 
 
 def _watchdog_usec() -> int | None:
