@@ -151,10 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
+    from gateway.browser import login
     from gateway.ddns.cli import register as register_ddns
     from gateway.tmux.commands import register_shell, register_ssh_config
+    from gateway.tunnel import commands as tunnel_commands
 
-    return [register_ddns, register_shell, register_ssh_config]
+    return [
+        tunnel_commands.register,
+        register_ddns,
+        register_shell,
+        register_ssh_config,
+        login.register,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

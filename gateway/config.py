@@ -61,6 +61,23 @@ def _network(value: str) -> None:
         raise ValueError(f"{value!r} is not a network: write e.g. 192.168.1.0/24") from None
 
 
+# Every cipher the endpoint can offer without a [fail] from ssh-audit.
+TUNNEL_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+)
+
+
+def _cipher(value: str) -> None:
+    if value not in TUNNEL_CIPHERS:
+        choices = ", ".join(TUNNEL_CIPHERS)
+        raise ValueError(f"{value!r} is not an offered cipher: choose from {choices}")
+
+
 def split_host_port(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
@@ -114,6 +131,12 @@ class TunnelConfig:
     exempt_networks: list[str] = setting(factory=lambda: ["127.0.0.0/8", "::1/128"], check=_network)
     keepalive_interval: Duration = setting(Duration(15), min=1, max=3600)
     keepalive_count_max: int = setting(3, min=1, max=100)
+    # Offered ciphers; the client picks the first of its own list that is here.
+    ciphers: list[str] = setting(factory=lambda: list(TUNNEL_CIPHERS), check=_cipher)
+    # Flow control of each forwarded connection: the receive window and the largest SSH
+    # packet the endpoint accepts. Larger means fewer packets per byte, i.e. less Python.
+    window: int = setting(2 * 1024 * 1024, min=65536, max=64 * 1024 * 1024)
+    max_packet: int = setting(32768, min=4096, max=262144)
 
     @property
     def listen_host(self) -> str:
@@ -141,11 +164,27 @@ class BrowserConfig:
     max_memory_mb: int = setting(800, min=100)
     screenshots_keep: int = setting(20, min=0, max=1000)
     selectors: dict[str, str] = setting(factory=dict)  # overrides of gateway/browser/colab_dom.py
+    user_agent: str = ""  # empty: a desktop Chromium's, for the installed version
+    page_timeout: Duration = setting(Duration(60), min=5, max=600)  # load / hang limit
+    connect_timeout: Duration = setting(Duration(180), min=10, max=3600)  # then reload
+    limit_wait: Duration = setting(Duration(1800), min=60)  # GPU limit (wait) / too many sessions
+    recaptcha_max: int = setting(3, min=1, max=100)  # dismissals per window, then a human
+    recaptcha_window: Duration = setting(Duration(1800), min=60)
 
     def check(self) -> list[tuple[str, str]]:
+        from gateway.browser.colab_dom import DEFAULTS
+
+        problems = []
         if not self.headless and self.display == "none" and not os.environ.get("DISPLAY"):
-            return [("headless", "false needs a screen: set display: xvfb on a headless Pi")]
-        return []
+            problems.append(
+                ("headless", "false needs a screen: set display: xvfb on a headless Pi")
+            )
+        for name in self.selectors:
+            if name not in DEFAULTS:
+                problems.append(
+                    ("selectors", f"{name!r} is not a known selector; known: {', '.join(DEFAULTS)}")
+                )
+        return problems
 
 
 @dataclass(frozen=True)
