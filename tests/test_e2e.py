@@ -89,3 +89,18 @@ def test_disconnect_dialog_is_clicked_and_the_loop_recovers(loop: LoopHarness) -
 def test_chromium_sigkill_is_recovered(loop: LoopHarness) -> None:
     step = scenarios.chromium_killed(loop)
     _assert_recovered(loop, step)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the bootstrap's tunnel loop doubles its wait (1, 2, 4, 8 s) whenever a tunnel "
+    "lived less than 60 s, even one the endpoint accepted; reset it after a successful "
+    "login (gateway/tunnel/bootstrap.sh, issue 3)",
+)
+def test_repeated_tunnel_kills_each_recover_within_5s(loop: LoopHarness) -> None:
+    # Last in the module: the dialog test left a new VM whose tunnel loop starts afresh.
+    for n in range(4):
+        step = scenarios.tunnel_killed(loop)
+        assert step.ok and step.seconds is not None and step.seconds <= 5.0, (
+            f"kill {n + 1}: {step.detail or f'{step.seconds:.1f}s'}"
+        )
