@@ -103,7 +103,7 @@ def run_demo(
         raise
     finally:
         timeline("stopping the daemon and removing the simulated hosts")
-        failed = not steps or not all(s.ok for s in steps) or harness.hook_errors
+        failed = not steps or any(_verdict(s) != "ok" for s in steps) or harness.hook_errors
         if failed:
             _show_log_tail(harness.logs_dir / "daemon.log", out)
         harness.stop()
@@ -114,7 +114,7 @@ def run_demo(
     print("", file=out)
     print(render_table(steps), file=out)
     total = time.monotonic() - timeline.start
-    ok = steps and all(s.ok for s in steps) and not harness.hook_errors
+    ok = steps and all(_verdict(s) == "ok" for s in steps) and not harness.hook_errors
     print(f"\n{'all steps passed' if ok else 'SOME STEPS FAILED'} in {total:.0f} s", file=out)
     return EXIT_OK if ok else EXIT_FAILED
 
