@@ -250,6 +250,10 @@ daemon:
     # -- teardown --------------------------------------------------------------------------------
 
     def stop(self) -> None:
+        # What the pane showed, for whoever reads the logs after a failure.
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            if self.logs_dir.is_dir():
+                (self.logs_dir / "pane.txt").write_text(self.pane_text())
         if self.daemon is not None and self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)
             try:
