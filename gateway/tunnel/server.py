@@ -127,6 +127,8 @@ class Endpoint:
             self._server.close()
         for conn in list(self.connections):
             conn.close()
+        for forward in list(self.forwards.values()):
+            forward.listener.close()  # the ports are free when this returns
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
