@@ -100,6 +100,29 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return data
 
 
+def relay_server(port: int, target: int) -> None:
+    """A bare asyncio TCP relay, no SSH, no crypto: the floor for any asyncio endpoint."""
+    import asyncio
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        t_reader, t_writer = await asyncio.open_connection("127.0.0.1", target)
+        for w in (writer, t_writer):
+            w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.gather(pipe(reader, t_writer), pipe(t_reader, writer))
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
 # -- the Pi-side measurements ------------------------------------------------------------------
 
 
@@ -171,6 +194,15 @@ class Servers:
     def start(self) -> None:
         self._spawn(
             [sys.executable, "-c", f"import bench_tunnel as b; b.target_server({self.target})"],
+            cwd=Path(__file__).parent,
+        )
+        self.relay = free_port()
+        self._spawn(
+            [
+                sys.executable,
+                "-c",
+                f"import bench_tunnel as b; b.relay_server({self.relay}, {self.target})",
+            ],
             cwd=Path(__file__).parent,
         )
         self._start_endpoint()
@@ -420,6 +452,12 @@ def main() -> int:
             servers.start()
             default = report(
                 "default negotiation (each side's own choice)", measure(servers, None, args)
+            )
+            _wait_port(servers.relay)
+            floor = rtt(servers.relay, args.rtt_count)
+            print(
+                f"\nfloor: a bare asyncio TCP relay (no SSH, no crypto) between the same two "
+                f"sockets: rtt p50 {floor[0]:.0f} µs, p99 {floor[1]:.0f} µs"
             )
             if not args.only_default:
                 report(f"same cipher forced: {args.cipher}", measure(servers, args.cipher, args))
