@@ -230,6 +230,9 @@ class Endpoint:
                 exc.strerror or exc,
             )
             return False
+        if owner.is_closed():  # it went away while the listener was being set up
+            listener.close()
+            return False
         tracked = _TrackedListener(listener, lambda: self._unbound(owner, port))
         self.forwards[port] = Forward(owner, port, tracked)
         log.info(
@@ -360,6 +363,9 @@ class Connection(asyncssh.SSHServer):
         self.closed = True
         if self.conn is not None:
             self.conn.abort()
+
+    def is_closed(self) -> bool:
+        return self.closed
 
     def refuse(self, what: str) -> None:
         who = f"session {self.session}" if self.session else "an unauthenticated client"
