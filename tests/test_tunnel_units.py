@@ -215,7 +215,11 @@ def test_the_cell_compiles_and_the_notebook_is_nbformat_4() -> None:
     compile(cell, "<cell>", "exec")
     assert "SECRET = 'colab_gateway_colab'" in cell
     assert "INLINE_TUNNEL_KEY = None" in cell
-    notebook = json.loads(render_notebook(cell, "colab"))
+    import nbformat
+
+    text = render_notebook(cell, "colab")
+    nbformat.validate(nbformat.reads(text, as_version=4))  # Jupyter's own schema
+    notebook = json.loads(text)
     assert notebook["nbformat"] == 4
     first = notebook["cells"][0]
     assert first["cell_type"] == "code"
@@ -281,6 +285,11 @@ def test_cli_keys_snippet_and_notebook(tmp_path: Path, capsys) -> None:
     compile(cell, "<cell>", "exec")
     assert "GW_ENDPOINT_HOST=home.example.net" in cell and "GW_ENDPOINT_PORT=443" in cell
     assert "PRIVATE KEY" not in cell
+
+    assert main(["snippet", *common, "--shell"]) == 0
+    script = capsys.readouterr().out
+    assert script.startswith("#!/bin/bash\n") and "GW_ENDPOINT_PORT=443" in script
+    assert "import os" not in script
 
     out_file = tmp_path / "gw.ipynb"
     assert main(["notebook", *common, "colab", "-o", str(out_file), "--inline-key"]) == 0
