@@ -126,6 +126,12 @@ def relay_server(port: int, target: int) -> None:
 # -- the Pi-side measurements ------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (the figure load on the machine spares)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def upload(port: int, seconds: float) -> float:
     payload = memoryview(os.urandom(CHUNK))
     with socket.create_connection(("127.0.0.1", port)) as s:
@@ -388,16 +394,23 @@ def measure(
     results: dict[str, dict[str, list[float]]] = {
         w: {"up": [], "down": [], "p50": [], "p99": []} for w in ("endpoint", "openssh")
     }
+    cpu_per_gb: list[float] = []
     for trial in range(args.trials):
         order = ("endpoint", "openssh") if trial % 2 == 0 else ("openssh", "endpoint")
         for which in order:
             with servers.tunnel(which, cipher) as port:
                 upload(port, 0.3)  # warm up the path (and TCP windows)
-                results[which]["up"].append(upload(port, args.seconds))
+                cpu = cpu_seconds(servers.daemon.pid)
+                up = upload(port, args.seconds)
+                results[which]["up"].append(up)
                 results[which]["down"].append(download(port, args.download_mb * 1_000_000))
+                if which == "endpoint":
+                    moved = up * args.seconds + args.download_mb  # MB, near enough
+                    cpu_per_gb.append((cpu_seconds(servers.daemon.pid) - cpu) / moved * 1000)
                 p50, p99 = rtt(port, args.rtt_count)
                 results[which]["p50"].append(p50)
                 results[which]["p99"].append(p99)
+    print(f"  endpoint CPU: {statistics.median(cpu_per_gb):.2f} s per GB forwarded")
     return {w: {k: statistics.median(v) for k, v in r.items()} for w, r in results.items()}
 
 
