@@ -169,11 +169,30 @@ def test_bootstrap_brings_the_tunnel_up_and_the_pi_logs_in_with_a_pinned_key(
 ) -> None:
     config = make_config(tmp_path)
     with running_endpoint(config, tmp_path / "state") as r:
-        vm = make_vm(tmp_path, r, config, pi_key=pi_key)
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "laptop",
+                "-f",
+                str(tmp_path / "laptop"),
+            ],
+            check=True,
+        )
+        laptop = (tmp_path / "laptop.pub").read_text().strip()
+        vm = make_vm(tmp_path, r, config, pi_key=pi_key, extra_keys=(laptop,))
         vms.append(vm)
         done = vm.run_bootstrap()
         assert done.returncode == 0, done.stderr
         assert "sshd started" in done.stdout
+        pi_pub = pi_key.with_name(pi_key.name + ".pub").read_text().strip()
+        authorized = (vm.dir.parent / "authorized_keys").read_text().splitlines()
+        assert authorized == [pi_pub, laptop], "the Pi's key, then ssh.authorized_keys"
         assert "connected to the gateway, which pinned SHA256:" in done.stdout
         facts = r.wait_for(lambda f: f["up"])
         assert facts["forwards"] == [ssh_local(config)]
