@@ -93,12 +93,15 @@ def test_role_variables_are_prefixed_and_specified() -> None:
 
 
 def _render_config(tmp_path: Path, **variables: object) -> Path:
-    """Render the role's config template with ansible itself, as the play does."""
+    return _render(tmp_path, "config.yaml.j2", tmp_path / "config.yaml", **variables)
+
+
+def _render(tmp_path: Path, template: str, dest: Path, **variables: object) -> Path:
+    """Render one of the role's templates with ansible itself, as the play does."""
     import json
 
     if not (BIN / "ansible").exists():
         pytest.skip("needs ansible-core in the venv (pip install -e '.[test]')")
-    dest = tmp_path / "config.yaml"
     extra = {
         "_colab_gateway_group": "pi",
         "ansible_python_interpreter": sys.executable,
@@ -115,7 +118,7 @@ def _render_config(tmp_path: Path, **variables: object) -> Path:
             "-m",
             "ansible.builtin.template",
             "-a",
-            f"src={ROLE}/templates/config.yaml.j2 dest={dest}",
+            f"src={ROLE}/templates/{template} dest={dest}",
             "-e",
             f"@{ROLE}/defaults/main.yml",
             "-e",
@@ -181,3 +184,34 @@ def test_role_renders_the_ddns_secret_path(tmp_path: Path) -> None:
     result = _check_config(config)
     assert result.returncode == 78
     assert "/etc/colab-gateway/ddns.secret" in result.stderr
+
+
+@pytest.mark.slow
+@needs_systemd_analyze
+@pytest.mark.parametrize("method", ["apt", "snap"])
+def test_role_drop_in_verifies(tmp_path: Path, method: str) -> None:
+    """The drop-in the role writes (on Ubuntu with the snap's exceptions) is valid systemd."""
+    (unit,) = (u for u in unit_copies(tmp_path) if u.name == "colab-gateway.service")
+    drop_in_dir = tmp_path / "colab-gateway.service.d"
+    drop_in_dir.mkdir()
+    drop_in = _render(
+        tmp_path,
+        "colab-gateway.conf.j2",
+        drop_in_dir / "10-site.conf",
+        _colab_gateway_user="pi",
+        _colab_gateway_uid="1000",
+        _colab_gateway_browser_method=method,
+    )
+    assert ("XDG_RUNTIME_DIR=/run/user/1000" in drop_in.read_text()) == (method == "snap")
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+    )
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+    ).stdout
+    level = re.search(r"Overall exposure level for colab-gateway\.service: ([\d.]+)", security)
+    assert level, security
+    print(f"exposure with the {method} drop-in: {level.group(1)}")
