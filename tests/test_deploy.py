@@ -441,8 +441,12 @@ def deployed(machine: Machine, tmp_path_factory: pytest.TempPathFactory) -> Depl
                     "vars": {
                         "colab_gateway_package_source": "wheel",
                         "colab_gateway_wheel": str(wheel),
-                        # No Google account here, and no network beyond the registries.
-                        "colab_gateway_browser_enabled": False,
+                        # The role installs Chromium, its driver and Xvfb (headed mode)...
+                        "colab_gateway_browser_enabled": True,
+                        "colab_gateway_browser_headless": False,
+                        # ...but the daemon leaves the browser off: there is no Google
+                        # account here, and no network beyond the package registries.
+                        "colab_gateway_config_overrides": {"browser": {"enabled": False}},
                         "colab_gateway_tunnel_listen": f"127.0.0.1:{tunnel_port}",
                         "colab_gateway_tmux_session": TMUX_SESSION,
                         "colab_gateway_sessions": [
@@ -575,3 +579,68 @@ def test_broken_config_fails_validation_and_leaves_the_service(deployed: Deploym
     assert m.run("sudo sha256sum /etc/colab-gateway/config.yaml").stdout == config_before
     assert main_pid(m) == pid
     assert m.run("systemctl is-active colab-gateway").stdout.strip() == "active"
+
+
+PROBE_SKIP = (
+    "Type",
+    "NotifyAccess",
+    "ExecStart",
+    "ExecReload",
+    "WatchdogSec",
+    "Restart",
+    "RestartSec",
+    "RestartPreventExitStatus",
+    "TimeoutStartSec",
+    "TimeoutStopSec",
+    "KillMode",
+    "User",
+    "Group",
+)
+
+
+def chromium_probe_unit(flags: str, marker: str) -> str:
+    """A oneshot unit with colab-gateway.service's [Service] sandbox, running Chromium."""
+    text = (REPO / "systemd/colab-gateway.service").read_text()
+    service = text.split("[Service]", 1)[1].split("[Install]", 1)[0]
+    kept = [
+        line
+        for line in service.splitlines()
+        if line and not line.startswith("#") and line.split("=", 1)[0] not in PROBE_SKIP
+    ]
+    return "\n".join(
+        [
+            "[Service]",
+            "Type=oneshot",
+            f"User={LOGIN_USER}",
+            "StandardOutput=journal",
+            "TimeoutStartSec=120",
+            "ExecStart=/usr/bin/chromium --headless=new --disable-gpu --no-first-run "
+            f"--disable-background-networking --disable-component-update --disable-sync {flags} "
+            "--user-data-dir=/var/lib/colab-gateway/probe-profile "
+            f"--dump-dom data:text/html,<p>{marker}</p>",
+            *kept,
+            "",
+        ]
+    )
+
+
+@pytest.mark.parametrize("flags", ["--no-sandbox", ""], ids=["no-sandbox", "own-sandbox"])
+def test_chromium_runs_under_the_units_sandbox(deployed: Deployment, flags: str) -> None:
+    """The hardening exceptions are the ones Chromium needs: it renders a page under them."""
+    m = deployed.machine
+    m.run(
+        "command -v chromium >/dev/null || sudo DEBIAN_FRONTEND=noninteractive "
+        "apt-get install -y -q --no-install-recommends chromium >/dev/null",
+        timeout=900,
+    )
+    marker = f"probe-{os.getpid()}-{len(flags)}"
+    unit = f"cgw-chromium-probe-{len(flags)}.service"
+    m.run(
+        f"sudo tee /etc/systemd/system/{unit} >/dev/null <<'EOF'\n"
+        f"{chromium_probe_unit(flags, marker)}EOF\n"
+    )
+    m.run("sudo systemctl daemon-reload")
+    started = m.run(f"sudo systemctl start {unit}", check=False, timeout=180)
+    log = m.run(f"sudo journalctl -u {unit} -o cat --no-pager", check=False).stdout
+    assert started.returncode == 0, log[-3000:]
+    assert f"<p>{marker}</p>" in log, log[-3000:]
