@@ -1,0 +1,223 @@
+"""Everything the gateway knows about Colab's page markup, in one place.
+
+Colab changes its markup several times a year (see shared notes in docs/browser.md), so
+every selector and every text the keep-alive looks for is a named entry of ``DEFAULTS``
+and each one can be replaced from the config file::
+
+    browser:
+      selectors:
+        connect_host: colab-connect-button
+        text_still_there: "Are you still there|Still there?"
+
+Selectors are CSS (they never cross a shadow root: the scripts below walk the roots step
+by step). Texts are case-insensitive substrings; ``|`` separates alternatives.
+
+The page is read by ONE script (``PROBE_JS``) that returns raw facts; deciding what those
+facts mean is pure Python (``page_state.py``), so it is unit-tested without a browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+DEFAULTS: dict[str, str] = {
+    # -- structures ------------------------------------------------------------------------
+    # connect/reconnect: host element -> its shadowRoot -> the button (tooltip = state)
+    "connect_host": "colab-connect-button",
+    "connect_button": "#connect",
+    "connect_tooltip_attr": "tooltiptext",
+    # generic dialogs (newest first; older Colab used mwc-dialog / paper-dialog)
+    "dialog": "md-dialog[open], mwc-dialog[open], paper-dialog[opened]",
+    "dialog_title": "[slot=headline], #title, h2",
+    "dialog_buttons": "md-text-button, md-filled-button, md-outlined-button, mwc-button, "
+    "paper-button, button",
+    "dialog_primary": "[slot=primaryAction], [dialogaction=ok], #ok",
+    # reCAPTCHA: host -> shadowRoot -> button host -> shadowRoot -> the clickable element
+    "recaptcha_host": "colab-recaptcha-dialog",
+    "recaptcha_button": "md-text-button",
+    "recaptcha_inner": "#button",
+    # cells: a running cell's run button shows a stop symbol in its shadowRoot
+    "run_button": "colab-run-button",
+    "running_marker": "#stopSymbolMask",
+    "first_cell_editor": ".cell.code .inputarea, .cell.code textarea",
+    "notebook_focus": ".notebook-cell-list, .notebook-content, #main-content, body",
+    # present on every loaded notebook page; its absence long after load = failed load
+    "page_marker": "#top-toolbar, colab-connect-button",
+    # an element whose attribute names the VM; real Colab has none (heuristic used then)
+    "vm_id": "[data-colab-vm-id]",
+    "vm_id_attr": "data-colab-vm-id",
+    # signed out: a URL pattern (regular expression) or a sign-in element
+    "signed_out_url": r"accounts\.google\.com|/ServiceLogin|/signin/",
+    "signed_out_element": "#sign-in-overlay, colab-sign-in-button",
+    # -- texts (case-insensitive substrings, '|' separates alternatives) ---------------------
+    "text_connected": "Connected to",
+    "text_gpu": "(GPU)|GPU backend",
+    "text_busy": "Waiting to finish the current execution",
+    "text_needs_connect": "Click to connect|Connect to a new runtime|Connect to a hosted runtime",
+    "text_connecting": "Connecting|Allocating|Initializing",
+    "text_runtime_disconnected": "Runtime disconnected",
+    "text_reconnect": "Reconnect",
+    "text_still_there": "Are you still there",
+    "text_gpu_limit": "Cannot connect to GPU backend|usage limits",
+    "text_connect_without_gpu": "Connect without GPU",
+    "text_too_many_sessions": "too many active sessions|Terminate other sessions",
+    "text_run_anyway": "Run anyway",
+    "text_close": "Close|Cancel|Dismiss",
+    "text_signed_out": "Sign in to continue|Sign in to use Colab",
+}
+
+
+class UnknownSelector(ValueError):
+    pass
+
+
+def merged(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The defaults with the config's overrides applied; unknown names are an error."""
+    result = dict(DEFAULTS)
+    for name, value in (overrides or {}).items():
+        if name not in DEFAULTS:
+            known = ", ".join(sorted(DEFAULTS))
+            raise UnknownSelector(
+                f"browser.selectors.{name}: no such selector; known names: {known}"
+            )
+        result[name] = value
+    return result
+
+
+def alternatives(text: str) -> list[str]:
+    return [part.strip().lower() for part in text.split("|") if part.strip()]
+
+
+def contains_any(haystack: str | None, text: str) -> bool:
+    low = (haystack or "").lower()
+    return any(part in low for part in alternatives(text))
+
+
+# Shared helpers for every script below. ``S`` is the selector dict passed as argument 0.
+_LIB = r"""
+const S = arguments[0];
+const q = (root, sel) => { try { return root ? root.querySelector(sel) : null; } catch (e) { return null; } };
+const qa = (root, sel) => { try { return root ? Array.from(root.querySelectorAll(sel)) : []; } catch (e) { return []; } };
+const alts = (t) => (t || '').split('|').map(s => s.trim().toLowerCase()).filter(Boolean);
+const has = (text, t) => { const low = (text || '').toLowerCase(); return alts(t).some(a => low.includes(a)); };
+const txt = (el) => el ? ((el.innerText !== undefined && el.innerText !== '' ? el.innerText : el.textContent) || '').trim() : '';
+const connectEl = () => { const host = q(document, S.connect_host); return host ? q(host.shadowRoot, S.connect_button) : null; };
+const dialogs = () => qa(document, S.dialog).filter(d => d.isConnected);
+const buttonsOf = (d) => { const all = qa(d, S.dialog_buttons); return all.filter(b => !all.some(o => o !== b && o.contains(b))); };
+const recaptchaEl = () => {
+  const host = q(document, S.recaptcha_host);
+  if (!host) return null;
+  const btn = q(host.shadowRoot, S.recaptcha_button) || q(host, S.recaptcha_button);
+  if (!btn) return host;
+  return q(btn.shadowRoot, S.recaptcha_inner) || btn;
+};
+"""
+
+PROBE_JS = (
+    _LIB
+    + r"""
+const c = connectEl();
+let running = false;
+for (const rb of qa(document, S.run_button)) { if (q(rb.shadowRoot, S.running_marker)) { running = true; break; } }
+const vmEl = q(document, S.vm_id);
+const out = {
+  url: location.href,
+  title: document.title,
+  ready: document.readyState,
+  error_page: location.href.startsWith('chrome-error:') || !!document.getElementById('main-frame-error'),
+  page_marker: !!q(document, S.page_marker),
+  connect: c ? {tooltip: c.getAttribute(S.connect_tooltip_attr) || '', text: txt(c), disabled: !!(c.disabled || c.hasAttribute('disabled'))} : null,
+  dialogs: dialogs().map(d => ({
+    title: txt(q(d.shadowRoot, '#title')) || txt(q(d, S.dialog_title)),
+    text: txt(d).slice(0, 2000),
+    buttons: buttonsOf(d).map(b => ({text: txt(b), slot: b.getAttribute('slot') || '', primary: !!b.matches(S.dialog_primary)})),
+  })),
+  recaptcha: !!q(document, S.recaptcha_host),
+  running: running,
+  vm_id: vmEl ? vmEl.getAttribute(S.vm_id_attr) : null,
+  signed_out_element: !!q(document, S.signed_out_element),
+  body_excerpt: c ? '' : txt(document.body).slice(0, 3000),
+  changes: window.__cgw ? window.__cgw.n : -1,
+};
+return out;
+"""
+)
+
+CLICK_CONNECT_JS = (
+    _LIB
+    + r"""
+const c = connectEl();
+if (!c) return false;
+c.click();
+return true;
+"""
+)
+
+# arguments[1]: index of the dialog, arguments[2]: '|'-separated button texts, or '' for the
+# primary button; arguments[3]: fall back to the primary button when no text matches.
+CLICK_DIALOG_JS = (
+    _LIB
+    + r"""
+const d = dialogs()[arguments[1]];
+if (!d) return null;
+const want = arguments[2];
+const buttons = buttonsOf(d);
+const primary = () => buttons.find(b => b.matches(S.dialog_primary));
+const b = want ? (buttons.find(b => has(txt(b), want)) || (arguments[3] ? primary() : null)) : primary();
+if (!b) return null;
+const label = txt(b);
+b.click();
+return label;
+"""
+)
+
+DISMISS_RECAPTCHA_JS = (
+    _LIB
+    + r"""
+const el = recaptchaEl();
+if (!el) return false;
+el.click();
+return true;
+"""
+)
+
+# Waits (asynchronously, inside the page) until the DOM changes or the timeout passes, and
+# returns the change counter. The observer watches the document and the shadow root of the
+# connect button, where the connection state (its tooltip) lives; a document-level observer
+# does not see inside shadow roots. arguments: selectors, timeout ms, last counter seen.
+WAIT_FOR_CHANGE_JS = (
+    _LIB
+    + r"""
+const done = arguments[arguments.length - 1];
+const timeoutMs = arguments[1], seen = arguments[2];
+if (!window.__cgw) {
+  const w = {n: 0, waiters: [], roots: new WeakSet()};
+  w.obs = new MutationObserver(() => {
+    w.n++;
+    const ws = w.waiters.splice(0);
+    // a short settle time: a dialog appears as several mutations in a row
+    if (ws.length) setTimeout(() => ws.forEach(f => f()), 30);
+  });
+  w.watch = (root) => {
+    if (root && !w.roots.has(root)) {
+      w.roots.add(root);
+      w.obs.observe(root, {subtree: true, childList: true, attributes: true, characterData: true});
+    }
+  };
+  window.__cgw = w;
+}
+const w = window.__cgw;
+w.watch(document);
+const host = q(document, S.connect_host);
+if (host) { w.watch(host.shadowRoot); }
+if (w.n !== seen) { done(w.n); return; }
+let finished = false;
+const finish = () => { if (!finished) { finished = true; done(w.n); } };
+setTimeout(finish, timeoutMs);
+w.waiters.push(finish);
+"""
+)
+
+# Inserted before a reload so the keep-alive can tell the new document from the old one.
+MARK_DOCUMENT_JS = "window.__cgwMark = arguments[0]; return true;"
+READ_MARK_JS = "return [window.__cgwMark || null, document.readyState];"

@@ -1,0 +1,473 @@
+"""The ``browser`` component: keeps every session's notebook connected.
+
+All Selenium work happens in one thread this component owns; the event loop only hands it
+commands (``rerun`` from the healer) and watches that it stays alive. The thread:
+
+1. starts Chromium (``launch.py``) and opens each session's notebook in its own window;
+2. waits, inside the page, for the DOM to change (a MutationObserver, so a disconnect is
+   seen within milliseconds), at most ``poll_every``;
+3. reads the page (``colab_dom.PROBE_JS``), lets the session's ``SessionMachine`` decide,
+   and clicks; publishes ``state.update_runtime``; saves evidence of every anomaly;
+4. reloads every ``reload_every``; re-runs the bootstrap when asked; restarts Chromium
+   with backoff when it dies, hangs or grows beyond ``max_memory_mb``;
+5. steps aside while ``colab-gateway login`` uses the profile (``login.PAUSE_FILE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.browser import colab_dom, login
+from gateway.browser.evidence import Evidence
+from gateway.browser.launch import Browser, BrowserNotFound, launch
+from gateway.browser.page_state import (
+    Action,
+    Decision,
+    PageView,
+    SessionMachine,
+    Settings,
+    classify,
+)
+from gateway.component import Context
+from gateway.config import BrowserConfig, Config
+from gateway.state import Command, Health
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST, BACKOFF_MAX = 2.0, 120.0
+HEALTHY_RUN = 300.0  # a browser that ran this long resets the restart backoff
+MEMORY_CHECK_EVERY = 30.0
+MULTI_SESSION_SLICE = 1.0
+MAX_FAILED_LOOKS = 20  # consecutive failed looks at a page (≈ seconds) before a restart  # with several windows, watch each this long in turn
+
+
+class BrowserDied(RuntimeError):
+    """Chromium or chromedriver is gone, hung, or too big: restart it."""
+
+
+@dataclass
+class _Session:
+    name: str
+    url: str
+    machine: SessionMachine
+    handle: str = ""
+    changes: int = -1
+    last_probe: dict[str, Any] = field(default_factory=dict)
+    last_decision: Decision | None = None
+
+
+def settings_from(config: BrowserConfig) -> Settings:
+    return Settings(
+        on_gpu_limit=config.on_gpu_limit,
+        limit_wait=config.limit_wait,
+        recaptcha_max=config.recaptcha_max,
+        recaptcha_window=config.recaptcha_window,
+        page_timeout=config.page_timeout,
+        connect_timeout=config.connect_timeout,
+        reload_every=config.reload_every,
+    )
+
+
+class Worker:
+    """The thread that owns the browser. Everything here may block."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.commands: queue.Queue[Command] = queue.Queue()
+        self.stopping = threading.Event()
+        self.browser: Browser | None = None
+        self.beat_at = time.monotonic()
+        self.crash: BaseException | None = None
+        self.restarts = 0
+        self.reruns: deque[float] = deque()
+        self.thread = threading.Thread(target=self._main, name="browser", daemon=True)
+        config = ctx.config
+        self.sel = colab_dom.merged(config.browser.selectors)
+        self.sessions = [
+            _Session(s.name, s.notebook_url, SessionMachine(self.sel, settings_from(config.browser)))
+            for s in config.sessions
+        ]
+        self.evidence = Evidence(ctx.paths.screenshots_dir, config.browser.screenshots_keep)
+        self._memory_checked = 0.0
+        self._failures = 0
+
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def beat(self) -> None:
+        self.beat_at = time.monotonic()
+        self.ctx.progress()
+
+    def kill_browser(self) -> None:
+        """From any thread: end Chromium at once (the worker then restarts it)."""
+        browser = self.browser
+        if browser is not None:
+            browser.kill()
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._supervise()
+        except BaseException as exc:  # reported to the component, which crashes with it
+            self.crash = exc
+            log.exception("browser thread crashed")
+
+    def _supervise(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self.stopping.is_set():
+            self.beat()
+            if self._login_running():
+                self._publish_all("paused", "paused while colab-gateway login uses the profile")
+                self.ctx.health(
+                    Health.DEGRADED,
+                    "paused: colab-gateway login is using the browser profile",
+                    brief="browser paused for login",
+                )
+                self.stopping.wait(2.0)
+                continue
+            started = time.monotonic()
+            reason = ""
+            try:
+                self.browser = launch(self.config.browser, self.ctx.paths.state_dir)
+                self._run_browser(self.browser)
+            except BrowserNotFound as exc:
+                reason = str(exc)
+                self.ctx.health(Health.FAILED, reason)
+            except Exception as exc:
+                reason = _short(exc)
+                if not self.stopping.is_set():
+                    log.warning("browser: %s; restarting Chromium", reason)
+            finally:
+                browser, self.browser = self.browser, None
+                if browser is not None:
+                    browser.close()
+            if self.stopping.is_set() or self._login_running():
+                continue
+            self.restarts += 1
+            if time.monotonic() - started >= HEALTHY_RUN:
+                backoff = BACKOFF_FIRST
+            self.evidence.save("browser", "restart", {"reason": reason, "restarts": self.restarts})
+            self._publish_all("unknown", f"browser restarting: {reason}")
+            self.ctx.health(
+                Health.DEGRADED,
+                f"Chromium restarting in {backoff:.0f}s ({reason})",
+                restarts=self.restarts,
+            )
+            self._sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            self.beat()
+            self.stopping.wait(min(5.0, deadline - time.monotonic()))
+
+    def _login_running(self) -> bool:
+        return login.pause_requested(self.ctx.paths.runtime_dir)
+
+    def _run_browser(self, browser: Browser) -> None:
+        driver = browser.driver
+        for index, session in enumerate(self.sessions):
+            if index:
+                driver.switch_to.new_window("window")
+            session.handle = driver.current_window_handle
+            self._open(session)
+        self.ctx.health(Health.OK, "Chromium started", brief="", restarts=self.restarts)
+        while not self.stopping.is_set():
+            self.beat()
+            if self._login_running():
+                log.info("colab-gateway login wants the profile: closing Chromium")
+                return
+            if not browser.alive():
+                raise BrowserDied("Chromium or chromedriver exited")
+            self._check_memory(browser)
+            for session in self.sessions:
+                self._visit_tolerant(session)
+            self._handle_commands()
+            self._publish_health()
+            self._wait_for_change()
+
+    # -- one session ------------------------------------------------------------------------
+
+    def _select(self, session: _Session) -> None:
+        if len(self.sessions) > 1:
+            self.browser_driver().switch_to.window(session.handle)
+
+    def browser_driver(self) -> Any:
+        if self.browser is None:
+            raise BrowserDied("no browser")
+        return self.browser.driver
+
+    def _open(self, session: _Session) -> None:
+        self._select(session)
+        log.info("%s: opening %s", session.name, session.url)
+        session.machine.page_loaded(time.time())
+        session.changes = -1
+        with contextlib.suppress(Exception):  # a load timeout is judged by the machine
+            self.browser_driver().get(session.url)
+
+    def _probe(self, session: _Session) -> dict[str, Any]:
+        result = self.browser_driver().execute_script(colab_dom.PROBE_JS, self.sel)
+        if not isinstance(result, dict):
+            raise BrowserDied(f"the page probe returned {result!r}")
+        return result
+
+    def _visit(self, session: _Session) -> None:
+        self._select(session)
+        now = time.time()
+        if session.machine.reload_due(now):
+            self._reload(session, "periodic reload")
+        probe = self._probe(session)
+        view = classify(probe, self.sel)
+        decision = session.machine.step(view, now)
+        session.last_probe = probe
+        for action in decision.actions:
+            self._act(session, action, view)
+        screenshot = None
+        if decision.anomaly:
+            log.warning("%s: %s (%s)", session.name, decision.message, view.kind)
+            screenshot = self.evidence.save(
+                session.name,
+                decision.anomaly,
+                {"view": view.__dict__, "decision": decision.message, "probe": probe},
+                self.browser_driver(),
+            )
+        elif session.last_decision is None or session.last_decision.state != decision.state:
+            log.info("%s: %s", session.name, decision.message)
+        session.last_decision = decision
+        facts: dict[str, Any] = {
+            "state": decision.state,
+            "gpu": decision.gpu,
+            "vm_id": decision.vm_id,
+            "message": decision.message,
+        }
+        if screenshot:
+            facts["screenshot"] = screenshot
+        self.ctx.state.update_runtime(session.name, **facts)
+
+    def _visit_tolerant(self, session: _Session) -> None:
+        """A navigation in progress makes one look fail; many in a row mean a hung page."""
+        from selenium.common.exceptions import WebDriverException
+
+        try:
+            self._visit(session)
+            self._failures = 0
+        except WebDriverException as exc:
+            if self.browser is None or not self.browser.alive():
+                raise BrowserDied("Chromium or chromedriver exited") from exc
+            self._failures += 1
+            log.debug("%s: looking at the page failed: %s", session.name, _short(exc))
+            if self._failures >= MAX_FAILED_LOOKS:
+                raise BrowserDied(f"the page stopped answering ({_short(exc)})") from exc
+            self.stopping.wait(0.5)
+
+    def _act(self, session: _Session, action: Action, view: PageView) -> None:
+        driver = self.browser_driver()
+        log.info("%s: %s", session.name, action.why or action.name)
+        if action.name == "click_connect":
+            driver.execute_script(colab_dom.CLICK_CONNECT_JS, self.sel)
+        elif action.name == "click_dialog":
+            driver.execute_script(
+                colab_dom.CLICK_DIALOG_JS,
+                self.sel,
+                action.dialog_index,
+                action.button,
+                action.fallback_primary,
+            )
+        elif action.name == "dismiss_recaptcha":
+            driver.execute_script(colab_dom.DISMISS_RECAPTCHA_JS, self.sel)
+        elif action.name == "reload":
+            self._reload(session, action.why)
+
+    def _reload(self, session: _Session, why: str) -> None:
+        """Load the notebook again, accepting a "Leave site?" prompt on the way."""
+        driver = self.browser_driver()
+        log.info("%s: reloading (%s)", session.name, why)
+        token = f"{time.monotonic()}"
+        with contextlib.suppress(Exception):
+            driver.execute_script(colab_dom.MARK_DOCUMENT_JS, token)
+        # Not driver.refresh(): it waits for the load and, with some chromedriver versions,
+        # stays stuck behind the beforeunload prompt. Navigate without waiting, then accept.
+        session.machine.page_loaded(time.time())
+        session.changes = -1
+        with contextlib.suppress(Exception):
+            driver.execute_script("setTimeout(() => { location.href = arguments[0]; }, 0);",
+                                  session.url)
+        deadline = time.monotonic() + self.config.browser.page_timeout
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            self.beat()
+            try:
+                driver.switch_to.alert.accept()
+                log.info("%s: accepted a 'Leave site?' prompt", session.name)
+            except Exception:  # no alert (the usual case)
+                pass
+            try:
+                mark, ready = driver.execute_script(colab_dom.READ_MARK_JS)
+            except Exception:
+                mark, ready = token, "loading"  # navigating, or an alert in the way
+            if mark != token and ready in ("interactive", "complete"):
+                return
+            time.sleep(0.1)
+        log.warning("%s: the reload did not finish within the page timeout", session.name)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def _handle_commands(self) -> None:
+        while True:
+            try:
+                command = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if command.name == "rerun":
+                self._rerun(command)
+            else:
+                log.warning("browser: unknown command %r ignored", command.name)
+
+    def _rerun(self, command: Command) -> None:
+        session = next((s for s in self.sessions if s.name == command.session), None)
+        reason = command.args.get("reason", "asked")
+        mode = self.config.browser.rerun
+        if session is None or mode == "never":
+            log.info("rerun for %r ignored (rerun: %s)", command.session, mode)
+            return
+        if session.last_decision is None or session.last_decision.state != "connected":
+            log.info("%s: rerun asked (%s) but the runtime is not connected", session.name, reason)
+            return
+        now = time.time()
+        while self.reruns and now - self.reruns[0] > 3600:
+            self.reruns.popleft()
+        limit = self.config.browser.max_reruns_per_hour
+        if len(self.reruns) >= limit:
+            message = f"not re-running the bootstrap: already {limit} times this hour"
+            log.warning("%s: %s (%s)", session.name, message, reason)
+            self.ctx.state.update_runtime(session.name, message=message)
+            return
+        self.reruns.append(now)
+        log.info("%s: re-running the bootstrap (%s, %s)", session.name, mode, reason)
+        self._select(session)
+        if mode == "all":
+            self._run_all()
+        else:
+            self._run_first_cell()
+        self.ctx.state.update_runtime(session.name, last_rerun=now)
+
+    def _run_first_cell(self) -> None:
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        driver = self.browser_driver()
+        editor = driver.find_element(By.CSS_SELECTOR, self.sel["first_cell_editor"])
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();",
+                              editor)
+        ActionChains(driver).key_down(Keys.CONTROL).send_keys(Keys.ENTER).key_up(
+            Keys.CONTROL
+        ).perform()
+
+    def _run_all(self) -> None:
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        driver = self.browser_driver()
+        ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+        with contextlib.suppress(Exception):  # focus helps, but Ctrl+F9 may work without
+            driver.find_element(By.CSS_SELECTOR, self.sel["notebook_focus"]).click()
+        ActionChains(driver).key_down(Keys.CONTROL).send_keys(Keys.F9).key_up(
+            Keys.CONTROL
+        ).perform()
+
+    # -- waiting, health, memory ------------------------------------------------------------
+
+    def _wait_for_change(self) -> None:
+        if not self.commands.empty():
+            return
+        poll = float(self.config.browser.poll_every)
+        if len(self.sessions) > 1:
+            poll = min(poll, MULTI_SESSION_SLICE)
+        for session in self.sessions:
+            self._select(session)
+            try:
+                session.changes = self.browser_driver().execute_async_script(
+                    colab_dom.WAIT_FOR_CHANGE_JS, self.sel, int(poll * 1000), session.changes
+                )
+            except Exception as exc:
+                if not self.browser or not self.browser.alive():
+                    raise BrowserDied("Chromium or chromedriver exited") from exc
+                # navigation in progress or an alert: fall back to a short sleep
+                log.debug("waiting in the page failed: %s", _short(exc))
+                self.stopping.wait(min(poll, 0.5))
+
+    def _check_memory(self, browser: Browser) -> None:
+        now = time.monotonic()
+        if now - self._memory_checked < MEMORY_CHECK_EVERY:
+            return
+        self._memory_checked = now
+        pss = browser.pss_mb()
+        self.ctx.state.set_details(self.ctx.name, chromium_pss_mb=round(pss, 1))
+        limit = self.config.browser.max_memory_mb
+        if pss > limit:
+            raise BrowserDied(f"Chromium uses {pss:.0f} MB (PSS), above max_memory_mb {limit}")
+
+    def _publish_all(self, state: str, message: str) -> None:
+        for session in self.sessions:
+            self.ctx.state.update_runtime(session.name, state=state, message=message)
+
+    def _publish_health(self) -> None:
+        problems = [
+            f"{s.name}: {s.last_decision.message}"
+            for s in self.sessions
+            if s.last_decision is not None and not s.last_decision.healthy
+        ]
+        if problems:
+            self.ctx.health(Health.DEGRADED, "; ".join(problems), brief="")
+        else:
+            self.ctx.health(Health.OK, "keeping the notebook connected", brief="")
+
+
+class BrowserKeeper:
+    """The component. Its coroutine relays commands and watches the worker thread."""
+
+    async def run(self, ctx: Context) -> None:
+        worker = Worker(ctx)
+        worker.start()
+        hang_limit = float(ctx.config.browser.page_timeout) * 2 + 30
+        try:
+            while True:
+                command = await ctx.next_command(timeout=1.0)
+                if command is not None:
+                    worker.commands.put(command)
+                if not worker.thread.is_alive():
+                    raise RuntimeError(f"browser thread ended: {worker.crash!r}")
+                stale = time.monotonic() - worker.beat_at
+                if stale > hang_limit:
+                    # Selenium is stuck (a hung page or driver): killing Chromium makes its
+                    # call fail, and the thread restarts the browser.
+                    log.warning("browser thread silent for %.0fs: killing Chromium", stale)
+                    worker.kill_browser()
+                    worker.beat_at = time.monotonic()
+        finally:
+            worker.stopping.set()
+            await asyncio.to_thread(worker.thread.join, 5.0)
+            if worker.thread.is_alive():
+                worker.kill_browser()
+                await asyncio.to_thread(worker.thread.join, 5.0)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:300]

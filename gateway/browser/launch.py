@@ -1,0 +1,396 @@
+"""Starting Chromium under Selenium, measuring it, and ending every process it started.
+
+Selenium is always given the driver's path (``Service(executable_path=...)``): Selenium
+Manager is then skipped, and it could not download a driver for Linux arm64 anyway.
+chromedriver is started as the leader of a new session (``setsid``); Chromium and all its
+helpers inherit that session id, so the whole tree is found in /proc and killed, even when
+chromedriver itself has died and its children were re-parented to init.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.config import BrowserConfig
+
+log = logging.getLogger(__name__)
+
+# Where distributions put the driver: Debian / Raspberry Pi OS package chromium-driver,
+# Ubuntu's snap (chromium-browser is a transitional package that installs it), and older
+# Raspberry Pi OS / Ubuntu debs.
+DRIVER_CANDIDATES = (
+    "/usr/bin/chromedriver",
+    "/snap/bin/chromium.chromedriver",
+    "/usr/lib/chromium-browser/chromedriver",
+    "/usr/lib/chromium/chromedriver",
+)
+BROWSER_CANDIDATES = (
+    "/usr/bin/chromium",
+    "/usr/bin/chromium-browser",
+    "/snap/bin/chromium",
+    "/usr/lib/chromium/chromium",
+    "/usr/lib/chromium-browser/chromium-browser",
+)
+INSTALL_HINT = (
+    "install it: `sudo apt-get install chromium-driver` on Debian / Raspberry Pi OS, "
+    "`sudo snap install chromium` on Ubuntu (the snap ships chromium.chromedriver), "
+    "or set browser.chromedriver to its path"
+)
+
+# Fewer processes, no background traffic, nothing Colab does not need. Measured effect in
+# docs/browser.md.
+LEAN_FLAGS = (
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-breakpad",
+    "--disable-crash-reporter",
+    "--disable-domain-reliability",
+    "--disable-client-side-phishing-detection",
+    "--metrics-recording-only",
+    "--mute-audio",
+    "--hide-crash-restore-bubble",
+    "--disable-session-crashed-bubble",
+    "--renderer-process-limit=2",
+    "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication,"
+    "CalculateNativeWinOcclusion,InterestFeedContentSuggestions,BackForwardCache",
+    "--password-store=basic",  # on EVERY launch of the profile: see docs/browser.md
+    "--window-size=1280,900",
+)
+
+
+class BrowserNotFound(RuntimeError):
+    pass
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def find_chromedriver(configured: str = "auto") -> str:
+    if configured != "auto":
+        if not _executable(configured):
+            raise BrowserNotFound(
+                f"browser.chromedriver: {configured!r} is not an executable file; {INSTALL_HINT}"
+            )
+        return configured
+    for candidate in DRIVER_CANDIDATES:
+        if _executable(candidate):
+            return candidate
+    raise BrowserNotFound(
+        f"chromedriver not found (looked in {', '.join(DRIVER_CANDIDATES)}); {INSTALL_HINT}"
+    )
+
+
+def find_chromium(configured: str = "auto", driver: str | None = None) -> str:
+    if configured != "auto":
+        if not _executable(configured):
+            raise BrowserNotFound(
+                f"browser.chromium: {configured!r} is not an executable file; install the "
+                "`chromium` package (Debian) or the chromium snap (Ubuntu), or fix the path"
+            )
+        return configured
+    candidates: Iterable[str] = BROWSER_CANDIDATES
+    if driver and driver.startswith("/snap/"):
+        # the snap's driver only drives the snap's browser
+        candidates = ("/snap/bin/chromium", *BROWSER_CANDIDATES)
+    for candidate in candidates:
+        if _executable(candidate):
+            return candidate
+    raise BrowserNotFound(
+        f"Chromium not found (looked in {', '.join(BROWSER_CANDIDATES)}): install the "
+        "`chromium` package (Debian, Raspberry Pi OS) or `snap install chromium` (Ubuntu)"
+    )
+
+
+def chromium_version(binary: str) -> str | None:
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"(\d+)\.\d+\.\d+\.\d+", out)
+    return match.group(1) if match else None
+
+
+def user_agent(major: str | None) -> str:
+    """What a desktop Chromium on this machine says, without "HeadlessChrome"."""
+    machine = platform.machine() or "x86_64"
+    version = f"{major}.0.0.0" if major else "120.0.0.0"
+    return (
+        f"Mozilla/5.0 (X11; Linux {machine}) AppleWebKit/537.36 (KHTML, like Gecko) "
+        f"Chrome/{version} Safari/537.36"
+    )
+
+
+def profile_dir(config: BrowserConfig, state_dir: Path) -> Path:
+    return Path(config.profile_dir).expanduser() if config.profile_dir else (
+        state_dir / "chromium-profile"
+    )
+
+
+def chromium_args(config: BrowserConfig, profile: Path, agent: str) -> list[str]:
+    args = [*LEAN_FLAGS, f"--user-data-dir={profile}", f"--user-agent={agent}"]
+    if config.headless:
+        args += ["--headless=new", "--disable-gpu"]
+    if os.geteuid() == 0:
+        args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    return args
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: split after its closing parenthesis
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def is_running(pid: int) -> bool:
+    """Exists and is not a zombie (a dead child waiting for its parent to notice)."""
+    return _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def session_members(sid: int) -> list[int]:
+    """Every live process whose session id is ``sid`` (fields: state ppid pgrp session)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields and int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+def processes_with_arg(fragment: str) -> set[int]:
+    """Live processes whose command line contains ``fragment`` (e.g. a profile path)."""
+    found = set()
+    needle = fragment.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline and _alive(int(entry)):
+            found.add(int(entry))
+    return found
+
+
+def crashpad_handlers() -> set[int]:
+    """Chromium's crash handlers: started with setsid(), outside the driver's session."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/comm").read_text().startswith("chrome_crashpad"):
+                    found.add(int(entry))
+    return found
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process: shared pages are split among their users."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^Pss:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def kill_session(sid: int, timeout: float = 5.0) -> None:
+    """SIGKILL every process of session ``sid`` and wait (bounded) until they are gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        members = session_members(sid)
+        if not members:
+            return
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            log.warning("processes of session %d survived SIGKILL: %s", sid, members)
+            return
+        time.sleep(0.05)
+
+
+@dataclass
+class Browser:
+    """A running Chromium and its driver; ``close()`` leaves no process behind."""
+
+    driver: Any  # selenium.webdriver.Chrome (untyped library)
+    sid: int  # chromedriver's pid = the session id of the whole tree
+    profile: Path
+    xvfb: subprocess.Popen[bytes] | None = None
+    display: str | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    chromium_pid: int | None = None
+    helpers: set[int] = field(default_factory=set)  # processes outside the session (crashpad)
+
+    def pids(self) -> list[int]:
+        return session_members(self.sid)
+
+    def chromium_pids(self) -> list[int]:
+        return [p for p in self.pids() if p != self.sid]
+
+    def pss_mb(self) -> float:
+        return sum(pss_kib(p) for p in self.chromium_pids()) / 1024
+
+    def driver_alive(self) -> bool:
+        return _alive(self.sid)
+
+    def main_pid(self) -> int | None:
+        """The browser process chromedriver started (its helpers are that one's children)."""
+        for pid in self.chromium_pids():
+            fields = _stat_fields(pid)
+            if fields and int(fields[1]) == self.sid:
+                return pid
+        return None
+
+    def alive(self) -> bool:
+        """Both chromedriver and the Chromium it started are running."""
+        if not self.driver_alive():
+            return False
+        if self.chromium_pid is None:
+            self.chromium_pid = self.main_pid()
+        return self.chromium_pid is not None and _alive(self.chromium_pid)
+
+    def kill(self) -> None:
+        """Thread-safe and idempotent: may be called while another thread is inside Selenium."""
+        kill_session(self.sid)
+        for pid in self.helpers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(self.sid, os.WNOHANG)
+        if self.xvfb is not None and self.xvfb.poll() is None:
+            self.xvfb.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.xvfb.wait(timeout=5)
+
+    def close(self) -> None:
+        # A polite quit lets Chromium flush its cookies to the profile; then make sure.
+        if self.driver_alive():
+            with contextlib.suppress(Exception):
+                self.driver.command_executor._client_config.timeout = 10
+                self.driver.quit()
+        self.kill()
+
+
+def start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
+    """Xvfb on a free display number (it picks one and tells us through -displayfd)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x900x24",
+             "-nolisten", "tcp"],
+            pass_fds=(write_fd,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise BrowserNotFound("Xvfb is not installed: `sudo apt-get install xvfb`") from None
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            number = pipe.readline().strip().decode()
+    except OSError:
+        number = ""
+    if not number.isdigit():
+        proc.kill()
+        raise BrowserNotFound("Xvfb did not start: install the `xvfb` package")
+    return proc, f":{number}"
+
+
+def launch(config: BrowserConfig, state_dir: Path) -> Browser:
+    """Start chromedriver and Chromium as the config says; raise BrowserNotFound if absent."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    # Belt and braces: with a driver path Selenium never runs Selenium Manager, and should
+    # anything call it, it must not try the network.
+    os.environ.setdefault("SE_OFFLINE", "true")
+    driver_path = find_chromedriver(config.chromedriver)
+    chromium = find_chromium(config.chromium, driver_path)
+    profile = profile_dir(config, state_dir)
+    profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+    agent = config.user_agent or user_agent(chromium_version(chromium))
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in chromium_args(config, profile, agent):
+        options.add_argument(arg)
+    options.unhandled_prompt_behavior = "accept"
+    options.page_load_strategy = "eager"
+    options.add_experimental_option("excludeSwitches", ["enable-automation"])
+
+    env = dict(os.environ)
+    xvfb = display = None
+    if not config.headless:
+        if config.display == "xvfb":
+            xvfb, display = start_xvfb()
+            env["DISPLAY"] = display
+    service = Service(
+        executable_path=driver_path,
+        env=env,
+        log_output=subprocess.DEVNULL,
+        popen_kw={"start_new_session": True},
+    )
+    crashpad_before = crashpad_handlers()
+    try:
+        driver = webdriver.Chrome(options=options, service=service)
+    except Exception:
+        process = getattr(service, "process", None)
+        if process is not None:
+            kill_session(process.pid)
+        if xvfb is not None:
+            xvfb.kill()
+        raise
+    sid = service.process.pid
+    browser = Browser(driver=driver, sid=sid, profile=profile, xvfb=xvfb, display=display)
+    browser.chromium_pid = browser.main_pid()
+    browser.helpers = crashpad_handlers() - crashpad_before
+    # A hung page must not hang this thread forever: every command gets an answer or fails.
+    driver.command_executor._client_config.timeout = config.page_timeout + 30
+    driver.set_page_load_timeout(config.page_timeout)
+    driver.set_script_timeout(config.page_timeout)
+    log.info(
+        "started %s (driver %s, pid %d, profile %s%s)",
+        chromium,
+        driver_path,
+        sid,
+        profile,
+        f", display {display}" if display else "",
+    )
+    return browser

@@ -1,0 +1,94 @@
+"""Runs the real ``browser`` component (Chromium + chromedriver) against a SimColab page."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from gateway.browser.keepalive import BrowserKeeper
+from gateway.component import Context
+from gateway.config import BrowserConfig, Config, SessionConfig
+from gateway.paths import Paths
+from gateway.sim import SimColab
+from gateway.state import Command, RuntimeFacts, State
+
+
+class Harness:
+    def __init__(self, tmp: Path, sim: SimColab, **browser: Any) -> None:
+        self.sim = sim
+        self.config = Config(
+            sessions=[SessionConfig(name="colab", notebook_url=sim.url)],
+            browser=BrowserConfig(**browser),
+        )
+        self.paths = Paths(
+            config=tmp / "config.yaml", state_dir=tmp / "state", runtime_dir=tmp / "run"
+        )
+        self.paths.ensure()
+        self.state = State()
+        self.loop = asyncio.new_event_loop()
+        self.state.attach(self.loop)
+        self.ctx = Context("browser", self.config, self.paths, self.state)
+        self.keeper = BrowserKeeper()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.task: Future[None] = asyncio.run_coroutine_threadsafe(
+            self.keeper.run(self.ctx), self.loop
+        )
+
+    @property
+    def runtime(self) -> RuntimeFacts:
+        return self.state.session("colab").runtime
+
+    def health(self) -> tuple[str, str]:
+        status = self.state.component("browser")
+        return status.health.value, status.message
+
+    def wait(self, predicate: Callable[[Harness], Any], timeout: float = 15, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.task.done():
+                self.task.result()  # raises the component's crash
+                raise AssertionError("the browser component stopped")
+            value = predicate(self)
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{what or 'condition'} not met in {timeout}s: runtime={self.runtime} "
+            f"health={self.health()}"
+        )
+
+    def wait_state(self, state: str, timeout: float = 15) -> RuntimeFacts:
+        self.wait(lambda h: h.runtime.state == state, timeout, f"runtime state {state!r}")
+        return self.runtime
+
+    def post(self, command: Command) -> None:
+        self.state.post("browser", command)
+
+    def browser_pids(self) -> list[int]:
+        worker_browser = self.worker().browser
+        return worker_browser.pids() if worker_browser else []
+
+    def worker(self) -> Any:
+        # the component keeps its worker local; find it through the thread's target
+        for thread in threading.enumerate():
+            if thread.name == "browser":
+                return thread._target.__self__  # type: ignore[attr-defined]
+        raise AssertionError("no browser thread")
+
+    def stop(self) -> None:
+        async def drain() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(drain(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
