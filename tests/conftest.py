@@ -68,3 +68,12 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
             daemon.proc.wait(5)
         if daemon.proc.stderr:
             daemon.proc.stderr.close()
+    if started:
+        # A config with tmux enabled makes the daemon start a tmux server on this socket
+        # directory; it outlives the daemon by design, so end it here.
+        subprocess.run(
+            ["tmux", "kill-server"],
+            env={**os.environ, "TMUX_TMPDIR": str(tmp_path)},
+            capture_output=True,
+            timeout=10,
+        )

@@ -8,6 +8,7 @@ tunnel pins it. Assertions read the pane with ``tmux capture-pane``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -68,6 +69,22 @@ def rig(tmux_server: Path) -> Iterator[Rig]:
         colab.stop()
         tmux("kill-server", check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def waiting_clients() -> list[int]:
+    """Live `tmux wait-for colab-gateway-colab` clients on this test's tmux socket."""
+    found = []
+    mine = f"TMUX_TMPDIR={os.environ['TMUX_TMPDIR']}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        ours = cmdline == b"tmux\0wait-for\0colab-gateway-colab\0"
+        if ours and mine in environ.split(b"\0") and alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
 
 
 def pane() -> str | None:
@@ -189,6 +206,16 @@ def test_daemon_restart_leaves_the_session_and_an_attached_client_alive(rig: Rig
         # A crash that takes the daemon's whole process group down spares tmux too.
         rig.daemon.stop(signal.SIGKILL)
         wait_for_text(lambda: window, "daemon not", 10)
+        still_attached()
+
+        # Killed alone, the daemon leaves no `tmux wait-for` client of its own behind.
+        rig.daemon.start()
+        wait_until(lambda: waiting_clients(), 10, "the keeper's wait-for client")
+        assert rig.daemon.proc is not None
+        os.kill(rig.daemon.proc.pid, signal.SIGKILL)
+        rig.daemon.proc.wait(timeout=10)
+        rig.daemon.proc = None
+        wait_until(lambda: not waiting_clients(), 5, "the wait-for client to end")
         still_attached()
     finally:
         client.kill()

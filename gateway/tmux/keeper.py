@@ -20,10 +20,12 @@ under systemd that server still lives in the daemon's cgroup, and the keeper say
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 
@@ -43,6 +45,7 @@ MAX_DELAY = 60.0
 # give it this long to come back before starting one in the daemon's own cgroup.
 SERVER_GRACE = 10.0
 MIN_WAIT = 0.05
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def channel(tmux_session: str) -> str:
@@ -72,6 +75,13 @@ def shell_command(session: str, paths: Paths) -> list[str]:
         "--runtime-dir",
         os.path.abspath(paths.runtime_dir),
     ]
+
+
+def _die_with_parent() -> None:
+    """In the waiting client: end with the daemon even if it is killed outright, rather
+    than wait on the channel forever (systemd would reap it, a test or a shell won't)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class TmuxKeeper:
@@ -209,14 +219,14 @@ class TmuxKeeper:
         return pid, session_id
 
     async def _install_hooks(self, name: str, session_id: str) -> None:
-        signal = f"wait-for -S {channel(name)}"
+        wake = f"wait-for -S {channel(name)}"
         # A window leaving our session. This session's own hook: replaces no one's.
-        await tmuxctl.run("set-hook", "-t", session_id, "window-unlinked", signal)
+        await tmuxctl.run("set-hook", "-t", session_id, "window-unlinked", wake)
         # The session itself closing (its last window killed, kill-session) runs no session
         # hook, only the global one: append ours, once per server, beside the user's.
         current = await tmuxctl.run("show-hooks", "-g", "session-closed", check=False)
-        if signal not in current.stdout:
-            await tmuxctl.run("set-hook", "-ga", "session-closed", signal)
+        if wake not in current.stdout:
+            await tmuxctl.run("set-hook", "-ga", "session-closed", wake)
 
     async def _owned_windows(self, name: str) -> dict[str, list[str]]:
         listing = await tmuxctl.run(
@@ -307,6 +317,7 @@ class TmuxKeeper:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             env=tmuxctl.tmux_environment(),
+            preexec_fn=_die_with_parent,
         )
         try:
             await asyncio.wait_for(proc.wait(), timeout)
