@@ -221,6 +221,8 @@ class Machine:
     def ssh_command(self, command: str) -> list[str]:
         return [
             "ssh",
+            "-F",
+            "none",  # this host's ~/.ssh/config has no say
             "-i",
             str(self.key),
             "-p",
@@ -433,7 +435,7 @@ def deployed(machine: Machine, tmp_path_factory: pytest.TempPathFactory) -> Depl
                             "ansible_user": LOGIN_USER,
                             "ansible_ssh_private_key_file": str(machine.key),
                             "ansible_ssh_common_args": (
-                                f"-o UserKnownHostsFile={machine.known_hosts} "
+                                f"-F none -o UserKnownHostsFile={machine.known_hosts} "
                                 "-o StrictHostKeyChecking=yes"
                             ),
                         }
