@@ -92,7 +92,9 @@ class Worker:
         config = ctx.config
         self.sel = colab_dom.merged(config.browser.selectors)
         self.sessions = [
-            _Session(s.name, s.notebook_url, SessionMachine(self.sel, settings_from(config.browser)))
+            _Session(
+                s.name, s.notebook_url, SessionMachine(self.sel, settings_from(config.browser))
+            )
             for s in config.sessions
         ]
         self.evidence = Evidence(ctx.paths.screenshots_dir, config.browser.screenshots_keep)
@@ -304,8 +306,9 @@ class Worker:
         session.machine.page_loaded(time.time())
         session.changes = -1
         with contextlib.suppress(Exception):
-            driver.execute_script("setTimeout(() => { location.href = arguments[0]; }, 0);",
-                                  session.url)
+            driver.execute_script(
+                "setTimeout(() => { location.href = arguments[0]; }, 0);", session.url
+            )
         deadline = time.monotonic() + self.config.browser.page_timeout
         while time.monotonic() < deadline and not self.stopping.is_set():
             self.beat()
@@ -371,8 +374,9 @@ class Worker:
 
         driver = self.browser_driver()
         editor = driver.find_element(By.CSS_SELECTOR, self.sel["first_cell_editor"])
-        driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();",
-                              editor)
+        driver.execute_script(
+            "arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", editor
+        )
         ActionChains(driver).key_down(Keys.CONTROL).send_keys(Keys.ENTER).key_up(
             Keys.CONTROL
         ).perform()

@@ -140,8 +140,10 @@ def user_agent(major: str | None) -> str:
 
 
 def profile_dir(config: BrowserConfig, state_dir: Path) -> Path:
-    return Path(config.profile_dir).expanduser() if config.profile_dir else (
-        state_dir / "chromium-profile"
+    return (
+        Path(config.profile_dir).expanduser()
+        if config.profile_dir
+        else (state_dir / "chromium-profile")
     )
 
 
@@ -310,8 +312,16 @@ def start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen(
-            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x900x24",
-             "-nolisten", "tcp"],
+            [
+                "Xvfb",
+                "-displayfd",
+                str(write_fd),
+                "-screen",
+                "0",
+                "1280x900x24",
+                "-nolisten",
+                "tcp",
+            ],
             pass_fds=(write_fd,),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -100,9 +100,7 @@ def signed_in(profile: Path) -> bool:
     return False
 
 
-def login_command(
-    chromium: str, profile: Path, url: str, devtools_port: int | None
-) -> list[str]:
+def login_command(chromium: str, profile: Path, url: str, devtools_port: int | None) -> list[str]:
     args = [
         chromium,
         f"--user-data-dir={profile}",

@@ -305,8 +305,10 @@ class SessionMachine:
                     "GPU usage limit: connect without GPU",
                 )
             return self._decision(
-                "gpu_limit", "Colab's GPU usage limit is reached: connecting without GPU",
-                False, action,
+                "gpu_limit",
+                "Colab's GPU usage limit is reached: connecting without GPU",
+                False,
+                action,
             )
         self._hold(now, "GPU usage limit reached")
         action = None
@@ -352,9 +354,7 @@ class SessionMachine:
         )
 
     def _on_signed_out(self, view: PageView, now: float) -> Decision:
-        return self._decision(
-            "signed_out", "Google sign-in needed: run colab-gateway login", False
-        )
+        return self._decision("signed_out", "Google sign-in needed: run colab-gateway login", False)
 
     def _on_loading(self, view: PageView, now: float) -> Decision:
         if now - self.kind_since > self.settings.page_timeout:
