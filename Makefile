@@ -46,6 +46,7 @@ lint: venv
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy gateway
+	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ansible-lint --offline --profile production -q
 
 format: venv
 	$(BIN)/ruff check --fix gateway tests bench

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,29 +37,34 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
         if config_path is None:
             config.write_text(config_text)
         state_dir, runtime_dir = tmp_path / "state", tmp_path / "run"
+        log = tmp_path / f"daemon-{len(started)}.log"
         full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",)}
         full_env.update({"TMUX_TMPDIR": str(tmp_path)})
         full_env.update(env or {})
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "run",
-                "-c",
-                str(config),
-                "--state-dir",
-                str(state_dir),
-                "--runtime-dir",
-                str(runtime_dir),
-            ],
-            env=full_env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            cwd=REPO,
-        )
-        daemon = Daemon(proc, config, state_dir, runtime_dir)
+        with log.open("w") as log_file:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "run",
+                    "-c",
+                    str(config),
+                    "--state-dir",
+                    str(state_dir),
+                    "--runtime-dir",
+                    str(runtime_dir),
+                ],
+                env=full_env,
+                # A file, not a pipe: a chatty daemon must never block on a full pipe.
+                stderr=log_file,
+                stdout=subprocess.DEVNULL,
+                text=True,
+                cwd=REPO,
+                # Its own process group, so teardown can end Chromium and ssh children too.
+                start_new_session=True,
+            )
+        daemon = Daemon(proc, config, state_dir, runtime_dir, log)
         started.append(daemon)
         return daemon
 
@@ -66,8 +73,8 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
             daemon.proc.wait(5)
-        if daemon.proc.stderr:
-            daemon.proc.stderr.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.proc.pid, signal.SIGKILL)  # whatever it left behind
     if started:
         # A config with tmux enabled makes the daemon start a tmux server on this socket
         # directory; it outlives the daemon by design, so end it here.

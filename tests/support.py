@@ -100,6 +100,7 @@ class Daemon:
     config: Path
     state_dir: Path
     runtime_dir: Path
+    log: Path
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
@@ -107,8 +108,7 @@ class Daemon:
         return self.proc.wait(timeout)
 
     def output(self) -> str:
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
+        return self.log.read_text()
 
 
 StartDaemon = Callable[..., Daemon]

@@ -1,0 +1,681 @@
+"""Deploy with Ansible onto a real systemd machine, reached over SSH like a Pi.
+
+A Debian 12 root made by debootstrap (cached as a tarball in CACHE_DIR between runs) boots
+with systemd inside systemd-nspawn, sharing this host's network. Its sshd listens on a
+free loopback port; the playbook installs a wheel built from this working tree. The tests
+below run in order against that one machine; the machine is powered off and its root
+removed afterwards, whether they pass or fail.
+"""
+
+from __future__ import annotations
+
+import configparser
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("COLAB_GATEWAY_TEST_CACHE", "/var/cache/colab-gateway-tests"))
+SUITE = "bookworm"
+# What a Raspberry Pi OS Lite image has that matters here: systemd, sshd, sudo, python3.
+INCLUDE = "systemd,systemd-sysv,dbus,openssh-server,python3,sudo,ca-certificates,iproute2"
+LOGIN_USER = "pi"  # the machine's login user, and so the service user
+TMUX_SESSION = "colab"
+BOOT_TIMEOUT = 120.0
+PLAYBOOK_TIMEOUT = 1200.0
+
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(2400)]
+
+
+def _missing_prerequisite() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (debootstrap, systemd-nspawn)"
+    for tool in ("debootstrap", "systemd-nspawn", "ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"needs {tool} (make system-deps installs it)"
+    if not (Path(sys.executable).parent / "ansible-playbook").exists():
+        return "needs ansible-playbook in the venv (pip install -e '.[test]')"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ---- the cached root ---------------------------------------------------------------
+
+
+def apt_source_files() -> list[Path]:
+    files = [Path("/etc/apt/sources.list")]
+    files += sorted(Path(p) for p in glob.glob("/etc/apt/sources.list.d/*.list"))
+    files += sorted(Path(p) for p in glob.glob("/etc/apt/sources.list.d/*.sources"))
+    return [f for f in files if f.is_file()]
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this host's apt uses for SUITE: debootstrap fetches from it too."""
+    for path in apt_source_files():
+        text = path.read_text()
+        if path.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                fields = dict(
+                    (k.strip().lower(), v.strip())
+                    for k, _, v in (
+                        line.partition(":")
+                        for line in stanza.splitlines()
+                        if line and not line.startswith("#")
+                    )
+                )
+                if (
+                    "deb" in fields.get("types", "").split()
+                    and SUITE in fields.get("suites", "").split()
+                ):
+                    return fields["uris"].split()[0]
+        else:
+            for line in text.splitlines():
+                words = re.sub(r"\[[^\]]*\]", "", line).split()
+                if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+                    return words[1]
+    pytest.skip(f"this host's apt has no source for Debian {SUITE} to debootstrap from")
+
+
+def cached_root_tarball() -> Path:
+    """debootstrap once per machine; later runs unpack the tarball in a few seconds."""
+    key = hashlib.sha256(f"{SUITE} {INCLUDE} {LOGIN_USER} v1".encode()).hexdigest()[:12]
+    tarball = CACHE_DIR / f"debian-{SUITE}-{key}.tar"
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time
+        if tarball.exists():
+            return tarball
+        build = CACHE_DIR / f"build-{os.getpid()}"
+        shutil.rmtree(build, ignore_errors=True)
+        try:
+            subprocess.run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={INCLUDE}",
+                    SUITE,
+                    str(build),
+                    debian_mirror(),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            chroot = ["chroot", str(build)]
+            subprocess.run(
+                [*chroot, "useradd", "-m", "-s", "/bin/bash", "-G", "sudo", LOGIN_USER],
+                check=True,
+            )
+            # The Pi's images let the login user sudo without a password; so does this one.
+            sudoers = build / "etc/sudoers.d" / LOGIN_USER
+            sudoers.write_text(f"{LOGIN_USER} ALL=(ALL) NOPASSWD:ALL\n")
+            sudoers.chmod(0o440)
+            subprocess.run([*chroot, "apt-get", "clean"], check=True)
+            partial = tarball.with_suffix(".tar.partial")
+            subprocess.run(
+                ["tar", "--numeric-owner", "-C", str(build), "-cf", str(partial), "."],
+                check=True,
+            )
+            partial.rename(tarball)
+        except subprocess.CalledProcessError as exc:
+            pytest.fail(f"building the Debian root failed: {exc}\n{exc.stdout}\n{exc.stderr}")
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    return tarball
+
+
+# ---- per-run setup of the root -------------------------------------------------------
+
+
+def copy_apt_sources(root: Path) -> None:
+    """The machine installs from the same mirrors as this host, with the same keys."""
+    (root / "etc/apt/sources.list").write_text("")
+    for path in apt_source_files():
+        target = root / str(path).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        for keyring in re.findall(r"signed-by[=:]\s*(\S+?)[\]\s]", path.read_text(), re.I):
+            source = Path(keyring)
+            if source.is_file() and not (root / keyring.lstrip("/")).exists():
+                (root / keyring.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, root / keyring.lstrip("/"))
+
+
+def copy_ca_certificates(root: Path) -> None:
+    """Local CAs of this host (e.g. a TLS-inspecting proxy's) are trusted inside too."""
+    local = Path("/usr/local/share/ca-certificates")
+    if local.is_dir():
+        shutil.copytree(local, root / "usr/local/share/ca-certificates", dirs_exist_ok=True)
+        subprocess.run(
+            ["chroot", str(root), "update-ca-certificates"], check=True, capture_output=True
+        )
+
+
+def copy_pip_config(root: Path) -> None:
+    """pip inside resolves like pip here: the effective settings, files and PIP_* alike."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PIP_NO_INPUT": "1"},
+    ).stdout
+    settings: dict[str, str] = {}
+    for line in listing.splitlines():
+        name, _, value = line.partition("=")
+        key = name.rpartition(".")[2]
+        settings[key] = value.strip().strip("'\"")
+    conf = configparser.ConfigParser()
+    conf["global"] = {}
+    files_dir = root / "etc/pip-host"
+    files_dir.mkdir(parents=True, exist_ok=True)
+    for key, value in settings.items():
+        if key in ("cert", "client-cert", "constraint", "requirement"):
+            source = Path(value)
+            if source.is_file():
+                shutil.copy2(source, files_dir / f"{key}{source.suffix}")
+                conf["global"][key] = f"/etc/pip-host/{key}{source.suffix}"
+        elif key in ("index-url", "extra-index-url", "find-links"):
+            # Local directories of this host don't exist inside; remote indexes do.
+            remote = [v for v in value.split() if v.startswith(("http://", "https://"))]
+            if remote:
+                conf["global"][key] = " ".join(remote)
+        elif key in ("default-timeout", "retries", "trusted-host", "proxy", "timeout"):
+            conf["global"][key] = value
+    # Downloads survive between runs, like the debootstrap root.
+    conf["global"]["cache-dir"] = "/var/cache/pip"
+    with open(root / "etc/pip.conf", "w") as out:
+        conf.write(out)
+
+
+@dataclass
+class Machine:
+    root: Path
+    name: str
+    ssh_port: int
+    key: Path
+    known_hosts: Path
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def ssh_command(self, command: str) -> list[str]:
+        return [
+            "ssh",
+            "-F",
+            "none",  # this host's ~/.ssh/config has no say
+            "-i",
+            str(self.key),
+            "-p",
+            str(self.ssh_port),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            f"{LOGIN_USER}@127.0.0.1",
+            command,
+        ]
+
+    def run(
+        self, command: str, *, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            self.ssh_command(command), capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"on the machine: {command!r} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def boot(self) -> None:
+        cmd = [
+            "systemd-nspawn",
+            "--keep-unit",
+            "--register=no",
+            "--boot",
+            "--console=passive",
+            f"--machine={self.name}",
+            f"--directory={self.root}",
+            f"--bind={CACHE_DIR / 'apt-archives'}:/var/cache/apt/archives",
+            f"--bind={CACHE_DIR / 'pip'}:/var/cache/pip",
+        ]
+        for cache in ("apt-archives/partial", "pip"):
+            (CACHE_DIR / cache).mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"systemd-nspawn exited {self.process.returncode}:\n{self.boot_log()}")
+            if self.run("true", check=False, timeout=10).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"no ssh into the machine after {BOOT_TIMEOUT:.0f}s:\n{self.boot_log()}")
+        state = self.run(
+            "timeout 60 systemctl is-system-running --wait", check=False, timeout=90
+        ).stdout.strip()
+        assert state in ("running", "degraded"), f"machine did not finish booting: {state}"
+
+    def boot_log(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def power_off(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # systemd-nspawn turns SIGTERM into a clean poweroff of the machine.
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    problem = _missing_prerequisite()
+    if problem:
+        pytest.skip(problem)
+    started = time.monotonic()
+    tarball = cached_root_tarball()
+    base = tmp_path_factory.mktemp("machine")
+    root = base / "root"
+    root.mkdir()
+    try:
+        subprocess.run(
+            ["tar", "--numeric-owner", "-C", str(root), "-xpf", str(tarball)], check=True
+        )
+        machine = Machine(
+            root=root,
+            name=f"cgw-deploy-{os.getpid()}",
+            ssh_port=free_port(),
+            key=base / "id_ed25519",
+            known_hosts=base / "known_hosts",
+            log=base / "boot.log",
+        )
+        _prepare_root(machine)
+        try:
+            machine.boot()
+            print(f"machine up in {time.monotonic() - started:.1f}s")
+            yield machine
+        finally:
+            machine.power_off()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _prepare_root(machine: Machine) -> None:
+    root = machine.root
+    (root / "etc/hostname").write_text("deploytest\n")
+    with open(root / "etc/hosts", "a") as hosts:
+        hosts.write("127.0.1.1 deploytest\n")
+    # Fresh host keys for every machine, pinned on this side.
+    for old in (root / "etc/ssh").glob("ssh_host_*"):
+        old.unlink()
+    subprocess.run(["chroot", str(root), "ssh-keygen", "-A"], check=True, capture_output=True)
+    host_key = (root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2]
+    machine.known_hosts.write_text(f"[127.0.0.1]:{machine.ssh_port} {' '.join(host_key)}\n")
+    (root / "etc/ssh/sshd_config.d/10-deploytest.conf").write_text(
+        f"Port {machine.ssh_port}\nListenAddress 127.0.0.1\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+    )
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(machine.key)], check=True
+    )
+    home = root / "home" / LOGIN_USER
+    uid, gid = home.stat().st_uid, home.stat().st_gid
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    authorized = ssh_dir / "authorized_keys"
+    authorized.write_text(Path(f"{machine.key}.pub").read_text())
+    authorized.chmod(0o600)
+    for path in (ssh_dir, authorized):
+        os.chown(path, uid, gid)
+    copy_apt_sources(root)
+    copy_ca_certificates(root)
+    copy_pip_config(root)
+
+
+# ---- the playbook --------------------------------------------------------------------
+
+
+@dataclass
+class Deployment:
+    machine: Machine
+    inventory: Path
+    workdir: Path
+    tunnel_port: int
+    first_run_seconds: float
+
+    def play(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return run_playbook(self.inventory, self.workdir, *extra)
+
+
+def run_playbook(inventory: Path, workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible/ansible.cfg"),
+        "ANSIBLE_HOME": str(workdir / "ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-tmp"),
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(workdir / "cp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+    }
+    command = [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        "-i",
+        str(inventory),
+        str(REPO / "ansible/playbook.yml"),
+        *extra,
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=PLAYBOOK_TIMEOUT
+    )
+
+
+def recap(output: str) -> dict[str, int]:
+    match = re.search(r"deploytest\s*:\s*(.*)", output.split("PLAY RECAP")[-1])
+    assert match, f"no PLAY RECAP in:\n{output[-3000:]}"
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def changed_tasks(output: str) -> list[str]:
+    """The TASK / RUNNING HANDLER headers whose result was "changed"."""
+    names, current = [], ""
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            current = line.split("]")[0] + "]"
+        elif line.startswith("changed:") and current and current not in names:
+            names.append(current)
+    return names
+
+
+def build_wheel(dest: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = dest.glob("colab_gateway-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def deployed(machine: Machine, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    workdir = tmp_path_factory.mktemp("ansible")
+    wheel = build_wheel(workdir / "dist")
+    tunnel_port = free_port()
+    inventory = workdir / "inventory.yml"
+    inventory.write_text(
+        json.dumps(
+            {
+                "colab_gateway": {
+                    "hosts": {
+                        "deploytest": {
+                            "ansible_host": "127.0.0.1",
+                            "ansible_port": machine.ssh_port,
+                            "ansible_user": LOGIN_USER,
+                            "ansible_ssh_private_key_file": str(machine.key),
+                            "ansible_ssh_common_args": (
+                                f"-F none -o UserKnownHostsFile={machine.known_hosts} "
+                                "-o StrictHostKeyChecking=yes"
+                            ),
+                        }
+                    },
+                    "vars": {
+                        "colab_gateway_package_source": "wheel",
+                        "colab_gateway_wheel": str(wheel),
+                        # The role installs Chromium, its driver and Xvfb (headed mode)...
+                        "colab_gateway_browser_enabled": True,
+                        "colab_gateway_browser_headless": False,
+                        # ...but the daemon leaves the browser off: there is no Google
+                        # account here, and no network beyond the package registries.
+                        "colab_gateway_config_overrides": {"browser": {"enabled": False}},
+                        "colab_gateway_tunnel_listen": f"127.0.0.1:{tunnel_port}",
+                        "colab_gateway_tmux_session": TMUX_SESSION,
+                        "colab_gateway_sessions": [
+                            {
+                                "name": "colab",
+                                "notebook_url": "https://colab.research.google.com/drive/deploy-test",
+                                "forwards": {"ssh": {"colab": 22, "local": free_port()}},
+                            }
+                        ],
+                    },
+                }
+            },
+            indent=2,
+        )
+    )
+    started = time.monotonic()
+    result = run_playbook(inventory, workdir)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, f"first playbook run failed:\n{result.stdout[-6000:]}"
+    print(f"first playbook run: {seconds:.1f}s, recap {recap(result.stdout)}")
+    return Deployment(machine, inventory, workdir, tunnel_port, seconds)
+
+
+def wait_active(machine: Machine, unit: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        state = machine.run(f"systemctl is-active {unit}", check=False).stdout.strip()
+        if state == "active":
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{unit} is {state!r} after {timeout:.0f}s")
+
+
+def main_pid(machine: Machine) -> int:
+    return int(machine.run("systemctl show -p MainPID --value colab-gateway").stdout)
+
+
+def tmux_server(machine: Machine) -> tuple[str, str]:
+    """(server pid, creation time of the session) of the service user's default socket."""
+    out = machine.run(
+        f"tmux display-message -p -t {TMUX_SESSION} '#{{pid}} #{{session_created}}'"
+    ).stdout.split()
+    return out[0], out[1]
+
+
+# ---- the assertions, in order ----------------------------------------------------------
+
+
+def test_service_is_active(deployed: Deployment) -> None:
+    assert deployed.machine.run("systemctl is-active colab-gateway").stdout.strip() == "active"
+    assert deployed.machine.run("systemctl is-active colab-gateway-tmux").stdout.strip() == "active"
+
+
+def test_units_verify_and_report_exposure(deployed: Deployment) -> None:
+    m = deployed.machine
+    # --man=no: the machine has no man pages installed to look Documentation=man:… up in
+    # (tests/test_units.py verifies with that check, on this host).
+    verify = m.run(
+        "sudo systemd-analyze verify --man=no colab-gateway.service colab-gateway-tmux.service 2>&1"
+    )
+    assert verify.stdout.strip() == ""
+    security = m.run("sudo systemd-analyze security --no-pager colab-gateway.service").stdout
+    level = re.search(r"Overall exposure level for colab-gateway\.service: ([\d.]+)", security)
+    assert level, security[-2000:]
+    print(f"systemd-analyze security colab-gateway.service: {level.group(1)}")
+    assert float(level.group(1)) <= 3.0, security
+
+
+def test_status_line_matches_the_daemon(deployed: Deployment) -> None:
+    m = deployed.machine
+    # As the service user, with no flags: the default paths reach the service's socket.
+    result = m.run("colab-gateway status --json", check=False)
+    assert result.returncode in (0, 1), result.stderr  # 3 would mean "not running"
+    summary = json.loads(result.stdout)["summary"]
+    assert summary
+    shown = m.run("systemctl status --no-pager colab-gateway", check=False).stdout
+    status = re.search(r'^\s*Status: "(.*)"$', shown, re.M)
+    assert status, shown
+    assert status.group(1) == summary
+    print(f"STATUS line: {status.group(1)}")
+    human = m.run("colab-gateway status", check=False)
+    assert human.stdout.startswith("colab-gateway: "), human.stdout
+
+
+def test_tmux_session_exists_for_the_service_user(deployed: Deployment) -> None:
+    m = deployed.machine
+    owner = m.run(f"ps -o user= -p {tmux_server(m)[0]}").stdout.strip()
+    assert owner == LOGIN_USER
+    # A plain `tmux attach` reaches it: the default socket, no -L/-S.
+    assert m.run(f"tmux has-session -t {TMUX_SESSION}", check=False).returncode == 0
+
+
+def test_endpoint_port_listens(deployed: Deployment) -> None:
+    from gateway.components import all_specs
+
+    if "tunnel" not in {spec.name for spec in all_specs()}:
+        pytest.skip("this build has no tunnel component yet: nothing listens")
+    with socket.create_connection(("127.0.0.1", deployed.tunnel_port), timeout=10) as conn:
+        conn.settimeout(10)
+        assert conn.recv(64).startswith(b"SSH-2.0-")
+
+
+def test_restart_keeps_the_tmux_session(deployed: Deployment) -> None:
+    m = deployed.machine
+    before_tmux, before_pid = tmux_server(m), main_pid(m)
+    m.run("sudo systemctl restart colab-gateway")
+    wait_active(m, "colab-gateway")
+    assert main_pid(m) != before_pid
+    assert tmux_server(m) == before_tmux
+
+
+def test_second_run_changes_nothing(deployed: Deployment) -> None:
+    started = time.monotonic()
+    result = deployed.play()
+    assert result.returncode == 0, result.stdout[-6000:]
+    counts = recap(result.stdout)
+    print(f"second playbook run: {time.monotonic() - started:.1f}s, recap {counts}")
+    assert counts["changed"] == 0, changed_tasks(result.stdout)
+
+
+def test_changed_variable_reloads_without_a_restart(deployed: Deployment) -> None:
+    """A config change reaches the daemon through the Reload handler (SIGHUP), in place."""
+    m = deployed.machine
+    pid = main_pid(m)
+    journal = "journalctl -u colab-gateway -o cat --no-pager | grep -c 'reloading /etc'"
+    reloads = int(m.run(f"sudo {journal}", check=False).stdout.strip() or 0)
+    result = deployed.play("-e", "colab_gateway_log_level=debug")
+    assert result.returncode == 0, result.stdout[-6000:]
+    assert changed_tasks(result.stdout) == [
+        "TASK [colab_gateway : Write the configuration]",
+        "RUNNING HANDLER [colab_gateway : Reload colab-gateway]",
+    ], result.stdout[-6000:]
+    assert "log_level: debug" in m.run("sudo cat /etc/colab-gateway/config.yaml").stdout
+    assert main_pid(m) == pid
+    deadline = time.monotonic() + 30
+    while int(m.run(f"sudo {journal}", check=False).stdout.strip() or 0) == reloads:
+        assert time.monotonic() < deadline, "the daemon never logged the reload"
+        time.sleep(0.5)
+
+
+def test_broken_config_fails_validation_and_leaves_the_service(deployed: Deployment) -> None:
+    m = deployed.machine
+    pid = main_pid(m)
+    config_before = m.run("sudo sha256sum /etc/colab-gateway/config.yaml").stdout
+    result = deployed.play("-e", "colab_gateway_tunnel_listen=127.0.0.1:99999")
+    assert result.returncode != 0
+    out = result.stdout
+    failed_task = re.findall(r"^TASK \[colab_gateway : (.*?)\]", out.split("fatal:")[0], re.M)
+    assert failed_task and failed_task[-1] == "Write the configuration", out[-4000:]
+    assert "is not HOST:PORT" in out, out[-4000:]  # check-config's own message
+    assert m.run("sudo sha256sum /etc/colab-gateway/config.yaml").stdout == config_before
+    assert main_pid(m) == pid
+    assert m.run("systemctl is-active colab-gateway").stdout.strip() == "active"
+
+
+PROBE_SKIP = (
+    "Type",
+    "NotifyAccess",
+    "ExecStart",
+    "ExecReload",
+    "WatchdogSec",
+    "Restart",
+    "RestartSec",
+    "RestartPreventExitStatus",
+    "TimeoutStartSec",
+    "TimeoutStopSec",
+    "KillMode",
+    "User",
+    "Group",
+)
+
+
+def chromium_probe_unit(flags: str, marker: str) -> str:
+    """A oneshot unit with colab-gateway.service's [Service] sandbox, running Chromium."""
+    text = (REPO / "systemd/colab-gateway.service").read_text()
+    service = text.split("[Service]", 1)[1].split("[Install]", 1)[0]
+    kept = [
+        line
+        for line in service.splitlines()
+        if line and not line.startswith("#") and line.split("=", 1)[0] not in PROBE_SKIP
+    ]
+    return "\n".join(
+        [
+            "[Service]",
+            "Type=oneshot",
+            f"User={LOGIN_USER}",
+            "StandardOutput=journal",
+            "TimeoutStartSec=120",
+            "ExecStart=/usr/bin/chromium --headless=new --disable-gpu --no-first-run "
+            f"--disable-background-networking --disable-component-update --disable-sync {flags} "
+            "--user-data-dir=/var/lib/colab-gateway/probe-profile "
+            f"--dump-dom data:text/html,<p>{marker}</p>",
+            *kept,
+            "",
+        ]
+    )
+
+
+@pytest.mark.parametrize("flags", ["--no-sandbox", ""], ids=["no-sandbox", "own-sandbox"])
+def test_chromium_runs_under_the_units_sandbox(deployed: Deployment, flags: str) -> None:
+    """The hardening exceptions are the ones Chromium needs: it renders a page under them."""
+    m = deployed.machine
+    m.run(
+        "command -v chromium >/dev/null || sudo DEBIAN_FRONTEND=noninteractive "
+        "apt-get install -y -q --no-install-recommends chromium >/dev/null",
+        timeout=900,
+    )
+    marker = f"probe-{os.getpid()}-{len(flags)}"
+    unit = f"cgw-chromium-probe-{len(flags)}.service"
+    m.run(
+        f"sudo tee /etc/systemd/system/{unit} >/dev/null <<'EOF'\n"
+        f"{chromium_probe_unit(flags, marker)}EOF\n"
+    )
+    m.run("sudo systemctl daemon-reload")
+    started = m.run(f"sudo systemctl start {unit}", check=False, timeout=180)
+    log = m.run(f"sudo journalctl -u {unit} -o cat --no-pager", check=False).stdout
+    assert started.returncode == 0, log[-3000:]
+    assert f"<p>{marker}</p>" in log, log[-3000:]

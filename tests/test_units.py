@@ -1,0 +1,217 @@
+"""The unit files and the Ansible role, checked without booting anything."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+UNITS = sorted((REPO / "systemd").glob("*.service"))
+ROLE = REPO / "ansible/roles/colab_gateway"
+INSTALLED_COMMAND = "/opt/colab-gateway/bin/colab-gateway"
+BIN = Path(sys.executable).parent
+
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (package systemd)"
+)
+
+
+def unit_copies(tmp_path: Path) -> list[Path]:
+    """The units as they are, except that ExecStart= names this venv's colab-gateway:
+    verify checks that every command exists, and /opt/colab-gateway is not on this host."""
+    copies = []
+    for unit in UNITS:
+        copy = tmp_path / unit.name
+        copy.write_text(unit.read_text().replace(INSTALLED_COMMAND, str(BIN / "colab-gateway")))
+        copies.append(copy)
+    return copies
+
+
+def test_there_are_units() -> None:
+    assert {u.name for u in UNITS} >= {"colab-gateway.service", "colab-gateway-tmux.service"}
+
+
+@needs_systemd_analyze
+def test_systemd_analyze_verify_passes_on_every_unit(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *map(str, unit_copies(tmp_path))],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr  # warnings count too
+
+
+@needs_systemd_analyze
+def test_gateway_unit_exposure_stays_low(tmp_path: Path) -> None:
+    gateway = next(u for u in unit_copies(tmp_path) if u.name == "colab-gateway.service")
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(gateway)],
+        capture_output=True,
+        text=True,
+    )
+    level = re.search(r"Overall exposure level for colab-gateway\.service: ([\d.]+)", result.stdout)
+    assert level, result.stdout + result.stderr
+    # 2.7 when written; above 3.0 a hardening line was lost.
+    assert float(level.group(1)) <= 3.0, result.stdout
+
+
+def test_gateway_unit_keeps_tmux_socket_and_exit_codes_right() -> None:
+    text = (REPO / "systemd/colab-gateway.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert settings["Type"] == "notify"
+    assert settings["NotifyAccess"] == "main"
+    assert settings["RestartPreventExitStatus"] == "78"  # EX_CONFIG, as cli.py exits
+    assert settings["PrivateTmp"] == "no"  # tmux's socket lives in /tmp
+    assert settings["ReadWritePaths"].split() == ["/tmp"]
+    assert settings["ExecStart"].split()[0] == INSTALLED_COMMAND
+
+
+def test_role_installs_the_same_unit_files() -> None:
+    for unit in UNITS:
+        installed = ROLE / "files" / unit.name
+        assert installed.resolve() == unit.resolve(), f"{installed} is not systemd/{unit.name}"
+
+
+def test_role_variables_are_prefixed_and_specified() -> None:
+    import yaml
+
+    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    specs = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    assert all(name.startswith("colab_gateway_") for name in defaults)
+    assert set(defaults) == set(options)
+
+
+def _render_config(tmp_path: Path, **variables: object) -> Path:
+    return _render(tmp_path, "config.yaml.j2", tmp_path / "config.yaml", **variables)
+
+
+def _render(tmp_path: Path, template: str, dest: Path, **variables: object) -> Path:
+    """Render one of the role's templates with ansible itself, as the play does."""
+    import json
+
+    if not (BIN / "ansible").exists():
+        pytest.skip("needs ansible-core in the venv (pip install -e '.[test]')")
+    extra = {
+        "_colab_gateway_group": "pi",
+        "ansible_python_interpreter": sys.executable,
+        **variables,
+    }
+    result = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "localhost",
+            "-c",
+            "local",
+            "-i",
+            "localhost,",
+            "-m",
+            "ansible.builtin.template",
+            "-a",
+            f"src={ROLE}/templates/{template} dest={dest}",
+            "-e",
+            f"@{ROLE}/defaults/main.yml",
+            "-e",
+            f"@{ROLE}/vars/main.yml",
+            "-e",
+            json.dumps(extra),
+        ],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            "ANSIBLE_LOCALHOST_WARNING": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            "USER": "pi",
+        },
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return dest
+
+
+def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "colab-gateway"), "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_role_defaults_render_a_valid_config(tmp_path: Path) -> None:
+    config = _render_config(tmp_path)
+    text = config.read_text()
+    assert text.startswith("#\n# Ansible managed")
+    result = _check_config(config)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_role_renders_the_ddns_secret_path(tmp_path: Path) -> None:
+    import yaml
+
+    config = _render_config(
+        tmp_path,
+        colab_gateway_ddns_provider="dyndns2",
+        colab_gateway_ddns_hostname="home.example.net",
+        colab_gateway_ddns_dyndns2_server="https://dynupdate.example.net",
+        colab_gateway_ddns_dyndns2_username="me",
+        colab_gateway_tunnel_public_port=443,
+        colab_gateway_config_overrides={"browser": {"max_memory_mb": 600}},
+    )
+    rendered = yaml.safe_load(config.read_text())
+    assert rendered["ddns"]["dyndns2"] == {
+        "password_file": "/etc/colab-gateway/ddns.secret",
+        "server": "https://dynupdate.example.net",
+        "username": "me",
+    }
+    assert rendered["tunnel"]["public_port"] == 443
+    assert rendered["browser"]["max_memory_mb"] == 600
+    assert rendered["browser"]["reload_every"] == "30m"  # overrides merge, not replace
+    # The secret file does not exist here: check-config must say so, naming it.
+    result = _check_config(config)
+    assert result.returncode == 78
+    assert "/etc/colab-gateway/ddns.secret" in result.stderr
+
+
+@pytest.mark.slow
+@needs_systemd_analyze
+@pytest.mark.parametrize("method", ["apt", "snap"])
+def test_role_drop_in_verifies(tmp_path: Path, method: str) -> None:
+    """The drop-in the role writes (on Ubuntu with the snap's exceptions) is valid systemd."""
+    (unit,) = (u for u in unit_copies(tmp_path) if u.name == "colab-gateway.service")
+    drop_in_dir = tmp_path / "colab-gateway.service.d"
+    drop_in_dir.mkdir()
+    drop_in = _render(
+        tmp_path,
+        "colab-gateway.conf.j2",
+        drop_in_dir / "10-site.conf",
+        _colab_gateway_user="pi",
+        _colab_gateway_uid="1000",
+        _colab_gateway_browser_method=method,
+    )
+    assert ("XDG_RUNTIME_DIR=/run/user/1000" in drop_in.read_text()) == (method == "snap")
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+    )
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+    ).stdout
+    level = re.search(r"Overall exposure level for colab-gateway\.service: ([\d.]+)", security)
+    assert level, security
+    print(f"exposure with the {method} drop-in: {level.group(1)}")
