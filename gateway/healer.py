@@ -19,18 +19,26 @@ CHECK_EVERY = 5.0
 
 class Healer:
     def __init__(self) -> None:
-        self._asked_at: dict[str, float] = {}
-        self._vm_seen: dict[str, str | None] = {}
+        # Per session: when the last re-run was asked for, and for which VM.
+        self._asked: dict[str, tuple[float, str | None]] = {}
+        # Per session: the last VM that dialed in (its tunnel came up).
+        self._vm_dialed: dict[str, str | None] = {}
+        self._next_due: float | None = None  # wall clock of the next time-based decision
 
     async def run(self, ctx: Context) -> None:
         version = -1
         while True:
-            self.check(ctx, time.time())
+            now = time.time()
+            self.check(ctx, now)
             ctx.progress()
-            version = await ctx.state.wait_changed(version, timeout=CHECK_EVERY)
+            wait = CHECK_EVERY
+            if self._next_due is not None:
+                wait = min(wait, max(0.05, self._next_due - now))
+            version = await ctx.state.wait_changed(version, timeout=wait)
 
     def check(self, ctx: Context, now: float) -> None:
         config = ctx.config
+        self._next_due = None
         problems = [
             f"session {s.name}: notebook_url is still the example's placeholder; paste your "
             "notebook's address into the config"
@@ -49,24 +57,30 @@ class Healer:
         facts = ctx.state.session(name)
         runtime, tunnel = facts.runtime, facts.tunnel
         if runtime.state != "connected":
-            self._vm_seen[name] = runtime.vm_id
             return
+        if tunnel.up:
+            self._vm_dialed[name] = runtime.vm_id
+            return
+        rerun_after = ctx.config.browser.rerun_after
+        asked_at, asked_vm = self._asked.get(name, (float("-inf"), None))
         reason = None
-        previous_vm = self._vm_seen.get(name)
-        if runtime.vm_id and runtime.vm_id != previous_vm and not tunnel.up:
-            # A VM we have not seen dial in: nothing on it runs the tunnel yet. (Real Colab
-            # pages may not reveal a VM id; then the rerun_after rule below covers it.)
-            reason = "Colab assigned a new VM" if previous_vm else "the runtime has no tunnel yet"
-        self._vm_seen[name] = runtime.vm_id
-        # Down since the later of: the tunnel dropped, the runtime (re)connected.
-        down_for = now - max(tunnel.since or 0.0, runtime.since or now)
-        if reason is None and not tunnel.up and down_for >= ctx.config.browser.rerun_after:
-            reason = f"tunnel down for {format_duration(down_for)} while the runtime is connected"
-        if reason is None:
-            return
-        # Don't ask again before the last request had a chance to bring the tunnel back.
-        last = self._asked_at.get(name, 0.0)
-        if now - last < ctx.config.browser.rerun_after:
-            return
-        self._asked_at[name] = now
+        if runtime.vm_id and runtime.vm_id not in (self._vm_dialed.get(name), asked_vm):
+            # A VM that has neither dialed in nor been bootstrapped yet: nothing on it runs
+            # the tunnel, so waiting helps nobody. (Real Colab pages may not reveal a VM id;
+            # then the rule below covers it.)
+            known = self._vm_dialed.get(name) or asked_vm
+            reason = "Colab assigned a new VM" if known else "the runtime has no tunnel yet"
+        else:
+            # Down since the later of: the tunnel dropped, the runtime (re)connected; and
+            # never again before the last request had a chance to bring the tunnel back.
+            down_since = max(tunnel.since or 0.0, runtime.since or now)
+            due = max(down_since, asked_at) + rerun_after
+            if now < due:
+                self._next_due = due if self._next_due is None else min(self._next_due, due)
+                return
+            reason = (
+                f"tunnel down for {format_duration(now - down_since)} while the runtime is "
+                "connected"
+            )
+        self._asked[name] = (now, runtime.vm_id)
         ctx.state.post("browser", Command("rerun", session=name, args={"reason": reason}))

@@ -91,12 +91,6 @@ def test_chromium_sigkill_is_recovered(loop: LoopHarness) -> None:
     _assert_recovered(loop, step)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bootstrap's tunnel loop doubles its wait (1, 2, 4, 8 s) whenever a tunnel "
-    "lived less than 60 s, even one the endpoint accepted; reset it after a successful "
-    "login (gateway/tunnel/bootstrap.sh, issue 3)",
-)
 def test_repeated_tunnel_kills_each_recover_within_5s(loop: LoopHarness) -> None:
     # Last in the module: the dialog test left a new VM whose tunnel loop starts afresh.
     for n in range(4):

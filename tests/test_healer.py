@@ -75,6 +75,19 @@ def test_a_new_vm_is_bootstrapped_at_once(tmp_path: Path) -> None:
     assert second.args["reason"] == "Colab assigned a new VM"
 
 
+def test_a_second_new_vm_soon_after_a_request_is_not_dropped(tmp_path: Path) -> None:
+    healer, ctx, state = make(tmp_path)
+    state.update_runtime("colab", state="connected", vm_id="vm-1")
+    healer.check(ctx, now=100.0)
+    assert len(commands(state)) == 1
+    healer.check(ctx, now=101.0)
+    assert commands(state) == [], "the same VM is not asked for twice in a row"
+    state.update_runtime("colab", vm_id="vm-2")  # reset again before vm-1 dialed in
+    healer.check(ctx, now=103.0)
+    (command,) = commands(state)
+    assert command.args["reason"] == "Colab assigned a new VM"
+
+
 def test_rerun_never_and_placeholders(tmp_path: Path) -> None:
     text = CONFIG.replace("drive/abc", "drive/XXXXXXXX").replace(
         "{rerun_after: 1m}", "{rerun: never}"
