@@ -132,25 +132,25 @@ while :; do
           -o StrictHostKeyChecking=yes -o UpdateHostKeys=no -o ConnectTimeout=20
           -o ServerAliveInterval="$GW_SERVER_ALIVE" -o ServerAliveCountMax=3
           -o ExitOnForwardFailure=yes -o LogLevel=ERROR)
-    lived=0
+    held=no
     echo "$(date -u +%FT%TZ) connecting" >"$GW_DIR/tunnel.status"
     if "$GW_SSH" "${opts[@]}" "$GW_ENDPOINT" register-hostkey "$GW_VM_HOSTKEY" \
             >"$GW_DIR/register.out" 2>&1 9>&-; then
         echo "$(date -u +%FT%TZ) up: $(cat "$GW_DIR/register.out")" >"$GW_DIR/tunnel.status"
-        up_at=$(date +%s)
         # shellcheck disable=SC2086  # GW_REMOTES is a list of -R options
-        "$GW_SSH" "${opts[@]}" -N $GW_REMOTES "$GW_ENDPOINT" 9>&- & child=$!
+        "$GW_SSH" "${opts[@]}" -N $GW_REMOTES "$GW_ENDPOINT" 2>"$GW_DIR/tunnel.err" 9>&- &
+        child=$!
         wait "$child" || true
         child=""
-        lived=$(( $(date +%s) - up_at ))
+        grep -q "forwarding failed" "$GW_DIR/tunnel.err" || held=yes
         echo "$(date -u +%FT%TZ) tunnel closed; reconnecting" >"$GW_DIR/tunnel.status"
     else
         echo "$(date -u +%FT%TZ) failed: $(tr "\n" " " <"$GW_DIR/register.out")" >"$GW_DIR/tunnel.status"
     fi
-    # A tunnel the endpoint accepted and that held a few seconds was fine (a dropped link,
-    # a killed client): come back after 1 s. Quick failures (refused, a forward that
-    # cannot bind) keep doubling the wait, so a broken setup never hammers the endpoint.
-    [ "$lived" -lt 3 ] || delay=1
+    # A tunnel the endpoint accepted, with its forwards bound, was fine until the link
+    # dropped or the client was killed: come back after 1 s. Failures (login refused, a
+    # forward that could not bind) keep doubling the wait: a broken setup never hammers.
+    [ "$held" = no ] || delay=1
     sleep "$delay" 9>&- & child=$!
     wait "$child" || true
     child=""
