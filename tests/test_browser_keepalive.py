@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from browser_harness import Harness
 from gateway.browser.launch import is_running, processes_with_arg
 from gateway.sim import SimColab
+from gateway.sim.runner import BrowserRunner as Harness
 from gateway.state import Command
 
 pytestmark = pytest.mark.slow

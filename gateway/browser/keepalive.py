@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST, BACKOFF_MAX = 2.0, 120.0
 HEALTHY_RUN = 300.0  # a browser that ran this long resets the restart backoff
 MEMORY_CHECK_EVERY = 30.0
-MULTI_SESSION_SLICE = 1.0
-MAX_FAILED_LOOKS = 20  # consecutive failed looks at a page (≈ seconds) before a restart  # with several windows, watch each this long in turn
+MULTI_SESSION_SLICE = 1.0  # with several windows, watch each this long in turn
+MAX_FAILED_LOOKS = 20  # failed looks at a page in a row (0.5 s apart): a hung page
 
 
 class BrowserDied(RuntimeError):
@@ -92,7 +92,9 @@ class Worker:
         config = ctx.config
         self.sel = colab_dom.merged(config.browser.selectors)
         self.sessions = [
-            _Session(s.name, s.notebook_url, SessionMachine(self.sel, settings_from(config.browser)))
+            _Session(
+                s.name, s.notebook_url, SessionMachine(self.sel, settings_from(config.browser))
+            )
             for s in config.sessions
         ]
         self.evidence = Evidence(ctx.paths.screenshots_dir, config.browser.screenshots_keep)
@@ -304,16 +306,17 @@ class Worker:
         session.machine.page_loaded(time.time())
         session.changes = -1
         with contextlib.suppress(Exception):
-            driver.execute_script("setTimeout(() => { location.href = arguments[0]; }, 0);",
-                                  session.url)
+            driver.execute_script(
+                "setTimeout(() => { location.href = arguments[0]; }, 0);", session.url
+            )
         deadline = time.monotonic() + self.config.browser.page_timeout
         while time.monotonic() < deadline and not self.stopping.is_set():
             self.beat()
             try:
                 driver.switch_to.alert.accept()
                 log.info("%s: accepted a 'Leave site?' prompt", session.name)
-            except Exception:  # no alert (the usual case)
-                pass
+            except Exception as exc:  # no alert: the usual case
+                log.debug("no alert to accept: %s", type(exc).__name__)
             try:
                 mark, ready = driver.execute_script(colab_dom.READ_MARK_JS)
             except Exception:
@@ -371,8 +374,9 @@ class Worker:
 
         driver = self.browser_driver()
         editor = driver.find_element(By.CSS_SELECTOR, self.sel["first_cell_editor"])
-        driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();",
-                              editor)
+        driver.execute_script(
+            "arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", editor
+        )
         ActionChains(driver).key_down(Keys.CONTROL).send_keys(Keys.ENTER).key_up(
             Keys.CONTROL
         ).perform()
@@ -441,8 +445,10 @@ class Worker:
 class BrowserKeeper:
     """The component. Its coroutine relays commands and watches the worker thread."""
 
+    worker: Worker | None = None  # for tests and the demo, which look at the browser
+
     async def run(self, ctx: Context) -> None:
-        worker = Worker(ctx)
+        worker = self.worker = Worker(ctx)
         worker.start()
         hang_limit = float(ctx.config.browser.page_timeout) * 2 + 30
         try:

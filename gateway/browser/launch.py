@@ -140,8 +140,10 @@ def user_agent(major: str | None) -> str:
 
 
 def profile_dir(config: BrowserConfig, state_dir: Path) -> Path:
-    return Path(config.profile_dir).expanduser() if config.profile_dir else (
-        state_dir / "chromium-profile"
+    return (
+        Path(config.profile_dir).expanduser()
+        if config.profile_dir
+        else (state_dir / "chromium-profile")
     )
 
 
@@ -310,8 +312,16 @@ def start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen(
-            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x900x24",
-             "-nolisten", "tcp"],
+            [
+                "Xvfb",
+                "-displayfd",
+                str(write_fd),
+                "-screen",
+                "0",
+                "1280x900x24",
+                "-nolisten",
+                "tcp",
+            ],
             pass_fds=(write_fd,),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -357,10 +367,9 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
 
     env = dict(os.environ)
     xvfb = display = None
-    if not config.headless:
-        if config.display == "xvfb":
-            xvfb, display = start_xvfb()
-            env["DISPLAY"] = display
+    if not config.headless and config.display == "xvfb":
+        xvfb, display = start_xvfb()
+        env["DISPLAY"] = display
     service = Service(
         executable_path=driver_path,
         env=env,
@@ -382,7 +391,8 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
     browser.chromium_pid = browser.main_pid()
     browser.helpers = crashpad_handlers() - crashpad_before
     # A hung page must not hang this thread forever: every command gets an answer or fails.
-    driver.command_executor._client_config.timeout = config.page_timeout + 30
+    executor: Any = driver.command_executor
+    executor._client_config.timeout = config.page_timeout + 30
     driver.set_page_load_timeout(config.page_timeout)
     driver.set_script_timeout(config.page_timeout)
     log.info(

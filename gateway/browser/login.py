@@ -100,9 +100,7 @@ def signed_in(profile: Path) -> bool:
     return False
 
 
-def login_command(
-    chromium: str, profile: Path, url: str, devtools_port: int | None
-) -> list[str]:
+def login_command(chromium: str, profile: Path, url: str, devtools_port: int | None) -> list[str]:
     args = [
         chromium,
         f"--user-data-dir={profile}",
@@ -204,10 +202,8 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):

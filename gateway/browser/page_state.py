@@ -179,6 +179,9 @@ class SessionMachine:
         began = view.kind != self.kind
         if began:
             self.kind, self.kind_since = view.kind, now
+            # The page moved on: a click now answers a new situation, not a repeat of one
+            # the page ignored.
+            self._last_click.clear()
         decide = getattr(self, f"_on_{view.kind}")
         decision: Decision = decide(view, now)
         if decision.state == "needs_human" and self.last_state != "needs_human":
@@ -305,8 +308,10 @@ class SessionMachine:
                     "GPU usage limit: connect without GPU",
                 )
             return self._decision(
-                "gpu_limit", "Colab's GPU usage limit is reached: connecting without GPU",
-                False, action,
+                "gpu_limit",
+                "Colab's GPU usage limit is reached: connecting without GPU",
+                False,
+                action,
             )
         self._hold(now, "GPU usage limit reached")
         action = None
@@ -352,9 +357,7 @@ class SessionMachine:
         )
 
     def _on_signed_out(self, view: PageView, now: float) -> Decision:
-        return self._decision(
-            "signed_out", "Google sign-in needed: run colab-gateway login", False
-        )
+        return self._decision("signed_out", "Google sign-in needed: run colab-gateway login", False)
 
     def _on_loading(self, view: PageView, now: float) -> Decision:
         if now - self.kind_since > self.settings.page_timeout:

@@ -1,4 +1,9 @@
-"""Runs the real ``browser`` component (Chromium + chromedriver) against a SimColab page."""
+"""Runs the real ``browser`` component (Chromium + chromedriver) against a SimColab page.
+
+Used by the tests, the benchmark and the demo: the component runs exactly as under the
+daemon (its own event loop in a background thread, a State, a Context), only the config
+is built directly, so that tests may use values below the loader's limits (a 6 s reload).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from gateway.browser.keepalive import BrowserKeeper
+from gateway.browser.keepalive import BrowserKeeper, Worker
 from gateway.component import Context
 from gateway.config import BrowserConfig, Config, SessionConfig
 from gateway.paths import Paths
@@ -18,7 +23,7 @@ from gateway.sim import SimColab
 from gateway.state import Command, RuntimeFacts, State
 
 
-class Harness:
+class BrowserRunner:
     def __init__(self, tmp: Path, sim: SimColab, **browser: Any) -> None:
         self.sim = sim
         self.config = Config(
@@ -48,7 +53,9 @@ class Harness:
         status = self.state.component("browser")
         return status.health.value, status.message
 
-    def wait(self, predicate: Callable[[Harness], Any], timeout: float = 15, what: str = "") -> Any:
+    def wait(
+        self, predicate: Callable[[BrowserRunner], Any], timeout: float = 15, what: str = ""
+    ) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.task.done():
@@ -74,12 +81,11 @@ class Harness:
         worker_browser = self.worker().browser
         return worker_browser.pids() if worker_browser else []
 
-    def worker(self) -> Any:
-        # the component keeps its worker local; find it through the thread's target
-        for thread in threading.enumerate():
-            if thread.name == "browser":
-                return thread._target.__self__  # type: ignore[attr-defined]
-        raise AssertionError("no browser thread")
+    def worker(self) -> Worker:
+        worker = self.keeper.worker
+        if worker is None:
+            raise AssertionError("the browser component has not started")
+        return worker
 
     def stop(self) -> None:
         async def drain() -> None:
