@@ -119,6 +119,7 @@ def test_runtime_reset_then_posted_rerun_runs_the_first_cell(
     keeper.wait(lambda h: h.runtime.vm_id == sim.vm_id, 5, "new vm id published")
     keeper.post(Command("rerun", "colab", {"reason": "test: new VM"}))
     sim.wait_for(lambda s: s.runs, 10, "the bootstrap ran")
+    sim.wait_for(lambda s: s.events("key", key="Enter"), 5, "the page saw Ctrl+Enter")
     keys = [e for e in sim.events("key") if e["key"] == "Enter" and e["ctrl"]]
     assert keys and keys[-1]["cell"] == 0 and keys[-1]["trusted"]
     assert sim.events("click", dialog="run_anyway")[-1]["button"] == "Run anyway"
