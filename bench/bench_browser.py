@@ -7,7 +7,9 @@
    a disconnect every --disconnect-every), then the PSS summed over all Chromium processes
    (from /proc/PID/smaps_rollup; summed RSS would count shared pages many times).
    For comparison it first measures plain headless Chromium (only the flags headless
-   needs here) on the same page.
+   needs here) on the same page. PSS splits shared pages among ALL processes mapping them,
+   other Chromium instances on the machine included; USS (private pages) does not depend on
+   them, so both are printed.
 
 The setups this replaces clicked every 60 s and reloaded every 10 minutes.
 
@@ -40,7 +42,7 @@ PLAIN_FLAGS = [
 ]
 
 
-def plain_chromium_pss(url: str, settle: float) -> float:
+def plain_chromium_pss(url: str, settle: float) -> tuple[float, float]:
     """PSS of headless Chromium with only the flags it needs, on the same page."""
     import subprocess
 
@@ -62,7 +64,7 @@ def plain_chromium_pss(url: str, settle: float) -> float:
         try:
             driver.get(url)
             time.sleep(settle)
-            return browser.pss_mb()
+            return browser.pss_mb(), browser.uss_mb()
         finally:
             browser.close()
 
@@ -123,6 +125,7 @@ def soak(sim: SimColab, runner: BrowserRunner, duration: float, disconnect_every
     final = browser.pss_mb()
     return {
         "final": final,
+        "uss": browser.uss_mb(),
         "peak": max(peak, final),
         "processes": len(browser.chromium_pids()),
         "loads": sim.count("load"),
@@ -142,8 +145,11 @@ def main() -> int:
         parser.error("--disconnects must be at least 1")
 
     with SimColab() as sim, tempfile.TemporaryDirectory() as tmp:
-        plain = plain_chromium_pss(sim.url, settle=5.0)
-        print(f"plain headless Chromium on the page: {plain:.0f} MB PSS", flush=True)
+        plain, plain_uss = plain_chromium_pss(sim.url, settle=5.0)
+        print(
+            f"plain headless Chromium on the page: {plain:.0f} MB PSS, {plain_uss:.0f} MB USS",
+            flush=True,
+        )
         runner = BrowserRunner(
             Path(tmp), sim, reload_every=Duration(args.reload_every), max_memory_mb=4000
         )
@@ -170,7 +176,8 @@ def main() -> int:
     print(
         f"RESULT reaction_p50_s={p50:.3f} reaction_max_s={max(reactions):.3f} "
         f"chromium_pss_mb={memory['final']:.0f} chromium_pss_peak_mb={memory['peak']:.0f} "
-        f"plain_headless_pss_mb={plain:.0f} soak_s={args.duration:.0f} "
+        f"chromium_uss_mb={memory['uss']:.0f} plain_headless_pss_mb={plain:.0f} "
+        f"plain_headless_uss_mb={plain_uss:.0f} soak_s={args.duration:.0f} "
         f"cpus={os.cpu_count()}"
     )
     return 0 if not leftovers else 1

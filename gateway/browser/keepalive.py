@@ -450,7 +450,11 @@ class BrowserKeeper:
     async def run(self, ctx: Context) -> None:
         worker = self.worker = Worker(ctx)
         worker.start()
-        hang_limit = float(ctx.config.browser.page_timeout) * 2 + 30
+        # Every Selenium call is bounded by page_timeout (a page load, a script): a thread
+        # silent for longer is stuck; killing Chromium frees it, else we crash and the
+        # supervisor starts the component afresh.
+        hang_limit = float(ctx.config.browser.page_timeout) + 30
+        killed = False
         try:
             while True:
                 command = await ctx.next_command(timeout=1.0)
@@ -459,12 +463,17 @@ class BrowserKeeper:
                 if not worker.thread.is_alive():
                     raise RuntimeError(f"browser thread ended: {worker.crash!r}")
                 stale = time.monotonic() - worker.beat_at
-                if stale > hang_limit:
+                if stale > 2 * hang_limit:
+                    # killing Chromium did not free the thread: let the supervisor restart us
+                    raise RuntimeError(f"browser thread wedged for {stale:.0f}s")
+                if stale > hang_limit and not killed:
                     # Selenium is stuck (a hung page or driver): killing Chromium makes its
                     # call fail, and the thread restarts the browser.
                     log.warning("browser thread silent for %.0fs: killing Chromium", stale)
                     worker.kill_browser()
-                    worker.beat_at = time.monotonic()
+                    killed = True
+                elif stale <= hang_limit:
+                    killed = False
         finally:
             worker.stopping.set()
             await asyncio.to_thread(worker.thread.join, 5.0)

@@ -217,14 +217,26 @@ def crashpad_handlers() -> set[int]:
     return found
 
 
-def pss_kib(pid: int) -> int:
-    """Proportional set size of one process: shared pages are split among their users."""
+def _rollup(pid: int, *fields: str) -> int:
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return 0
-    match = re.search(r"^Pss:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else 0
+    total = 0
+    for name in fields:
+        match = re.search(rf"^{name}:\s+(\d+) kB", text, re.MULTILINE)
+        total += int(match.group(1)) if match else 0
+    return total
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process: shared pages are split among their users."""
+    return _rollup(pid, "Pss")
+
+
+def uss_kib(pid: int) -> int:
+    """Pages only this process maps (what ending it frees), whoever else runs Chromium."""
+    return _rollup(pid, "Private_Clean", "Private_Dirty")
 
 
 def kill_session(sid: int, timeout: float = 5.0) -> None:
@@ -264,6 +276,9 @@ class Browser:
 
     def pss_mb(self) -> float:
         return sum(pss_kib(p) for p in self.chromium_pids()) / 1024
+
+    def uss_mb(self) -> float:
+        return sum(uss_kib(p) for p in self.chromium_pids()) / 1024
 
     def driver_alive(self) -> bool:
         return _alive(self.sid)
