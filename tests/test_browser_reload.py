@@ -85,6 +85,22 @@ def test_memory_above_limit_restarts_chromium(sim: SimColab, tmp_path: Path) -> 
         keeper.stop()
 
 
+def test_hung_page_restarts_chromium(sim: SimColab, tmp_path: Path) -> None:
+    keeper = Harness(tmp_path, sim, page_timeout=Duration(5))
+    try:
+        keeper.wait_state("connected", timeout=60)
+        old = keeper.worker().browser
+        loads = sim.count("load")
+        sim.hang_page()
+        sim.wait_for(lambda s: s.count("hang") == 1, 10, "the page hangs")
+        sim.wait_for(lambda s: s.count("load") > loads, 90, "a new page after the hang")
+        keeper.wait_state("connected", timeout=30)
+        assert keeper.worker().browser is not old
+        assert not [p for p in old.pids() if is_running(p)]
+    finally:
+        keeper.stop()
+
+
 def test_stop_leaves_no_chromium_process(sim: SimColab, tmp_path: Path) -> None:
     keeper = Harness(tmp_path, sim)
     keeper.wait_state("connected", timeout=60)

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST, BACKOFF_MAX = 2.0, 120.0
 HEALTHY_RUN = 300.0  # a browser that ran this long resets the restart backoff
 MEMORY_CHECK_EVERY = 30.0
+HTTP_GRACE = 10.0  # beyond page_timeout, how long chromedriver may take to answer
 MULTI_SESSION_SLICE = 1.0  # with several windows, watch each this long in turn
 MAX_FAILED_LOOKS = 20  # failed looks at a page in a row (0.5 s apart): a hung page
 
@@ -153,9 +154,11 @@ class Worker:
                 if not self.stopping.is_set():
                     log.warning("browser: %s; restarting Chromium", reason)
             finally:
-                browser, self.browser = self.browser, None
-                if browser is not None:
-                    browser.close()
+                # Still reachable as self.browser while closing, so the event-loop side can
+                # kill it should the polite quit hang too.
+                if self.browser is not None:
+                    self.browser.close(polite=not reason)
+                self.browser = None
             if self.stopping.is_set() or self._login_running():
                 continue
             self.restarts += 1
@@ -397,6 +400,8 @@ class Worker:
     # -- waiting, health, memory ------------------------------------------------------------
 
     def _wait_for_change(self) -> None:
+        from selenium.common.exceptions import WebDriverException
+
         if not self.commands.empty():
             return
         poll = float(self.config.browser.poll_every)
@@ -408,12 +413,14 @@ class Worker:
                 session.changes = self.browser_driver().execute_async_script(
                     colab_dom.WAIT_FOR_CHANGE_JS, self.sel, int(poll * 1000), session.changes
                 )
-            except Exception as exc:
+            except WebDriverException as exc:
                 if not self.browser or not self.browser.alive():
                     raise BrowserDied("Chromium or chromedriver exited") from exc
                 # navigation in progress or an alert: fall back to a short sleep
                 log.debug("waiting in the page failed: %s", _short(exc))
                 self.stopping.wait(min(poll, 0.5))
+            except Exception as exc:  # the driver's HTTP answer timed out: a hung page
+                raise BrowserDied(f"the browser stopped answering ({_short(exc)})") from exc
 
     def _check_memory(self, browser: Browser) -> None:
         now = time.monotonic()
@@ -453,7 +460,7 @@ class BrowserKeeper:
         # Every Selenium call is bounded by page_timeout (a page load, a script): a thread
         # silent for longer is stuck; killing Chromium frees it, else we crash and the
         # supervisor starts the component afresh.
-        hang_limit = float(ctx.config.browser.page_timeout) + 30
+        hang_limit = float(ctx.config.browser.page_timeout) + 2 * HTTP_GRACE
         killed = False
         try:
             while True:

@@ -313,9 +313,10 @@ class Browser:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.xvfb.wait(timeout=5)
 
-    def close(self) -> None:
-        # A polite quit lets Chromium flush its cookies to the profile; then make sure.
-        if self.driver_alive():
+    def close(self, polite: bool = True) -> None:
+        """End the browser. A polite quit lets Chromium flush its cookies to the profile;
+        a browser that died or hung is killed at once. Either way nothing survives."""
+        if polite and self.alive():
             with contextlib.suppress(Exception):
                 self.driver.command_executor._client_config.timeout = 10
                 self.driver.quit()
@@ -407,9 +408,10 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
     browser.helpers = crashpad_handlers() - crashpad_before
     # A hung page must not hang this thread forever: every command gets an answer or fails.
     executor: Any = driver.command_executor
-    executor._client_config.timeout = config.page_timeout + 30
+    executor._client_config.timeout = config.page_timeout + 10
     driver.set_page_load_timeout(config.page_timeout)
-    driver.set_script_timeout(config.page_timeout)
+    # the in-page wait for a change lasts up to poll_every: it must end before Selenium's
+    driver.set_script_timeout(max(config.page_timeout, config.poll_every + 5))
     log.info(
         "started %s (driver %s, pid %d, profile %s%s)",
         chromium,
