@@ -9,13 +9,13 @@ SYSTEM_PACKAGES := chromium chromium-driver tmux openssh-client openssh-server \
 PYTEST_ARGS ?=
 
 .PHONY: help venv system-deps deps test lint format demo bench bench-tunnel bench-browser \
-	bench-recovery clean
+	bench-recovery bench-tmux clean
 
 help:
 	@echo "make test    install what the tests need, then run them all"
 	@echo "make demo    the whole loop against a simulated Colab on this machine"
 	@echo "make lint    ruff check, ruff format --check, mypy"
-	@echo "make bench-tunnel | bench-browser | bench-recovery"
+	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux"
 
 $(BIN)/colab-gateway: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,7 +54,7 @@ format: venv
 demo: deps
 	$(BIN)/colab-gateway demo
 
-bench: bench-tunnel bench-browser bench-recovery
+bench: bench-tunnel bench-browser bench-recovery bench-tmux
 
 bench-tunnel: deps
 	$(BIN)/python bench/bench_tunnel.py
@@ -64,6 +64,9 @@ bench-browser: deps
 
 bench-recovery: deps
 	$(BIN)/python bench/bench_recovery.py
+
+bench-tmux: deps
+	$(BIN)/python bench/bench_tmux_reconnect.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -102,11 +102,16 @@ def render_status(snapshot: dict[str, Any]) -> str:
     for name, comp in snapshot.get("components", {}).items():
         since = format_duration(now - float(comp.get("since", now)))
         lines.append(f"  {name:<8} {comp['health']:<9} {comp['message']} (for {since})")
+    components = snapshot.get("components", {})
     for name, session in snapshot.get("sessions", {}).items():
         tunnel, runtime = session["tunnel"], session["runtime"]
-        state = "up" if tunnel["up"] else "down"
-        peer = f" from {tunnel['peer']}" if tunnel.get("peer") else ""
-        lines.append(f"  session {name}: tunnel {state}{peer}, runtime {runtime['state']}")
+        facts = []
+        if "tunnel" in components:
+            peer = f" from {tunnel['peer']}" if tunnel.get("peer") else ""
+            facts.append(f"tunnel {'up' if tunnel['up'] else 'down'}{peer}")
+        if "browser" in components:
+            facts.append(f"runtime {runtime['state']}")
+        lines.append(f"  session {name}: {', '.join(facts) or 'no component watches it'}")
         if tunnel.get("hostkey_fingerprint"):
             lines.append(f"    Colab host key {tunnel['hostkey_fingerprint']}")
         if runtime.get("screenshot"):
@@ -147,8 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
 def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
     from gateway.browser import login
+    from gateway.ddns.cli import register as register_ddns
+    from gateway.tmux.commands import register_shell, register_ssh_config
+    from gateway.tunnel import commands as tunnel_commands
 
-    return [login.register]
+    return [
+        tunnel_commands.register,
+        register_ddns,
+        register_shell,
+        register_ssh_config,
+        login.register,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

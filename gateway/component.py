@@ -27,6 +27,7 @@ class Context:
 
     def health(self, health: Health, message: str, **details: Any) -> None:
         self.state.set_health(self.name, health, message, **details)
+        self.progress()
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, counting as progress on both sides of the nap."""

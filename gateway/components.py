@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from gateway.browser.keepalive import BrowserKeeper
 from gateway.component import ComponentSpec
+from gateway.ddns.updater import DdnsComponent
 from gateway.healer import Healer
+from gateway.tmux.keeper import TmuxKeeper
+from gateway.tunnel.component import TunnelComponent
 
 
 def all_specs() -> list[ComponentSpec]:
@@ -17,6 +20,25 @@ def all_specs() -> list[ComponentSpec]:
             enabled=lambda c: True,
             relevant=lambda c: (c.sessions, c.browser.rerun, c.browser.rerun_after),
             factory=Healer,
+        ),
+        ComponentSpec(
+            name="tunnel",
+            enabled=lambda c: c.tunnel.enabled,
+            relevant=lambda c: (c.tunnel, c.sessions),
+            factory=TunnelComponent,
+        ),
+        ComponentSpec(
+            name="ddns",
+            enabled=lambda c: c.ddns.provider != "none",
+            relevant=lambda c: c.ddns,
+            factory=DdnsComponent,
+        ),
+        ComponentSpec(
+            name="tmux",
+            enabled=lambda c: c.tmux.enabled and bool(c.sessions),
+            # Its windows run `colab-gateway shell`, which reads ssh settings itself.
+            relevant=lambda c: (c.tmux, tuple(s.name for s in c.sessions)),
+            factory=TmuxKeeper,
         ),
         ComponentSpec(
             name="browser",

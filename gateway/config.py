@@ -61,6 +61,23 @@ def _network(value: str) -> None:
         raise ValueError(f"{value!r} is not a network: write e.g. 192.168.1.0/24") from None
 
 
+# Every cipher the endpoint can offer without a [fail] from ssh-audit.
+TUNNEL_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+)
+
+
+def _cipher(value: str) -> None:
+    if value not in TUNNEL_CIPHERS:
+        choices = ", ".join(TUNNEL_CIPHERS)
+        raise ValueError(f"{value!r} is not an offered cipher: choose from {choices}")
+
+
 def split_host_port(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
@@ -114,6 +131,12 @@ class TunnelConfig:
     exempt_networks: list[str] = setting(factory=lambda: ["127.0.0.0/8", "::1/128"], check=_network)
     keepalive_interval: Duration = setting(Duration(15), min=1, max=3600)
     keepalive_count_max: int = setting(3, min=1, max=100)
+    # Offered ciphers; the client picks the first of its own list that is here.
+    ciphers: list[str] = setting(factory=lambda: list(TUNNEL_CIPHERS), check=_cipher)
+    # Flow control of each forwarded connection: the receive window and the largest SSH
+    # packet the endpoint accepts. Larger means fewer packets per byte, i.e. less Python.
+    window: int = setting(2 * 1024 * 1024, min=65536, max=64 * 1024 * 1024)
+    max_packet: int = setting(32768, min=4096, max=262144)
 
     @property
     def listen_host(self) -> str:
@@ -185,6 +208,46 @@ class Dyndns2Config:
     dual_stack: Literal["separate", "myip_list", "myipv6"] = "separate"
 
 
+def _detect_source(value: str) -> None:
+    """An address source: an echo URL, ``trace:URL`` or ``interface:NAME``."""
+    kind, sep, rest = value.partition(":")
+    if sep and kind == "interface":
+        if not re.match(r"^[A-Za-z0-9_.:@-]{1,15}$", rest):
+            raise ValueError(f"{value!r}: write interface:NAME, e.g. interface:eth0")
+        return
+    url = rest if sep and kind == "trace" else value
+    if not re.match(r"^https?://[^\s/]+", url):
+        raise ValueError(
+            f"{value!r} is not an address source: write an echo service URL "
+            "(https://api.ipify.org), trace:URL (Cloudflare's /cdn-cgi/trace) or interface:NAME"
+        )
+
+
+# Family-specific hosts, so that each answer can only be the address of the family asked
+# for; Cloudflare's resolver addresses carry a valid certificate for the bare IP.
+DEFAULT_IPV4_SOURCES = [
+    "trace:https://1.1.1.1/cdn-cgi/trace",
+    "https://api.ipify.org",
+    "https://ipv4.icanhazip.com",
+]
+DEFAULT_IPV6_SOURCES = [
+    "trace:https://[2606:4700:4700::1111]/cdn-cgi/trace",
+    "https://api6.ipify.org",
+    "https://ipv6.icanhazip.com",
+]
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Where the public addresses come from; tried in order."""
+
+    ipv4: list[str] = setting(factory=lambda: list(DEFAULT_IPV4_SOURCES), check=_detect_source)
+    ipv6: list[str] = setting(factory=lambda: list(DEFAULT_IPV6_SOURCES), check=_detect_source)
+    # How many sources must report the same address before it is published.
+    agree: int = setting(1, min=1, max=5)
+    timeout: Duration = setting(Duration(10), min=1, max=120)
+
+
 @dataclass(frozen=True)
 class DdnsConfig:
     provider: Literal["cloudflare", "duckdns", "dyndns2", "none"] = "none"
@@ -193,6 +256,10 @@ class DdnsConfig:
     ipv6: bool = False
     check_every: Duration = setting(Duration(300), min=30)
     contact: str = ""  # goes into the User-Agent, as providers ask
+    timeout: Duration = setting(Duration(20), min=1, max=300)  # each request to the provider
+    # Network errors and 5xx answers are retried after 30 s, doubling up to this.
+    retry_max: Duration = setting(Duration(3600), min=30, max=86400)
+    detect: DetectConfig = setting(factory=DetectConfig)
     cloudflare: CloudflareConfig = setting(factory=CloudflareConfig)
     duckdns: DuckdnsConfig = setting(factory=DuckdnsConfig)
     dyndns2: Dyndns2Config = setting(factory=Dyndns2Config)
@@ -201,6 +268,14 @@ class DdnsConfig:
         problems: list[tuple[str, str]] = []
         if self.provider != "none" and not self.hostname:
             problems.append(("hostname", f"provider {self.provider} needs a hostname to update"))
+        if self.hostname and not re.match(
+            r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+            r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+            self.hostname,
+        ):
+            problems.append(
+                ("hostname", f"{self.hostname!r} is not a host name: write e.g. home.example.net")
+            )
         secrets = {
             "cloudflare": ("cloudflare", self.cloudflare.api_token_file, "api_token_file"),
             "duckdns": ("duckdns", self.duckdns.token_file, "token_file"),
@@ -210,10 +285,46 @@ class DdnsConfig:
             key, secret, name = secrets[self.provider]
             if secret is None:
                 problems.append((key, f"provider {self.provider} needs {key}.{name}"))
-        if self.provider == "dyndns2" and not self.dyndns2.server:
-            problems.append(("dyndns2", "provider dyndns2 needs dyndns2.server"))
+        if (
+            self.provider == "duckdns"
+            and "." in self.hostname
+            and not self.hostname.lower().endswith(".duckdns.org")
+        ):
+            problems.append(
+                (
+                    "hostname",
+                    f"{self.hostname!r} is not a DuckDNS name: write SUB.duckdns.org or SUB",
+                )
+            )
+        if self.provider == "dyndns2":
+            if not self.dyndns2.server:
+                problems.append(("dyndns2", "provider dyndns2 needs dyndns2.server"))
+            if not self.dyndns2.username:
+                problems.append(("dyndns2", "provider dyndns2 needs dyndns2.username"))
+            if not self.contact:
+                # dyndns2 providers ban clients whose User-Agent names no contact.
+                problems.append(
+                    (
+                        "contact",
+                        "provider dyndns2 needs a contact (your e-mail address): "
+                        "it goes into the User-Agent, which dyndns2 providers require",
+                    )
+                )
         if not (self.ipv4 or self.ipv6) and self.provider != "none":
             problems.append(("ipv4", "enable ipv4, ipv6 or both, or set provider: none"))
+        for family, enabled, sources in (
+            ("ipv4", self.ipv4, self.detect.ipv4),
+            ("ipv6", self.ipv6, self.detect.ipv6),
+        ):
+            if self.provider != "none" and enabled and len(sources) < self.detect.agree:
+                problems.append(
+                    (
+                        "detect",
+                        f"agree: {self.detect.agree} needs at least {self.detect.agree} "
+                        f"{family} sources, got {len(sources)}: add sources to "
+                        f"detect.{family} or lower detect.agree",
+                    )
+                )
         return problems
 
 
@@ -223,10 +334,27 @@ class TmuxConfig:
     session: str = setting("colab", check=_session_name)
 
 
+_PUBLIC_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
+    r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
+
+
+def _public_key(value: str) -> None:
+    if not _PUBLIC_KEY.match(value.strip()):
+        raise ValueError(
+            f"{value[:40]!r} is not an OpenSSH public key line: paste the whole line of the "
+            "laptop's ~/.ssh/id_ed25519.pub (ssh-ed25519 AAAA... comment)"
+        )
+
+
 @dataclass(frozen=True)
 class SshConfig:
     identity: str = "~/.ssh/id_ed25519"  # the Pi user's key; its .pub goes to Colab
     server_alive_interval: Duration = setting(Duration(15), min=1, max=3600)
+    # More public keys the bootstrap installs for root on the VM: a laptop's, so that
+    # `colab-gateway ssh-config` hosts (ProxyJump through the Pi) can log in end to end.
+    authorized_keys: list[str] = setting(factory=list, check=_public_key)
 
 
 @dataclass(frozen=True)

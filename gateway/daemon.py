@@ -140,6 +140,7 @@ class Gateway:
             log.warning("gave up waiting for %s after %.0fs", ", ".join(stuck), timeout)
         await self.status_server.stop()
         log.info("stopped")
+        self.notifier.close()
 
 
 def register_secrets(loaded: LoadedConfig) -> None:

@@ -53,8 +53,10 @@ class Healer:
             return
         reason = None
         previous_vm = self._vm_seen.get(name)
-        if runtime.vm_id and previous_vm and runtime.vm_id != previous_vm:
-            reason = "Colab assigned a new VM"
+        if runtime.vm_id and runtime.vm_id != previous_vm and not tunnel.up:
+            # A VM we have not seen dial in: nothing on it runs the tunnel yet. (Real Colab
+            # pages may not reveal a VM id; then the rerun_after rule below covers it.)
+            reason = "Colab assigned a new VM" if previous_vm else "the runtime has no tunnel yet"
         self._vm_seen[name] = runtime.vm_id
         # Down since the later of: the tunnel dropped, the runtime (re)connected.
         down_for = now - max(tunnel.since or 0.0, runtime.since or now)

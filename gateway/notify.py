@@ -41,8 +41,16 @@ class Notifier:
         return self.watchdog_usec / 2_000_000 if self.watchdog_usec else None
 
     def send(self, message: str) -> None:
-        if self._notifier is not None:
-            self._notifier.notify(message)
+        # sdnotify connects the socket (abstract names included) but encodes as Latin-1 and
+        # swallows errors: a STATUS with "·" or "—" would arrive garbled or not at all.
+        # systemd reads UTF-8, so send the bytes ourselves on its socket.
+        sock = getattr(self._notifier, "socket", None)
+        if sock is None:
+            return
+        try:
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.debug("sd_notify %r failed: %s", message.split("=")[0], exc)
 
     def ready(self) -> None:
         self.send("READY=1")
@@ -62,6 +70,12 @@ class Notifier:
 
     def stopping(self) -> None:
         self.send("STOPPING=1")
+
+    def close(self) -> None:
+        sock = getattr(self._notifier, "socket", None)
+        if sock is not None:
+            sock.close()
+        self._notifier = None
 
 
 def _watchdog_usec() -> int | None:

@@ -159,7 +159,6 @@ class State:
         # every cycle must not keep the daemon busy.
         with self._lock:
             status = self.component(name)
-            status.progress_at = time.monotonic()
             changed = status.health != health or status.message != message
             if changed:
                 status.since = time.time()

@@ -59,7 +59,10 @@ class StatusServer:
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
             request = line[:MAX_REQUEST].decode(errors="replace").strip() or "status"
             if request == "watch":
-                await self._watch(writer)
+                # Shutdown cancels open watches. Python 3.11's stream server logs a handler
+                # that ends cancelled as an error, so end it normally instead.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watch(writer)
                 return
             if request == "status":
                 reply = self.state.snapshot()

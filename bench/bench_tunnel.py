@@ -1,0 +1,369 @@
+"""The tunnel endpoint against a real OpenSSH sshd, side by side, in one run.
+
+Both servers accept the same ``ssh -N -R 127.0.0.1:<port>:127.0.0.1:<target>`` from the
+same OpenSSH client with the same key. Through each forwarded port we measure:
+
+- upload:   the Pi side writes into the forwarded port for a while, the Colab-side target
+            counts bytes (MB/s, until the target has read everything);
+- download: the target writes, the Pi side reads (MB/s);
+- rtt:      1 byte there and back, one at a time (p50, p99 in microseconds).
+
+Once with each side's default negotiation (what a user gets) and once with the cipher
+forced to the same one on both (``--cipher``). Trials of the two servers are interleaved so
+that background load hits both alike; each figure is the median of ``--trials``.
+
+The endpoint runs as the real daemon (``colab-gateway run``) in its own process; the
+target and the Pi-side client are small Python processes (threads doing blocking socket
+calls with large buffers, far faster than either server).
+
+Ends with  RESULT upload_ratio=… download_ratio=… rtt_p50_ratio=… rtt_p99_ratio=…
+(endpoint ÷ OpenSSH, default negotiation; throughput: higher is better, RTT: lower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.tunnel.keys import KeyStore  # noqa: E402
+
+CHUNK = 256 * 1024
+SSHD = "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the Colab-side target ---------------------------------------------------------------------
+
+
+def target_server(port: int) -> None:
+    """U: read until EOF, answer with the byte count. D<n>: send n bytes. E: echo."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(64)
+    payload = os.urandom(CHUNK)
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            mode = conn.recv(1)
+            if mode == b"U":
+                total, buf = 0, bytearray(CHUNK)
+                while n := conn.recv_into(buf):
+                    total += n
+                conn.sendall(struct.pack("!Q", total))
+            elif mode == b"D":
+                want = struct.unpack("!Q", _recv_exact(conn, 8))[0]
+                view = memoryview(payload)
+                while want > 0:
+                    n = min(want, CHUNK)
+                    conn.sendall(view[:n])
+                    want -= n
+            elif mode == b"E":
+                while b := conn.recv(1):
+                    conn.sendall(b)
+
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed early")
+        data += chunk
+    return data
+
+
+# -- the Pi-side measurements ------------------------------------------------------------------
+
+
+def upload(port: int, seconds: float) -> float:
+    payload = memoryview(os.urandom(CHUNK))
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"U")
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        total = struct.unpack("!Q", _recv_exact(s, 8))[0]
+        elapsed = time.perf_counter() - start
+    return total / elapsed / 1e6
+
+
+def download(port: int, nbytes: int) -> float:
+    buf = bytearray(CHUNK)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        start = time.perf_counter()
+        s.sendall(b"D" + struct.pack("!Q", nbytes))
+        got = 0
+        while got < nbytes:
+            n = s.recv_into(buf)
+            if not n:
+                raise ConnectionError(f"download ended after {got} of {nbytes} bytes")
+            got += n
+        elapsed = time.perf_counter() - start
+    return nbytes / elapsed / 1e6
+
+
+def rtt(port: int, count: int) -> tuple[float, float]:
+    samples = []
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"E")
+        for _ in range(50):  # warm up
+            s.sendall(b"x")
+            s.recv(1)
+        for _ in range(count):
+            t = time.perf_counter()
+            s.sendall(b"x")
+            if s.recv(1) != b"x":
+                raise ConnectionError("echo broke")
+            samples.append((time.perf_counter() - t) * 1e6)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+# -- the two servers -----------------------------------------------------------------------------
+
+
+class Servers:
+    def __init__(self, tmp: Path, profile: str | None) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.keys = KeyStore(tmp / "state" / "keys")
+        self.keys.ensure(["bench"])
+        self.key = tmp / "tunnel_key"
+        self.key.write_text(self.keys.tunnel_private_text("bench"))
+        self.key.chmod(0o600)
+        self.target = free_port()
+        self.endpoint_port = free_port()
+        self.sshd_port = free_port()
+        self.local = {"endpoint": free_port(), "openssh": free_port()}
+        self.profile = profile
+
+    def start(self) -> None:
+        self._spawn([sys.executable, "-c", f"import bench_tunnel as b; b.target_server({self.target})"],
+                    cwd=Path(__file__).parent)
+        self._start_endpoint()
+        self._start_sshd()
+        _wait_port(self.target)
+        _wait_port(self.endpoint_port)
+        _wait_port(self.sshd_port)
+
+    def _spawn(self, args: list[str], cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        return proc
+
+    def _start_endpoint(self) -> None:
+        config = self.tmp / "config.yaml"
+        config.write_text(textwrap.dedent(f"""\
+            sessions:
+              - name: bench
+                notebook_url: https://colab.research.google.com/drive/bench
+                forwards:
+                  ssh: {{colab: 22, local: {self.local["endpoint"]}}}
+            tunnel:
+              listen: 127.0.0.1:{self.endpoint_port}
+              public_host: 127.0.0.1
+            browser: {{enabled: false}}
+            tmux: {{enabled: false}}
+            daemon: {{log_level: warning}}
+            """))
+        daemon = [sys.executable]
+        if self.profile:
+            daemon += ["-m", "cProfile", "-o", self.profile]
+        daemon += ["-m", "gateway", "run", "-c", str(config), "--state-dir",
+                   str(self.tmp / "state"), "--runtime-dir", str(self.tmp / "run")]
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        proc = subprocess.Popen(daemon, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        self.daemon = proc
+
+    def _start_sshd(self) -> None:
+        d = self.tmp / "sshd"
+        d.mkdir()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")],
+                       check=True)
+        (d / "authorized_keys").write_text(self.keys.tunnel_key("bench").public + "\n")
+        (d / "sshd_config").write_text(textwrap.dedent(f"""\
+            Port {self.sshd_port}
+            ListenAddress 127.0.0.1
+            HostKey {d / "host"}
+            PidFile {d / "sshd.pid"}
+            AuthorizedKeysFile {d / "authorized_keys"}
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PermitRootLogin prohibit-password
+            UsePAM no
+            StrictModes no
+            AllowTcpForwarding remote
+            GatewayPorts no
+            """))
+        Path("/run/sshd").mkdir(exist_ok=True)
+        self._spawn([SSHD, "-D", "-e", "-f", str(d / "sshd_config")])
+        self.sshd_host = (d / "host.pub").read_text().split()
+
+    @contextlib.contextmanager
+    def tunnel(self, which: str, cipher: str | None) -> Iterator[int]:
+        port = self.endpoint_port if which == "endpoint" else self.sshd_port
+        hostkey = (self.keys.host_info().public.split() if which == "endpoint"
+                   else self.sshd_host)
+        known = self.tmp / f"known_{which}"
+        known.write_text(f"[127.0.0.1]:{port} {hostkey[0]} {hostkey[1]}\n")
+        local = self.local[which]
+        args = ["ssh", "-F", "/dev/null", "-N", "-p", str(port), "-i", str(self.key),
+                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15",
+                "-R", f"127.0.0.1:{local}:127.0.0.1:{self.target}"]
+        if cipher:
+            args += ["-c", cipher]
+        user = "colab" if which == "endpoint" else "root"
+        proc = subprocess.Popen(args + [f"{user}@127.0.0.1"], stdin=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            _wait_port(local, proc)
+            yield local
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            if proc.stderr:
+                proc.stderr.close()
+            _wait_free(local)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            if proc.stderr:
+                err = proc.stderr.read().decode(errors="replace").strip()
+                proc.stderr.close()
+                if err and proc.returncode not in (0, -signal.SIGTERM, 255):
+                    print(f"[{proc.args[0]} exited {proc.returncode}] {err[-2000:]}",
+                          file=sys.stderr)
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes] | None = None,
+               timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"{proc.args} exited {proc.returncode}: {err}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def _wait_free(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                time.sleep(0.05)
+
+
+def measure(servers: Servers, cipher: str | None, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, list[float]]] = {
+        w: {"up": [], "down": [], "p50": [], "p99": []} for w in ("endpoint", "openssh")
+    }
+    for trial in range(args.trials):
+        order = ("endpoint", "openssh") if trial % 2 == 0 else ("openssh", "endpoint")
+        for which in order:
+            with servers.tunnel(which, cipher) as port:
+                upload(port, 0.3)  # warm up the path (and TCP windows)
+                results[which]["up"].append(upload(port, args.seconds))
+                results[which]["down"].append(download(port, args.download_mb * 1_000_000))
+                p50, p99 = rtt(port, args.rtt_count)
+                results[which]["p50"].append(p50)
+                results[which]["p99"].append(p99)
+    return {w: {k: statistics.median(v) for k, v in r.items()} for w, r in results.items()}
+
+
+def report(title: str, res: dict[str, dict[str, float]]) -> dict[str, float]:
+    e, o = res["endpoint"], res["openssh"]
+    print(f"\n{title}")
+    print(f"  {'':10} {'upload MB/s':>12} {'download MB/s':>14} {'rtt p50 µs':>11} {'rtt p99 µs':>11}")
+    for name, r in (("endpoint", e), ("openssh", o)):
+        print(f"  {name:10} {r['up']:12.1f} {r['down']:14.1f} {r['p50']:11.0f} {r['p99']:11.0f}")
+    ratios = {
+        "upload_ratio": e["up"] / o["up"],
+        "download_ratio": e["down"] / o["down"],
+        "rtt_p50_ratio": e["p50"] / o["p50"],
+        "rtt_p99_ratio": e["p99"] / o["p99"],
+    }
+    print("  ratios   " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
+    return ratios
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per upload trial")
+    parser.add_argument("--download-mb", type=int, default=200, help="per download trial")
+    parser.add_argument("--rtt-count", type=int, default=2000)
+    parser.add_argument("--cipher", default="chacha20-poly1305@openssh.com",
+                        help="the cipher forced on both for the second comparison")
+    parser.add_argument("--profile", metavar="FILE", help="run the daemon under cProfile")
+    parser.add_argument("--only-default", action="store_true")
+    args = parser.parse_args()
+    if not shutil.which("ssh") or not Path(SSHD).exists():
+        print("needs openssh-client and openssh-server (make system-deps)", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp:
+        servers = Servers(Path(tmp), args.profile)
+        try:
+            servers.start()
+            default = report("default negotiation (each side's own choice)",
+                             measure(servers, None, args))
+            if not args.only_default:
+                report(f"same cipher forced: {args.cipher}", measure(servers, args.cipher, args))
+        finally:
+            servers.stop()
+    print(f"\n(took {time.monotonic() - started:.0f}s on {os.cpu_count()} CPUs)")
+    print("RESULT " + " ".join(f"{k}={v:.2f}" for k, v in default.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The tmux session that stays connected into Colab, and the commands around it."""

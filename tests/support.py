@@ -1,0 +1,114 @@
+"""Test support shared across test folders (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Every component off: tests switch on only what they exercise.
+MINIMAL_CONFIG = """\
+tunnel: {enabled: false}
+browser: {enabled: false}
+tmux: {enabled: false}
+ddns: {provider: none}
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class NotifySocket:
+    """A real AF_UNIX datagram socket standing in for systemd's notify socket.
+
+    A thread drains it at once, as systemd does: a datagram socket's queue is short, and
+    a sender whose messages are not read blocks.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._inbox: queue.Queue[tuple[float, str]] = queue.Queue()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self.sock.recv(65536).decode()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            for line in data.split("\n"):
+                if line:
+                    self._inbox.put((now, line))
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(2)
+        self.sock.close()
+
+    def _take(self, timeout: float) -> tuple[float, str] | None:
+        try:
+            item = self._inbox.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+        self.messages.append(item)
+        return item
+
+    def read(self, duration: float) -> list[str]:
+        """Everything received during the next ``duration`` seconds."""
+        deadline = time.monotonic() + duration
+        got = []
+        while (remaining := deadline - time.monotonic()) > 0:
+            item = self._take(remaining)
+            if item:
+                got.append(item[1])
+        return got
+
+    def wait_for(self, prefix: str, timeout: float) -> str:
+        """The first new message starting with ``prefix``; fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            item = self._take(remaining)
+            if item and item[1].startswith(prefix):
+                return item[1]
+        seen = [m for _, m in self.messages]
+        raise AssertionError(f"no {prefix!r} within {timeout}s; got {seen}")
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[str]
+    config: Path
+    state_dir: Path
+    runtime_dir: Path
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+
+StartDaemon = Callable[..., Daemon]

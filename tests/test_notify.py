@@ -1,0 +1,138 @@
+"""sd_notify, read from a real AF_UNIX datagram socket, as systemd would."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from support import MINIMAL_CONFIG, NotifySocket, StartDaemon
+
+from gateway.component import ComponentSpec, Context
+from gateway.config import load_config_text
+from gateway.daemon import Gateway
+from gateway.notify import Notifier
+from gateway.paths import Paths
+from gateway.state import Health
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_ready_status_stopping_and_clean_exit(
+    notify_socket: NotifySocket, start_daemon: StartDaemon
+) -> None:
+    daemon = start_daemon(env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    notify_socket.wait_for("READY=1", timeout=20)
+    status = [m for _, m in notify_socket.messages if m.startswith("STATUS=")]
+    assert status, "STATUS= must be sent before or with READY=1"
+    started = time.monotonic()
+    assert daemon.stop(timeout=10) == 0
+    assert time.monotonic() - started < 10
+    notify_socket.wait_for("STOPPING=1", timeout=1)
+
+
+def test_example_config_reaches_ready_degraded_naming_what_is_missing(
+    notify_socket: NotifySocket, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """The issue's "done when": placeholders and all, READY=1 with an honest STATUS."""
+    daemon = start_daemon(
+        config_path=REPO / "config.example.yaml", env={"NOTIFY_SOCKET": str(notify_socket.path)}
+    )
+    notify_socket.wait_for("READY=1", timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        statuses = [m for _, m in notify_socket.messages if m.startswith("STATUS=")]
+        if any("placeholder" in s for s in statuses):
+            break
+        notify_socket.read(0.5)
+    statuses = [m for _, m in notify_socket.messages if m.startswith("STATUS=")]
+    assert any("notebook_url is still the example's placeholder" in s for s in statuses), statuses
+    assert daemon.stop(timeout=10) == 0
+
+
+def test_watchdog_pings_at_half_the_interval(
+    notify_socket: NotifySocket, start_daemon: StartDaemon
+) -> None:
+    start_daemon(env={"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"})
+    notify_socket.wait_for("READY=1", timeout=20)
+    notify_socket.read(3.2)
+    pings = [t for t, m in notify_socket.messages if m == "WATCHDOG=1"]
+    # 0.5 s period over ~3 s: about six pings; allow a busy machine some slack.
+    assert 4 <= len(pings) <= 8, pings
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert max(gaps) < 1.0, gaps
+
+
+def test_watchdog_for_another_pid_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert Notifier().watchdog_period is None
+
+
+def test_sighup_reload_good_and_bad_config(
+    notify_socket: NotifySocket, start_daemon: StartDaemon
+) -> None:
+    daemon = start_daemon(env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    notify_socket.wait_for("READY=1", timeout=20)
+
+    daemon.config.write_text(MINIMAL_CONFIG + "daemon: {log_level: debug}\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    notify_socket.wait_for("RELOADING=1", timeout=5)
+    notify_socket.wait_for("READY=1", timeout=5)
+
+    daemon.config.write_text("tunnel: {listen: nowhere}\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    notify_socket.wait_for("RELOADING=1", timeout=5)
+    notify_socket.wait_for("READY=1", timeout=5)
+    assert daemon.proc.poll() is None, "a bad new config must not stop the daemon"
+    assert daemon.stop() == 0
+    log = daemon.output()
+    assert "new config rejected, keeping the running one" in log
+    assert "tunnel.listen: 'nowhere' is not HOST:PORT" in log
+
+
+class _Wedging:
+    """Makes progress for a while, then hangs without proving progress any more."""
+
+    def __init__(self, healthy_for: float) -> None:
+        self.healthy_for = healthy_for
+
+    async def run(self, ctx: Context) -> None:
+        ctx.health(Health.OK, "working")
+        deadline = time.monotonic() + self.healthy_for
+        while time.monotonic() < deadline:
+            await ctx.sleep(0.05)
+        await asyncio.Event().wait()  # wedged: alive, silent
+
+
+def test_watchdog_stops_when_a_component_wedges(
+    notify_socket: NotifySocket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify_socket.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    loaded = load_config_text(MINIMAL_CONFIG + "daemon: {stall_timeout: 1s}\n")
+    paths = Paths(tmp_path / "c.yaml", tmp_path / "state", tmp_path / "run")
+    spec = ComponentSpec("wedger", lambda c: True, lambda c: None, lambda: _Wedging(1.0))
+
+    async def scenario() -> None:
+        gateway = Gateway(loaded, paths, [spec])
+        assert "NOTIFY_SOCKET" not in os.environ, "children must not inherit the socket"
+        task = asyncio.create_task(gateway.serve())
+        await asyncio.sleep(3.5)
+        gateway.should_exit.set()
+        assert await asyncio.wait_for(task, 10) == 0
+
+    asyncio.run(scenario())
+    notify_socket.read(0.2)
+    pings = [t for t, m in notify_socket.messages if m == "WATCHDOG=1"]
+    stop = next(t for t, m in notify_socket.messages if m == "STOPPING=1")
+    ready = next(t for t, m in notify_socket.messages if m == "READY=1")
+    assert pings, "pings while the component makes progress"
+    # Healthy for 1 s, stall limit 1 s: no ping may come later than ~2.2 s after start.
+    assert pings[-1] - ready < 2.4
+    assert stop - pings[-1] > 1.0
+    assert any("wedger failed: wedged: no progress" in m for _, m in notify_socket.messages)

@@ -1,0 +1,94 @@
+"""The status socket and the CLI's exit codes, against a real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from support import REPO, StartDaemon
+
+
+def status(runtime_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "status", "--runtime-dir", str(runtime_dir), *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+
+
+def wait_for_socket(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_status_healthy_degraded_and_not_running(start_daemon: StartDaemon) -> None:
+    daemon = start_daemon()
+    sock = daemon.runtime_dir / "status.sock"
+    wait_for_socket(sock)
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o660, "service user and group only"
+
+    deadline = time.monotonic() + 10
+    while (healthy := status(daemon.runtime_dir)).returncode != 0:
+        assert time.monotonic() < deadline, healthy.stdout + healthy.stderr
+        time.sleep(0.2)
+    assert healthy.stdout.startswith("colab-gateway: ok")
+
+    raw = status(daemon.runtime_dir, "--json")
+    data = json.loads(raw.stdout)
+    assert data["health"] == "ok"
+    assert data["components"]["healer"]["health"] == "ok"
+    assert daemon.stop() == 0
+
+    gone = status(daemon.runtime_dir)
+    assert gone.returncode == 3
+    assert "colab-gateway is not running" in gone.stderr
+
+
+def test_status_is_unhealthy_when_a_component_is_degraded(start_daemon: StartDaemon) -> None:
+    daemon = start_daemon(
+        "sessions:\n  - {name: colab, notebook_url: 'https://colab.research.google.com/drive/"
+        "XXXXXXXX'}\ntunnel: {enabled: false}\nbrowser: {enabled: false}\n"
+        "tmux: {enabled: false}\n"
+    )
+    wait_for_socket(daemon.runtime_dir / "status.sock")
+    deadline = time.monotonic() + 10
+    while "placeholder" not in (result := status(daemon.runtime_dir)).stdout:
+        assert time.monotonic() < deadline, result.stdout
+        time.sleep(0.2)
+    assert result.returncode == 1
+    healer = next(ln for ln in result.stdout.splitlines() if ln.strip().startswith("healer"))
+    assert healer.split()[:2] == ["healer", "degraded"]
+    assert "session colab: notebook_url is still the example's placeholder" in healer
+
+
+def test_watch_streams_changes_and_garbage_is_answered(start_daemon: StartDaemon) -> None:
+    daemon = start_daemon()
+    path = daemon.runtime_dir / "status.sock"
+    wait_for_socket(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(b"\x00\xffnonsense\n")
+        reply = json.loads(sock.makefile().readline())
+    assert reply["error"].startswith("unknown request")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(15)
+        sock.connect(str(path))
+        sock.sendall(b"watch\n")
+        stream = sock.makefile()
+        first = json.loads(stream.readline())
+        assert "sessions" in first
+        os.kill(daemon.proc.pid, 1)  # SIGHUP: a reload changes nothing, the heartbeat comes
+        second = json.loads(stream.readline())
+        assert second["now"] >= first["now"]
+    assert daemon.stop() == 0
