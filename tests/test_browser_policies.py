@@ -151,3 +151,25 @@ def test_login_pauses_the_service_browser(sim: SimColab, tmp_path: Path) -> None
             login.kill()
             login.wait()
         runner.stop()
+
+
+def test_two_sessions_each_in_its_own_window(sim: SimColab, tmp_path: Path) -> None:
+    with SimColab() as other:
+        runner = BrowserRunner(tmp_path, sim, more_sessions={"second": other})
+        try:
+            runner.wait(
+                lambda r: r.runtime.state == r.runtime_of("second").state == "connected",
+                60,
+                "both connected",
+            )
+            other.disconnect(dialog=True)
+            other.wait_for(lambda s: s.runtime == "connected" and s.vm_id == "sim-vm-2", 10)
+            shown = other.events("shown", what="dialog")[-1]
+            click = other.events("click", target="dialog")[-1]
+            assert click["t"] - shown["t"] <= 2000
+            assert sim.count("click", target="connect") == 1
+            assert other.count("click", target="connect") == 1
+            runner.wait(lambda r: r.runtime_of("second").vm_id == "sim-vm-2", 10)
+            assert runner.runtime.vm_id == "sim-vm-1"
+        finally:
+            runner.stop()

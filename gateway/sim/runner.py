@@ -24,10 +24,19 @@ from gateway.state import Command, RuntimeFacts, State
 
 
 class BrowserRunner:
-    def __init__(self, tmp: Path, sim: SimColab, **browser: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        sim: SimColab,
+        *,
+        more_sessions: dict[str, SimColab] | None = None,
+        **browser: Any,
+    ) -> None:
+        """Session ``colab`` shows ``sim``; ``more_sessions`` adds sessions (name → page)."""
         self.sim = sim
+        pages = {"colab": sim, **(more_sessions or {})}
         self.config = Config(
-            sessions=[SessionConfig(name="colab", notebook_url=sim.url)],
+            sessions=[SessionConfig(name=n, notebook_url=p.url) for n, p in pages.items()],
             browser=BrowserConfig(**browser),
         )
         self.paths = Paths(
@@ -48,6 +57,9 @@ class BrowserRunner:
     @property
     def runtime(self) -> RuntimeFacts:
         return self.state.session("colab").runtime
+
+    def runtime_of(self, session: str) -> RuntimeFacts:
+        return self.state.session(session).runtime
 
     def health(self) -> tuple[str, str]:
         status = self.state.component("browser")
