@@ -48,6 +48,8 @@ def test_arguments_always_use_basic_password_store_and_lean_flags(tmp_path: Path
 def test_profile_dir_default_and_configured(tmp_path: Path) -> None:
     assert launch.profile_dir(BrowserConfig(), tmp_path) == tmp_path / "chromium-profile"
     assert launch.profile_dir(BrowserConfig(profile_dir="/srv/p"), tmp_path) == Path("/srv/p")
+    snap = launch.profile_dir(BrowserConfig(), tmp_path, "/snap/bin/chromium")
+    assert snap == Path.home() / "snap/chromium/common/colab-gateway-profile"
 
 
 def test_kill_session_ends_a_whole_tree_even_after_its_leader_died() -> None:

@@ -139,12 +139,15 @@ def user_agent(major: str | None) -> str:
     )
 
 
-def profile_dir(config: BrowserConfig, state_dir: Path) -> Path:
-    return (
-        Path(config.profile_dir).expanduser()
-        if config.profile_dir
-        else (state_dir / "chromium-profile")
-    )
+def profile_dir(config: BrowserConfig, state_dir: Path, chromium: str | None = None) -> Path:
+    """The configured profile; else ``<state_dir>/chromium-profile``. The Ubuntu snap may
+    not write there (confinement) nor use hidden folders, so with the snap the default is
+    the snap's own common directory in the service user's home."""
+    if config.profile_dir:
+        return Path(config.profile_dir).expanduser()
+    if chromium and chromium.startswith("/snap/"):
+        return Path.home() / "snap" / "chromium" / "common" / "colab-gateway-profile"
+    return state_dir / "chromium-profile"
 
 
 def chromium_args(config: BrowserConfig, profile: Path, agent: str) -> list[str]:
@@ -369,7 +372,7 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
     os.environ.setdefault("SE_OFFLINE", "true")
     driver_path = find_chromedriver(config.chromedriver)
     chromium = find_chromium(config.chromium, driver_path)
-    profile = profile_dir(config, state_dir)
+    profile = profile_dir(config, state_dir, chromium)
     profile.mkdir(parents=True, exist_ok=True, mode=0o700)
     agent = config.user_agent or user_agent(chromium_version(chromium))
 
