@@ -224,8 +224,11 @@ def test_loading_too_long_reloads_with_backoff() -> None:
     decision = m.step(PageView("loading"), 40.0)
     assert decision.state == "load_failed" and names(decision) == ["reload"]
     m.page_loaded(40.0)
-    assert names(m.step(PageView("load_failed"), 41.0)) == []  # backoff: 60 s after 1 failure
-    assert names(m.step(PageView("load_failed"), 101.0)) == ["reload"]
+    assert names(m.step(PageView("load_failed"), 41.0)) == []  # backoff: 10 s after 1 failure
+    assert names(m.step(PageView("load_failed"), 50.0)) == ["reload"]
+    m.page_loaded(50.0)
+    assert names(m.step(PageView("load_failed"), 65.0)) == []  # then 20 s
+    assert names(m.step(PageView("load_failed"), 70.0)) == ["reload"]
 
 
 def test_stuck_connecting_reloads() -> None:

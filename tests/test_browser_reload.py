@@ -74,6 +74,19 @@ def test_sign_out_redirect_is_reported_and_recovers_after_sign_in(
         keeper.stop()
 
 
+def test_page_that_failed_to_load_is_retried(sim: SimColab, tmp_path: Path) -> None:
+    sim.fail_loads(1)
+    keeper = Harness(tmp_path, sim)
+    try:
+        facts = keeper.wait_state("load_failed", timeout=60)
+        assert facts.screenshot and Path(facts.screenshot).exists()
+        keeper.wait_state("connected", timeout=30)
+        assert sim.count("load") == 1  # the failed load never reached the page
+        assert sim.count("click", target="connect") == 1
+    finally:
+        keeper.stop()
+
+
 def test_memory_above_limit_restarts_chromium(sim: SimColab, tmp_path: Path) -> None:
     keeper = Harness(tmp_path, sim, max_memory_mb=50)
     try:

@@ -221,7 +221,7 @@ class SessionMachine:
         return action
 
     def _reload_with_backoff(self, now: float, why: str) -> Action | None:
-        wait = min(30.0 * 2**self.load_failures, 600.0)
+        wait = min(5.0 * 2**self.load_failures, 600.0)
         if now - self.loaded_at < wait:
             return None
         self.load_failures += 1

@@ -25,7 +25,7 @@ API::
     sim.set_leave_guard(True)   # unloading the page raises a "Leave site?" prompt
     sim.reset_vm()              # Colab swaps the VM under a connected runtime
     sim.sign_out() / sim.sign_in()
-    sim.fail_loads(n)           # the next n page loads get an empty response
+    sim.fail_loads(n)           # the next n page loads get an answer that is not HTTP
     sim.hang_page()             # the page's JavaScript spins forever (once)
     # what happened
     sim.events(type="click")    # list of dicts as the page posted them; "t" = page ms epoch
@@ -498,8 +498,10 @@ def _make_handler(sim: SimColab) -> type[BaseHTTPRequestHandler]:
                 self._send(200, json.dumps(sim._wait_state(since)).encode())
             elif url.path in ("/notebook", "/"):
                 if sim._take_failing_load():
+                    # Not HTTP at all: Chromium shows its own error page (an empty answer
+                    # would be retried by Chromium's network stack by itself).
                     self.close_connection = True
-                    self.connection.close()  # Chromium shows its own error page
+                    self.wfile.write(b"this is not HTTP\r\n\r\n")
                     return
                 if sim.signed_out:
                     self.send_response(302)
