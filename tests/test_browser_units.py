@@ -153,3 +153,19 @@ def test_example_config_documents_every_browser_key() -> None:
     section = example.split("\nbrowser:\n", 1)[1].split("\n\n", 1)[0]
     for key in BrowserConfig.__dataclass_fields__:
         assert f"  {key}:" in section, key
+
+
+def test_component_without_driver_fails_with_the_package_to_install(tmp_path: Path) -> None:
+    from gateway.sim import SimColab
+    from gateway.sim.runner import BrowserRunner
+
+    with SimColab() as sim:
+        runner = BrowserRunner(tmp_path, sim, chromedriver=str(tmp_path / "no-driver"))
+        try:
+            health, message = runner.wait(
+                lambda r: r.health()[0] == "failed" and r.health(), 10, "failed health"
+            )
+            assert "chromium-driver" in message and str(tmp_path / "no-driver") in message
+            assert not list((tmp_path / "state").glob("chromium-profile/Singleton*"))
+        finally:
+            runner.stop()

@@ -143,12 +143,12 @@ class Worker:
                 continue
             started = time.monotonic()
             reason = ""
+            missing = False
             try:
                 self.browser = launch(self.config.browser, self.ctx.paths.state_dir)
                 self._run_browser(self.browser)
             except BrowserNotFound as exc:
-                reason = str(exc)
-                self.ctx.health(Health.FAILED, reason)
+                reason, missing = str(exc), True  # a person has to install something
             except Exception as exc:
                 reason = _short(exc)
                 if not self.stopping.is_set():
@@ -167,8 +167,10 @@ class Worker:
             self.evidence.save("browser", "restart", {"reason": reason, "restarts": self.restarts})
             self._publish_all("unknown", f"browser restarting: {reason}")
             self.ctx.health(
-                Health.DEGRADED,
-                f"Chromium restarting in {backoff:.0f}s ({reason})",
+                Health.FAILED if missing else Health.DEGRADED,
+                f"{reason}; trying again in {backoff:.0f}s"
+                if missing
+                else f"Chromium restarting in {backoff:.0f}s ({reason})",
                 restarts=self.restarts,
             )
             self._sleep(backoff)
