@@ -162,7 +162,7 @@ def test_component_without_driver_fails_with_the_package_to_install(tmp_path: Pa
     with SimColab() as sim:
         runner = BrowserRunner(tmp_path, sim, chromedriver=str(tmp_path / "no-driver"))
         try:
-            health, message = runner.wait(
+            _, message = runner.wait(
                 lambda r: r.health()[0] == "failed" and r.health(), 10, "failed health"
             )
             assert "chromium-driver" in message and str(tmp_path / "no-driver") in message
