@@ -173,3 +173,18 @@ def test_two_sessions_each_in_its_own_window(sim: SimColab, tmp_path: Path) -> N
             assert runner.runtime.vm_id == "sim-vm-1"
         finally:
             runner.stop()
+
+
+def test_headed_under_xvfb(sim: SimColab, tmp_path: Path) -> None:
+    runner = BrowserRunner(tmp_path, sim, headless=False, display="xvfb")
+    try:
+        runner.wait(lambda r: r.runtime.state == "connected", 60, "connected")
+        browser = runner.worker().browser
+        assert browser is not None and browser.display and browser.xvfb is not None
+        xvfb = browser.xvfb
+        assert "HeadlessChrome" not in sim.events("load")[0]["ua"]
+        cmdline = Path(f"/proc/{browser.chromium_pid}/cmdline").read_bytes()
+        assert b"--headless" not in cmdline
+    finally:
+        runner.stop()
+    assert xvfb.poll() is not None, "Xvfb outlived the browser"
