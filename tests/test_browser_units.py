@@ -169,3 +169,37 @@ def test_component_without_driver_fails_with_the_package_to_install(tmp_path: Pa
             assert not list((tmp_path / "state").glob("chromium-profile/Singleton*"))
         finally:
             runner.stop()
+
+
+def test_placeholder_notebook_starts_no_browser(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.browser.keepalive import BrowserKeeper
+    from gateway.component import Context
+    from gateway.config import Config, SessionConfig
+    from gateway.paths import Paths
+    from gateway.state import State
+
+    placeholder = SessionConfig(
+        name="colab", notebook_url="https://colab.research.google.com/drive/XXXXXXXX"
+    )
+    paths = Paths(tmp_path / "c.yaml", tmp_path / "state", tmp_path / "run")
+    paths.ensure()
+
+    async def scenario() -> tuple[str, str, object]:
+        state = State()
+        state.attach(asyncio.get_running_loop())
+        keeper = BrowserKeeper()
+        task = asyncio.create_task(
+            keeper.run(Context("browser", Config(sessions=[placeholder]), paths, state))
+        )
+        await asyncio.sleep(1.0)
+        status = state.component("browser")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert keeper.worker is not None
+        return status.health.value, status.message, keeper.worker.browser
+
+    health, message, browser = asyncio.run(scenario())
+    assert health == "degraded" and "notebook_url" in message
+    assert browser is None and not (tmp_path / "state" / "chromium-profile").exists()

@@ -92,11 +92,14 @@ class Worker:
         self.thread = threading.Thread(target=self._main, name="browser", daemon=True)
         config = ctx.config
         self.sel = colab_dom.merged(config.browser.selectors)
+        # A notebook_url still holding the example's placeholder is not worth a browser
+        # (the healer reports it).
         self.sessions = [
             _Session(
                 s.name, s.notebook_url, SessionMachine(self.sel, settings_from(config.browser))
             )
             for s in config.sessions
+            if not s.is_placeholder
         ]
         self.evidence = Evidence(ctx.paths.screenshots_dir, config.browser.screenshots_keep)
         self._memory_checked = 0.0
@@ -129,6 +132,15 @@ class Worker:
             log.exception("browser thread crashed")
 
     def _supervise(self) -> None:
+        if not self.sessions:
+            self.ctx.health(
+                Health.DEGRADED,
+                "no notebook to keep connected: set each session's notebook_url",
+                brief="",
+            )
+            while not self.stopping.wait(5.0):
+                self.beat()
+            return
         backoff = BACKOFF_FIRST
         while not self.stopping.is_set():
             self.beat()
@@ -146,7 +158,8 @@ class Worker:
             missing = False
             try:
                 self.browser = launch(self.config.browser, self.ctx.paths.state_dir)
-                self._run_browser(self.browser)
+                if not self.stopping.is_set():  # stop may have come while Chromium started
+                    self._run_browser(self.browser)
             except BrowserNotFound as exc:
                 reason, missing = str(exc), True  # a person has to install something
             except Exception as exc:
@@ -484,11 +497,13 @@ class BrowserKeeper:
                 elif stale <= hang_limit:
                     killed = False
         finally:
+            # Within the daemon's shutdown_timeout (8 s by default): a polite quit first,
+            # then the kill; launch.py's exit hook is the last resort.
             worker.stopping.set()
-            await asyncio.to_thread(worker.thread.join, 5.0)
+            await asyncio.to_thread(worker.thread.join, 3.0)
             if worker.thread.is_alive():
                 worker.kill_browser()
-                await asyncio.to_thread(worker.thread.join, 5.0)
+                await asyncio.to_thread(worker.thread.join, 3.0)
 
 
 def _short(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ chromedriver itself has died and its children were re-parented to init.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -16,6 +17,7 @@ import platform
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -76,6 +78,21 @@ LEAN_FLAGS = (
 
 class BrowserNotFound(RuntimeError):
     pass
+
+
+# Browsers started by this process and not yet killed: should the process exit while a
+# component is still stopping, the exit hook ends them (chromedriver runs in its own
+# session, so nothing else would).
+_LIVE: set[Browser] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+@atexit.register
+def _kill_live_browsers() -> None:
+    with _LIVE_LOCK:
+        browsers = list(_LIVE)
+    for browser in browsers:
+        browser.kill()
 
 
 def _executable(path: str) -> bool:
@@ -258,7 +275,7 @@ def kill_session(sid: int, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: kept in a set of live browsers
 class Browser:
     """A running Chromium and its driver; ``close()`` leaves no process behind."""
 
@@ -305,6 +322,8 @@ class Browser:
     def kill(self) -> None:
         """Thread-safe and idempotent: may be called while another thread is inside Selenium."""
         kill_session(self.sid)
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
         for pid in self.helpers:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if _alive(pid):
@@ -407,6 +426,8 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
         raise
     sid = service.process.pid
     browser = Browser(driver=driver, sid=sid, profile=profile, xvfb=xvfb, display=display)
+    with _LIVE_LOCK:
+        _LIVE.add(browser)
     browser.chromium_pid = browser.main_pid()
     browser.helpers = crashpad_handlers() - crashpad_before
     # A hung page must not hang this thread forever: every command gets an answer or fails.
