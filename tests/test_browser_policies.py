@@ -188,3 +188,19 @@ def test_headed_under_xvfb(sim: SimColab, tmp_path: Path) -> None:
     finally:
         runner.stop()
     assert xvfb.poll() is not None, "Xvfb outlived the browser"
+
+
+def test_rerun_asked_while_connecting_runs_once_connected(tmp_path: Path) -> None:
+    with SimColab(connect_delay=3.0) as slow:
+        runner = BrowserRunner(tmp_path, slow)
+        try:
+            runner.wait(lambda r: r.runtime.state == "connecting", 60, "connecting")
+            runner.post(Command("rerun", "colab", {"reason": "test"}))
+            time.sleep(1.0)
+            assert slow.runtime == "connecting" and slow.runs == []
+            slow.wait_for(lambda s: s.runs == ["first"], 10, "the bootstrap ran after connect")
+            first_run = slow.events("action", action="run")[0]["server_t"]
+            connected = slow.events("action", action="connected")[0]["server_t"]
+            assert first_run > connected
+        finally:
+            runner.stop()

@@ -63,6 +63,7 @@ class _Session:
     changes: int = -1
     last_probe: dict[str, Any] = field(default_factory=dict)
     last_decision: Decision | None = None
+    pending_rerun: Command | None = None
 
 
 def settings_from(config: BrowserConfig) -> Settings:
@@ -351,11 +352,17 @@ class Worker:
             try:
                 command = self.commands.get_nowait()
             except queue.Empty:
-                return
+                break
             if command.name == "rerun":
                 self._rerun(command)
             else:
                 log.warning("browser: unknown command %r ignored", command.name)
+        # A request that came while the runtime was (re)connecting runs once it is connected.
+        for session in self.sessions:
+            pending = session.pending_rerun
+            if pending is not None and _connected(session):
+                session.pending_rerun = None
+                self._rerun(pending)
 
     def _rerun(self, command: Command) -> None:
         session = next((s for s in self.sessions if s.name == command.session), None)
@@ -364,8 +371,11 @@ class Worker:
         if session is None or mode == "never":
             log.info("rerun for %r ignored (rerun: %s)", command.session, mode)
             return
-        if session.last_decision is None or session.last_decision.state != "connected":
-            log.info("%s: rerun asked (%s) but the runtime is not connected", session.name, reason)
+        if not _connected(session):
+            log.info(
+                "%s: rerun asked (%s); waiting until the runtime is connected", session.name, reason
+            )
+            session.pending_rerun = command
             return
         now = time.time()
         while self.reruns and now - self.reruns[0] > 3600:
@@ -504,6 +514,10 @@ class BrowserKeeper:
             if worker.thread.is_alive():
                 worker.kill_browser()
                 await asyncio.to_thread(worker.thread.join, 3.0)
+
+
+def _connected(session: _Session) -> bool:
+    return session.last_decision is not None and session.last_decision.state == "connected"
 
 
 def _short(exc: BaseException) -> str:
