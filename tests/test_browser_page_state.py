@@ -126,6 +126,7 @@ def test_unknown_selector_name_is_an_error() -> None:
 
 
 def machine(**settings: Any) -> SessionMachine:
+    settings.setdefault("settle", 0.0)
     m = SessionMachine(SEL, Settings(**settings))
     m.page_loaded(0.0)
     return m
@@ -240,3 +241,18 @@ def test_stuck_connecting_reloads() -> None:
 def test_reload_due() -> None:
     m = machine(reload_every=100.0)
     assert not m.reload_due(50.0) and m.reload_due(100.0)
+
+
+def test_no_connect_click_while_a_fresh_page_settles() -> None:
+    m = machine(settle=2.0)
+    decision = m.step(PageView("disconnected"), 1.0)
+    assert not decision.actions and decision.state == "loading"
+    assert m.settling(1.0) and not m.settling(2.5)
+    assert names(m.step(PageView("disconnected"), 2.5)) == ["click_connect"]
+    # a dialog is answered at once, settling or not
+    m.page_loaded(10.0)
+    assert names(m.step(PageView("runtime_disconnected"), 10.1)) == ["click_dialog"]
+    # once the reloaded page showed its runtime, a disconnect is answered at once
+    m.page_loaded(20.0)
+    m.step(PageView("connected"), 20.2)
+    assert names(m.step(PageView("disconnected"), 20.4)) == ["click_connect"]

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST, BACKOFF_MAX = 2.0, 120.0
 HEALTHY_RUN = 300.0  # a browser that ran this long resets the restart backoff
 MEMORY_CHECK_EVERY = 30.0
+SETTLE_POLL = 0.25
 HTTP_GRACE = 10.0  # beyond page_timeout, how long chromedriver may take to answer
 MULTI_SESSION_SLICE = 1.0  # with several windows, watch each this long in turn
 MAX_FAILED_LOOKS = 20  # failed looks at a page in a row (0.5 s apart): a hung page
@@ -64,6 +65,7 @@ class _Session:
     last_probe: dict[str, Any] = field(default_factory=dict)
     last_decision: Decision | None = None
     pending_rerun: Command | None = None
+    rerun_note: str = ""  # why a requested re-run did not happen, until the next one does
 
 
 def settings_from(config: BrowserConfig) -> Settings:
@@ -273,7 +275,7 @@ class Worker:
             "state": decision.state,
             "gpu": decision.gpu,
             "vm_id": decision.vm_id,
-            "message": decision.message,
+            "message": "; ".join(m for m in (decision.message, session.rerun_note) if m),
         }
         if screenshot:
             facts["screenshot"] = screenshot
@@ -384,9 +386,10 @@ class Worker:
         if len(self.reruns) >= limit:
             message = f"not re-running the bootstrap: already {limit} times this hour"
             log.warning("%s: %s (%s)", session.name, message, reason)
-            self.ctx.state.update_runtime(session.name, message=message)
+            session.rerun_note = message
             return
         self.reruns.append(now)
+        session.rerun_note = ""
         log.info("%s: re-running the bootstrap (%s, %s)", session.name, mode, reason)
         self._select(session)
         if mode == "all":
@@ -432,6 +435,8 @@ class Worker:
         poll = float(self.config.browser.poll_every)
         if len(self.sessions) > 1:
             poll = min(poll, MULTI_SESSION_SLICE)
+        if any(s.machine.settling(time.time()) for s in self.sessions):
+            poll = min(poll, SETTLE_POLL)  # look again as soon as the settle time is over
         for session in self.sessions:
             self._select(session)
             try:
