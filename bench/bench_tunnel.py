@@ -100,7 +100,36 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return data
 
 
+def relay_server(port: int, target: int) -> None:
+    """A bare asyncio TCP relay, no SSH, no crypto: the floor for any asyncio endpoint."""
+    import asyncio
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        t_reader, t_writer = await asyncio.open_connection("127.0.0.1", target)
+        for w in (writer, t_writer):
+            w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.gather(pipe(reader, t_writer), pipe(t_reader, writer))
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
 # -- the Pi-side measurements ------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (the figure load on the machine spares)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def upload(port: int, seconds: float) -> float:
@@ -166,10 +195,22 @@ class Servers:
         self.sshd_port = free_port()
         self.local = {"endpoint": free_port(), "openssh": free_port()}
         self.profile = profile
+        self.tunnel_extra = ""
 
     def start(self) -> None:
-        self._spawn([sys.executable, "-c", f"import bench_tunnel as b; b.target_server({self.target})"],
-                    cwd=Path(__file__).parent)
+        self._spawn(
+            [sys.executable, "-c", f"import bench_tunnel as b; b.target_server({self.target})"],
+            cwd=Path(__file__).parent,
+        )
+        self.relay = free_port()
+        self._spawn(
+            [
+                sys.executable,
+                "-c",
+                f"import bench_tunnel as b; b.relay_server({self.relay}, {self.target})",
+            ],
+            cwd=Path(__file__).parent,
+        )
         self._start_endpoint()
         self._start_sshd()
         _wait_port(self.target)
@@ -177,14 +218,20 @@ class Servers:
         _wait_port(self.sshd_port)
 
     def _spawn(self, args: list[str], cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.procs.append(proc)
         return proc
 
     def _start_endpoint(self) -> None:
         config = self.tmp / "config.yaml"
-        config.write_text(textwrap.dedent(f"""\
+        config.write_text(
+            textwrap.dedent(f"""\
             sessions:
               - name: bench
                 notebook_url: https://colab.research.google.com/drive/bench
@@ -193,29 +240,48 @@ class Servers:
             tunnel:
               listen: 127.0.0.1:{self.endpoint_port}
               public_host: 127.0.0.1
+              {self.tunnel_extra}
             browser: {{enabled: false}}
             tmux: {{enabled: false}}
             daemon: {{log_level: warning}}
-            """))
+            """)
+        )
         daemon = [sys.executable]
         if self.profile:
             daemon += ["-m", "cProfile", "-o", self.profile]
-        daemon += ["-m", "gateway", "run", "-c", str(config), "--state-dir",
-                   str(self.tmp / "state"), "--runtime-dir", str(self.tmp / "run")]
+        daemon += [
+            "-m",
+            "gateway",
+            "run",
+            "-c",
+            str(config),
+            "--state-dir",
+            str(self.tmp / "state"),
+            "--runtime-dir",
+            str(self.tmp / "run"),
+        ]
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
-        proc = subprocess.Popen(daemon, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            daemon,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.procs.append(proc)
         self.daemon = proc
 
     def _start_sshd(self) -> None:
         d = self.tmp / "sshd"
         d.mkdir()
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")],
-                       check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")], check=True
+        )
         (d / "authorized_keys").write_text(self.keys.tunnel_key("bench").public + "\n")
-        (d / "sshd_config").write_text(textwrap.dedent(f"""\
+        (d / "sshd_config").write_text(
+            textwrap.dedent(f"""\
             Port {self.sshd_port}
             ListenAddress 127.0.0.1
             HostKey {d / "host"}
@@ -228,7 +294,8 @@ class Servers:
             StrictModes no
             AllowTcpForwarding remote
             GatewayPorts no
-            """))
+            """)
+        )
         Path("/run/sshd").mkdir(exist_ok=True)
         self._spawn([SSHD, "-D", "-e", "-f", str(d / "sshd_config")])
         self.sshd_host = (d / "host.pub").read_text().split()
@@ -236,21 +303,40 @@ class Servers:
     @contextlib.contextmanager
     def tunnel(self, which: str, cipher: str | None) -> Iterator[int]:
         port = self.endpoint_port if which == "endpoint" else self.sshd_port
-        hostkey = (self.keys.host_info().public.split() if which == "endpoint"
-                   else self.sshd_host)
+        hostkey = self.keys.host_info().public.split() if which == "endpoint" else self.sshd_host
         known = self.tmp / f"known_{which}"
         known.write_text(f"[127.0.0.1]:{port} {hostkey[0]} {hostkey[1]}\n")
         local = self.local[which]
-        args = ["ssh", "-F", "/dev/null", "-N", "-p", str(port), "-i", str(self.key),
-                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-                "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15",
-                "-R", f"127.0.0.1:{local}:127.0.0.1:{self.target}"]
+        args = [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-N",
+            "-p",
+            str(port),
+            "-i",
+            str(self.key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "ServerAliveInterval=15",
+            "-R",
+            f"127.0.0.1:{local}:127.0.0.1:{self.target}",
+        ]
         if cipher:
             args += ["-c", cipher]
         user = "colab" if which == "endpoint" else "root"
-        proc = subprocess.Popen(args + [f"{user}@127.0.0.1"], stdin=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*args, f"{user}@127.0.0.1"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             _wait_port(local, proc)
             yield local
@@ -274,12 +360,12 @@ class Servers:
                 err = proc.stderr.read().decode(errors="replace").strip()
                 proc.stderr.close()
                 if err and proc.returncode not in (0, -signal.SIGTERM, 255):
-                    print(f"[{proc.args[0]} exited {proc.returncode}] {err[-2000:]}",
-                          file=sys.stderr)
+                    print(
+                        f"[{proc.args[0]} exited {proc.returncode}] {err[-2000:]}", file=sys.stderr
+                    )
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes] | None = None,
-               timeout: float = 20) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -302,27 +388,38 @@ def _wait_free(port: int, timeout: float = 10) -> None:
                 time.sleep(0.05)
 
 
-def measure(servers: Servers, cipher: str | None, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def measure(
+    servers: Servers, cipher: str | None, args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, list[float]]] = {
         w: {"up": [], "down": [], "p50": [], "p99": []} for w in ("endpoint", "openssh")
     }
+    cpu_per_gb: list[float] = []
     for trial in range(args.trials):
         order = ("endpoint", "openssh") if trial % 2 == 0 else ("openssh", "endpoint")
         for which in order:
             with servers.tunnel(which, cipher) as port:
                 upload(port, 0.3)  # warm up the path (and TCP windows)
-                results[which]["up"].append(upload(port, args.seconds))
+                cpu = cpu_seconds(servers.daemon.pid)
+                up = upload(port, args.seconds)
+                results[which]["up"].append(up)
                 results[which]["down"].append(download(port, args.download_mb * 1_000_000))
+                if which == "endpoint":
+                    moved = up * args.seconds + args.download_mb  # MB, near enough
+                    cpu_per_gb.append((cpu_seconds(servers.daemon.pid) - cpu) / moved * 1000)
                 p50, p99 = rtt(port, args.rtt_count)
                 results[which]["p50"].append(p50)
                 results[which]["p99"].append(p99)
+    print(f"  endpoint CPU: {statistics.median(cpu_per_gb):.2f} s per GB forwarded")
     return {w: {k: statistics.median(v) for k, v in r.items()} for w, r in results.items()}
 
 
 def report(title: str, res: dict[str, dict[str, float]]) -> dict[str, float]:
     e, o = res["endpoint"], res["openssh"]
     print(f"\n{title}")
-    print(f"  {'':10} {'upload MB/s':>12} {'download MB/s':>14} {'rtt p50 µs':>11} {'rtt p99 µs':>11}")
+    print(
+        f"  {'':10} {'upload MB/s':>12} {'download MB/s':>14} {'rtt p50 µs':>11} {'rtt p99 µs':>11}"
+    )
     for name, r in (("endpoint", e), ("openssh", o)):
         print(f"  {name:10} {r['up']:12.1f} {r['down']:14.1f} {r['p50']:11.0f} {r['p99']:11.0f}")
     ratios = {
@@ -341,10 +438,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per upload trial")
     parser.add_argument("--download-mb", type=int, default=200, help="per download trial")
     parser.add_argument("--rtt-count", type=int, default=2000)
-    parser.add_argument("--cipher", default="chacha20-poly1305@openssh.com",
-                        help="the cipher forced on both for the second comparison")
+    parser.add_argument(
+        "--cipher",
+        default="aes128-gcm@openssh.com",
+        help="the cipher forced on both for the second comparison",
+    )
     parser.add_argument("--profile", metavar="FILE", help="run the daemon under cProfile")
     parser.add_argument("--only-default", action="store_true")
+    parser.add_argument(
+        "--endpoint-tunnel",
+        default="",
+        metavar="YAML",
+        help="extra tunnel: settings for the endpoint, e.g. 'max_packet: 65536'",
+    )
     args = parser.parse_args()
     if not shutil.which("ssh") or not Path(SSHD).exists():
         print("needs openssh-client and openssh-server (make system-deps)", file=sys.stderr)
@@ -352,10 +458,20 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp:
         servers = Servers(Path(tmp), args.profile)
+        servers.tunnel_extra = "\n              ".join(
+            part.strip() for part in args.endpoint_tunnel.split(";") if part.strip()
+        )
         try:
             servers.start()
-            default = report("default negotiation (each side's own choice)",
-                             measure(servers, None, args))
+            default = report(
+                "default negotiation (each side's own choice)", measure(servers, None, args)
+            )
+            _wait_port(servers.relay)
+            floor = rtt(servers.relay, args.rtt_count)
+            print(
+                f"\nfloor: a bare asyncio TCP relay (no SSH, no crypto) between the same two "
+                f"sockets: rtt p50 {floor[0]:.0f} µs, p99 {floor[1]:.0f} µs"
+            )
             if not args.only_default:
                 report(f"same cipher forced: {args.cipher}", measure(servers, args.cipher, args))
         finally:

@@ -169,11 +169,30 @@ def test_bootstrap_brings_the_tunnel_up_and_the_pi_logs_in_with_a_pinned_key(
 ) -> None:
     config = make_config(tmp_path)
     with running_endpoint(config, tmp_path / "state") as r:
-        vm = make_vm(tmp_path, r, config, pi_key=pi_key)
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "laptop",
+                "-f",
+                str(tmp_path / "laptop"),
+            ],
+            check=True,
+        )
+        laptop = (tmp_path / "laptop.pub").read_text().strip()
+        vm = make_vm(tmp_path, r, config, pi_key=pi_key, extra_keys=(laptop,))
         vms.append(vm)
         done = vm.run_bootstrap()
         assert done.returncode == 0, done.stderr
         assert "sshd started" in done.stdout
+        pi_pub = pi_key.with_name(pi_key.name + ".pub").read_text().strip()
+        authorized = (vm.dir.parent / "authorized_keys").read_text().splitlines()
+        assert authorized == [pi_pub, laptop], "the Pi's key, then ssh.authorized_keys"
         assert "connected to the gateway, which pinned SHA256:" in done.stdout
         facts = r.wait_for(lambda f: f["up"])
         assert facts["forwards"] == [ssh_local(config)]
@@ -732,21 +751,25 @@ def test_garbage_and_truncated_packets_do_not_disturb_a_live_tunnel(tmp_path: Pa
         srv.close()
 
 
-def test_ssh_audit_reports_no_failure_and_openssh_9_2_still_connects(client) -> None:
-    c, r = client
-    audit = Path(sys.executable).with_name("ssh-audit")
-    result = subprocess.run(
-        [str(audit), "-n", "-p", str(r.port), "127.0.0.1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "[fail]" not in result.stdout, result.stdout
-    assert result.returncode in (0, 2), result.stdout  # 2: warnings only (no post-quantum kex)
-    assert "(key) ssh-ed25519" in result.stdout
-    hello = c.run(command=("register-hostkey",))
-    assert "OpenSSH_9.2" in subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr
-    assert "usage: register-hostkey" in hello.stderr  # logged in, with the default algorithms
+def test_ssh_audit_reports_no_failure_and_openssh_9_2_still_connects(tmp_path: Path) -> None:
+    # No exempt network: ssh-audit's DHEat rate test then meets the penalties, as a scanner
+    # on the internet would.
+    config = make_config(tmp_path, "exempt_networks: []")
+    with running_endpoint(config, tmp_path / "state") as r:
+        audit = Path(sys.executable).with_name("ssh-audit")
+        result = subprocess.run(
+            [str(audit), "-n", "-p", str(r.port), "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "[fail]" not in result.stdout, result.stdout
+        assert result.returncode in (0, 2), result.stdout  # 2: warnings (no post-quantum kex)
+        assert "(key) ssh-ed25519" in result.stdout
+        assert "DHEat" not in result.stdout, result.stdout
+        assert "OpenSSH_9.2" in subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr
+        hello = Client(tmp_path, r).run("-b", "127.0.0.2", command=("register-hostkey",))
+        assert "usage: register-hostkey" in hello.stderr  # logged in, default algorithms
 
 
 def test_rotating_a_key_drops_its_connections_and_refuses_it(

@@ -193,6 +193,7 @@ def make_vm(
     name: str = "vm",
     session: str = "colab",
     pi_key: Path | None = None,
+    extra_keys: tuple[str, ...] = (),
 ) -> ColabVM:
     vm_dir = tmp_path / name
     vm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -207,7 +208,7 @@ def make_vm(
         username=config.tunnel.username,
         endpoint_hostkey=" ".join(running.keys.host_info().public.split()[:2]),
         forwards={f.local: f.colab for f in sess.forwards.values()},
-        pi_public_key=pi_pub,
+        pi_public_key="\n".join([pi_pub, *extra_keys]),
     )
     sshd_port = free_port()
     env = {

@@ -40,7 +40,7 @@ class BootstrapParams:
     username: str
     endpoint_hostkey: str  # "ssh-ed25519 AAAA…", pinned by the VM
     forwards: dict[int, int]  # local port on the Pi -> Colab port
-    pi_public_key: str  # installed in the VM's authorized_keys
+    pi_public_key: str  # installed in the VM's authorized_keys; one key per line
     server_alive_interval: int = 15
 
 
@@ -61,7 +61,8 @@ def render_bootstrap_script(params: BootstrapParams) -> str:
         space-separated ``LOCAL:COLAB`` pairs; each becomes
         ``-R 127.0.0.1:LOCAL:localhost:COLAB`` (a COLAB of 22 means ``GW_SSHD_PORT``).
     ``GW_PI_PUBKEY``
-        a public key line appended to ``GW_AUTHORIZED_KEYS`` if missing (empty: none).
+        public key lines (one per line: the Pi's, then ``ssh.authorized_keys``), each
+        appended to ``GW_AUTHORIZED_KEYS`` if missing (empty: none).
     ``GW_KEY_FILE``
         the tunnel private key (default ``$GW_DIR/tunnel_key``; the cell writes it).
     ``GW_DIR``
@@ -223,6 +224,6 @@ def params_for(
         username=config.tunnel.username,
         endpoint_hostkey=" ".join(keys.host_info().public.split()[:2]),
         forwards={f.local: f.colab for f in session.forwards.values()},
-        pi_public_key=pi_key,
+        pi_public_key="\n".join([pi_key, *config.ssh.authorized_keys]),
         server_alive_interval=max(1, round(config.ssh.server_alive_interval)),
     )

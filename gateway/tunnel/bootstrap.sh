@@ -49,7 +49,11 @@ if [ -n "${GW_PI_PUBKEY:-}" ]; then
     chmod 700 "$(dirname "$GW_AUTHORIZED_KEYS")"
     touch "$GW_AUTHORIZED_KEYS"
     chmod 600 "$GW_AUTHORIZED_KEYS"
-    grep -qxF "$GW_PI_PUBKEY" "$GW_AUTHORIZED_KEYS" || printf '%s\n' "$GW_PI_PUBKEY" >>"$GW_AUTHORIZED_KEYS"
+    # One key per line: the Pi's, then ssh.authorized_keys (a laptop's, for ssh-config).
+    printf '%s\n' "$GW_PI_PUBKEY" | while IFS= read -r key; do
+        [ -n "$key" ] || continue
+        grep -qxF "$key" "$GW_AUTHORIZED_KEYS" || printf '%s\n' "$key" >>"$GW_AUTHORIZED_KEYS"
+    done
 fi
 
 sshd_config_new="$GW_SSHD_CONFIG.new"

@@ -11,6 +11,7 @@ from gateway.config import EX_CONFIG, Config, SessionConfig
 from gateway.tunnel.bootstrap import (
     BootstrapError,
     params_for,
+    render_bootstrap_script,
     render_cell,
     render_notebook,
 )
@@ -57,6 +58,13 @@ def register(sub: Any) -> None:
         )
         if name == "notebook":
             parser.add_argument("-o", "--output", required=True, metavar="FILE.ipynb")
+        else:
+            parser.add_argument(
+                "--shell",
+                action="store_true",
+                help="print only the cell's shell part; its GW_* environment variables "
+                "override the values rendered in (see gateway/tunnel/bootstrap.py)",
+            )
         parser.set_defaults(handler=cmd_snippet, notebook=name == "notebook")
 
 
@@ -137,6 +145,9 @@ def cmd_snippet(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         params = params_for(config, session, store, host=args.host, port=args.port)
+        if getattr(args, "shell", False):
+            sys.stdout.write(render_bootstrap_script(params))
+            return 0
         inline = store.tunnel_private_text(session.name) if args.inline_key else None
         cell = render_cell(params, session.name, inline)
     except BootstrapError as exc:

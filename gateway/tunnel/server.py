@@ -127,6 +127,8 @@ class Endpoint:
             self._server.close()
         for conn in list(self.connections):
             conn.close()
+        for forward in list(self.forwards.values()):
+            forward.listener.close()  # the ports are free when this returns
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -227,6 +229,9 @@ class Endpoint:
                 port,
                 exc.strerror or exc,
             )
+            return False
+        if owner.is_closed():  # it went away while the listener was being set up
+            listener.close()
             return False
         tracked = _TrackedListener(listener, lambda: self._unbound(owner, port))
         self.forwards[port] = Forward(owner, port, tracked)
@@ -358,6 +363,9 @@ class Connection(asyncssh.SSHServer):
         self.closed = True
         if self.conn is not None:
             self.conn.abort()
+
+    def is_closed(self) -> bool:
+        return self.closed
 
     def refuse(self, what: str) -> None:
         who = f"session {self.session}" if self.session else "an unauthenticated client"
