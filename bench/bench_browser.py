@@ -8,8 +8,8 @@
    (from /proc/PID/smaps_rollup; summed RSS would count shared pages many times).
    For comparison it first measures plain headless Chromium (only the flags headless
    needs here) on the same page. PSS splits shared pages among ALL processes mapping them,
-   other Chromium instances on the machine included; USS (private pages) does not depend on
-   them, so both are printed.
+   other Chromium instances on the machine included; USS counts pages only this browser
+   maps. Both drop while other Chromium instances run: measure on a quiet machine.
 
 The setups this replaces clicked every 60 s and reloaded every 10 minutes.
 

@@ -255,7 +255,7 @@ def pss_kib(pid: int) -> int:
 
 
 def uss_kib(pid: int) -> int:
-    """Pages only this process maps (what ending it frees), whoever else runs Chromium."""
+    """Pages only this process maps: what ending it frees."""
     return _rollup(pid, "Private_Clean", "Private_Dirty")
 
 
