@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from browser_harness import Harness
 from gateway.browser.launch import is_running, processes_with_arg
 from gateway.configschema import Duration
 from gateway.sim import SimColab
+from gateway.sim.runner import BrowserRunner as Harness
 from gateway.state import Command
 
 pytestmark = pytest.mark.slow
@@ -74,6 +74,19 @@ def test_sign_out_redirect_is_reported_and_recovers_after_sign_in(
         keeper.stop()
 
 
+def test_page_that_failed_to_load_is_retried(sim: SimColab, tmp_path: Path) -> None:
+    sim.fail_loads(1)
+    keeper = Harness(tmp_path, sim)
+    try:
+        facts = keeper.wait_state("load_failed", timeout=60)
+        assert facts.screenshot and Path(facts.screenshot).exists()
+        keeper.wait_state("connected", timeout=30)
+        assert sim.count("load") == 1  # the failed load never reached the page
+        assert sim.count("click", target="connect") == 1
+    finally:
+        keeper.stop()
+
+
 def test_memory_above_limit_restarts_chromium(sim: SimColab, tmp_path: Path) -> None:
     keeper = Harness(tmp_path, sim, max_memory_mb=50)
     try:
@@ -81,6 +94,22 @@ def test_memory_above_limit_restarts_chromium(sim: SimColab, tmp_path: Path) -> 
         assert sim.wait_for(lambda s: s.count("load") >= 1, 10)
         evidence = sorted((tmp_path / "state" / "screenshots").glob("*-restart.json"))
         assert evidence and "max_memory_mb" in evidence[-1].read_text()
+    finally:
+        keeper.stop()
+
+
+def test_hung_page_restarts_chromium(sim: SimColab, tmp_path: Path) -> None:
+    keeper = Harness(tmp_path, sim, page_timeout=Duration(5))
+    try:
+        keeper.wait_state("connected", timeout=60)
+        old = keeper.worker().browser
+        loads = sim.count("load")
+        sim.hang_page()
+        sim.wait_for(lambda s: s.count("hang") == 1, 10, "the page hangs")
+        sim.wait_for(lambda s: s.count("load") > loads, 90, "a new page after the hang")
+        keeper.wait_state("connected", timeout=30)
+        assert keeper.worker().browser is not old
+        assert not [p for p in old.pids() if is_running(p)]
     finally:
         keeper.stop()
 

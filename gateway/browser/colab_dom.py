@@ -96,14 +96,31 @@ def contains_any(haystack: str | None, text: str) -> bool:
 # Shared helpers for every script below. ``S`` is the selector dict passed as argument 0.
 _LIB = r"""
 const S = arguments[0];
-const q = (root, sel) => { try { return root ? root.querySelector(sel) : null; } catch (e) { return null; } };
-const qa = (root, sel) => { try { return root ? Array.from(root.querySelectorAll(sel)) : []; } catch (e) { return []; } };
+const q = (root, sel) => {
+  try { return root ? root.querySelector(sel) : null; } catch (e) { return null; }
+};
+const qa = (root, sel) => {
+  try { return root ? Array.from(root.querySelectorAll(sel)) : []; } catch (e) { return []; }
+};
 const alts = (t) => (t || '').split('|').map(s => s.trim().toLowerCase()).filter(Boolean);
-const has = (text, t) => { const low = (text || '').toLowerCase(); return alts(t).some(a => low.includes(a)); };
-const txt = (el) => el ? ((el.innerText !== undefined && el.innerText !== '' ? el.innerText : el.textContent) || '').trim() : '';
-const connectEl = () => { const host = q(document, S.connect_host); return host ? q(host.shadowRoot, S.connect_button) : null; };
+const has = (text, t) => {
+  const low = (text || '').toLowerCase();
+  return alts(t).some(a => low.includes(a));
+};
+const txt = (el) => {
+  if (!el) return '';
+  const inner = el.innerText !== undefined && el.innerText !== '' ? el.innerText : el.textContent;
+  return (inner || '').trim();
+};
+const connectEl = () => {
+  const host = q(document, S.connect_host);
+  return host ? q(host.shadowRoot, S.connect_button) : null;
+};
 const dialogs = () => qa(document, S.dialog).filter(d => d.isConnected);
-const buttonsOf = (d) => { const all = qa(d, S.dialog_buttons); return all.filter(b => !all.some(o => o !== b && o.contains(b))); };
+const buttonsOf = (d) => {  // outermost matches only (a md-text-button, not its inner button)
+  const all = qa(d, S.dialog_buttons);
+  return all.filter(b => !all.some(o => o !== b && o.contains(b)));
+};
 const recaptchaEl = () => {
   const host = q(document, S.recaptcha_host);
   if (!host) return null;
@@ -118,19 +135,28 @@ PROBE_JS = (
     + r"""
 const c = connectEl();
 let running = false;
-for (const rb of qa(document, S.run_button)) { if (q(rb.shadowRoot, S.running_marker)) { running = true; break; } }
+for (const rb of qa(document, S.run_button)) {
+  if (q(rb.shadowRoot, S.running_marker)) { running = true; break; }
+}
 const vmEl = q(document, S.vm_id);
 const out = {
   url: location.href,
   title: document.title,
   ready: document.readyState,
-  error_page: location.href.startsWith('chrome-error:') || !!document.getElementById('main-frame-error'),
+  error_page: location.href.startsWith('chrome-error:') ||
+              !!document.getElementById('main-frame-error'),
   page_marker: !!q(document, S.page_marker),
-  connect: c ? {tooltip: c.getAttribute(S.connect_tooltip_attr) || '', text: txt(c), disabled: !!(c.disabled || c.hasAttribute('disabled'))} : null,
+  connect: c ? {
+    tooltip: c.getAttribute(S.connect_tooltip_attr) || '',
+    text: txt(c),
+    disabled: !!(c.disabled || c.hasAttribute('disabled')),
+  } : null,
   dialogs: dialogs().map(d => ({
     title: txt(q(d.shadowRoot, '#title')) || txt(q(d, S.dialog_title)),
     text: txt(d).slice(0, 2000),
-    buttons: buttonsOf(d).map(b => ({text: txt(b), slot: b.getAttribute('slot') || '', primary: !!b.matches(S.dialog_primary)})),
+    buttons: buttonsOf(d).map(b => ({
+      text: txt(b), slot: b.getAttribute('slot') || '', primary: !!b.matches(S.dialog_primary),
+    })),
   })),
   recaptcha: !!q(document, S.recaptcha_host),
   running: running,
@@ -163,7 +189,9 @@ if (!d) return null;
 const want = arguments[2];
 const buttons = buttonsOf(d);
 const primary = () => buttons.find(b => b.matches(S.dialog_primary));
-const b = want ? (buttons.find(b => has(txt(b), want)) || (arguments[3] ? primary() : null)) : primary();
+const b = want
+  ? (buttons.find(b => has(txt(b), want)) || (arguments[3] ? primary() : null))
+  : primary();
 if (!b) return null;
 const label = txt(b);
 b.click();

@@ -45,8 +45,10 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST, BACKOFF_MAX = 2.0, 120.0
 HEALTHY_RUN = 300.0  # a browser that ran this long resets the restart backoff
 MEMORY_CHECK_EVERY = 30.0
-MULTI_SESSION_SLICE = 1.0
-MAX_FAILED_LOOKS = 20  # consecutive failed looks at a page (≈ seconds) before a restart  # with several windows, watch each this long in turn
+SETTLE_POLL = 0.25
+HTTP_GRACE = 10.0  # beyond page_timeout, how long chromedriver may take to answer
+MULTI_SESSION_SLICE = 1.0  # with several windows, watch each this long in turn
+MAX_FAILED_LOOKS = 20  # failed looks at a page in a row (0.5 s apart): a hung page
 
 
 class BrowserDied(RuntimeError):
@@ -62,6 +64,8 @@ class _Session:
     changes: int = -1
     last_probe: dict[str, Any] = field(default_factory=dict)
     last_decision: Decision | None = None
+    pending_rerun: Command | None = None
+    rerun_note: str = ""  # why a requested re-run did not happen, until the next one does
 
 
 def settings_from(config: BrowserConfig) -> Settings:
@@ -91,11 +95,14 @@ class Worker:
         self.thread = threading.Thread(target=self._main, name="browser", daemon=True)
         config = ctx.config
         self.sel = colab_dom.merged(config.browser.selectors)
+        # A notebook_url still holding the example's placeholder is not worth a browser
+        # (the healer reports it).
         self.sessions = [
             _Session(
                 s.name, s.notebook_url, SessionMachine(self.sel, settings_from(config.browser))
             )
             for s in config.sessions
+            if not s.is_placeholder
         ]
         self.evidence = Evidence(ctx.paths.screenshots_dir, config.browser.screenshots_keep)
         self._memory_checked = 0.0
@@ -128,6 +135,15 @@ class Worker:
             log.exception("browser thread crashed")
 
     def _supervise(self) -> None:
+        if not self.sessions:
+            self.ctx.health(
+                Health.DEGRADED,
+                "no notebook to keep connected: set each session's notebook_url",
+                brief="",
+            )
+            while not self.stopping.wait(5.0):
+                self.beat()
+            return
         backoff = BACKOFF_FIRST
         while not self.stopping.is_set():
             self.beat()
@@ -142,20 +158,23 @@ class Worker:
                 continue
             started = time.monotonic()
             reason = ""
+            missing = False
             try:
                 self.browser = launch(self.config.browser, self.ctx.paths.state_dir)
-                self._run_browser(self.browser)
+                if not self.stopping.is_set():  # stop may have come while Chromium started
+                    self._run_browser(self.browser)
             except BrowserNotFound as exc:
-                reason = str(exc)
-                self.ctx.health(Health.FAILED, reason)
+                reason, missing = str(exc), True  # a person has to install something
             except Exception as exc:
                 reason = _short(exc)
                 if not self.stopping.is_set():
                     log.warning("browser: %s; restarting Chromium", reason)
             finally:
-                browser, self.browser = self.browser, None
-                if browser is not None:
-                    browser.close()
+                # Still reachable as self.browser while closing, so the event-loop side can
+                # kill it should the polite quit hang too.
+                if self.browser is not None:
+                    self.browser.close(polite=not reason)
+                self.browser = None
             if self.stopping.is_set() or self._login_running():
                 continue
             self.restarts += 1
@@ -164,8 +183,10 @@ class Worker:
             self.evidence.save("browser", "restart", {"reason": reason, "restarts": self.restarts})
             self._publish_all("unknown", f"browser restarting: {reason}")
             self.ctx.health(
-                Health.DEGRADED,
-                f"Chromium restarting in {backoff:.0f}s ({reason})",
+                Health.FAILED if missing else Health.DEGRADED,
+                f"{reason}; trying again in {backoff:.0f}s"
+                if missing
+                else f"Chromium restarting in {backoff:.0f}s ({reason})",
                 restarts=self.restarts,
             )
             self._sleep(backoff)
@@ -254,7 +275,7 @@ class Worker:
             "state": decision.state,
             "gpu": decision.gpu,
             "vm_id": decision.vm_id,
-            "message": decision.message,
+            "message": "; ".join(m for m in (decision.message, session.rerun_note) if m),
         }
         if screenshot:
             facts["screenshot"] = screenshot
@@ -315,8 +336,8 @@ class Worker:
             try:
                 driver.switch_to.alert.accept()
                 log.info("%s: accepted a 'Leave site?' prompt", session.name)
-            except Exception:  # no alert (the usual case)
-                pass
+            except Exception as exc:  # no alert: the usual case
+                log.debug("no alert to accept: %s", type(exc).__name__)
             try:
                 mark, ready = driver.execute_script(colab_dom.READ_MARK_JS)
             except Exception:
@@ -333,11 +354,17 @@ class Worker:
             try:
                 command = self.commands.get_nowait()
             except queue.Empty:
-                return
+                break
             if command.name == "rerun":
                 self._rerun(command)
             else:
                 log.warning("browser: unknown command %r ignored", command.name)
+        # A request that came while the runtime was (re)connecting runs once it is connected.
+        for session in self.sessions:
+            pending = session.pending_rerun
+            if pending is not None and _connected(session):
+                session.pending_rerun = None
+                self._rerun(pending)
 
     def _rerun(self, command: Command) -> None:
         session = next((s for s in self.sessions if s.name == command.session), None)
@@ -346,8 +373,11 @@ class Worker:
         if session is None or mode == "never":
             log.info("rerun for %r ignored (rerun: %s)", command.session, mode)
             return
-        if session.last_decision is None or session.last_decision.state != "connected":
-            log.info("%s: rerun asked (%s) but the runtime is not connected", session.name, reason)
+        if not _connected(session):
+            log.info(
+                "%s: rerun asked (%s); waiting until the runtime is connected", session.name, reason
+            )
+            session.pending_rerun = command
             return
         now = time.time()
         while self.reruns and now - self.reruns[0] > 3600:
@@ -356,9 +386,10 @@ class Worker:
         if len(self.reruns) >= limit:
             message = f"not re-running the bootstrap: already {limit} times this hour"
             log.warning("%s: %s (%s)", session.name, message, reason)
-            self.ctx.state.update_runtime(session.name, message=message)
+            session.rerun_note = message
             return
         self.reruns.append(now)
+        session.rerun_note = ""
         log.info("%s: re-running the bootstrap (%s, %s)", session.name, mode, reason)
         self._select(session)
         if mode == "all":
@@ -397,23 +428,29 @@ class Worker:
     # -- waiting, health, memory ------------------------------------------------------------
 
     def _wait_for_change(self) -> None:
+        from selenium.common.exceptions import WebDriverException
+
         if not self.commands.empty():
             return
         poll = float(self.config.browser.poll_every)
         if len(self.sessions) > 1:
             poll = min(poll, MULTI_SESSION_SLICE)
+        if any(s.machine.settling(time.time()) for s in self.sessions):
+            poll = min(poll, SETTLE_POLL)  # look again as soon as the settle time is over
         for session in self.sessions:
             self._select(session)
             try:
                 session.changes = self.browser_driver().execute_async_script(
                     colab_dom.WAIT_FOR_CHANGE_JS, self.sel, int(poll * 1000), session.changes
                 )
-            except Exception as exc:
+            except WebDriverException as exc:
                 if not self.browser or not self.browser.alive():
                     raise BrowserDied("Chromium or chromedriver exited") from exc
                 # navigation in progress or an alert: fall back to a short sleep
                 log.debug("waiting in the page failed: %s", _short(exc))
                 self.stopping.wait(min(poll, 0.5))
+            except Exception as exc:  # the driver's HTTP answer timed out: a hung page
+                raise BrowserDied(f"the browser stopped answering ({_short(exc)})") from exc
 
     def _check_memory(self, browser: Browser) -> None:
         now = time.monotonic()
@@ -445,10 +482,16 @@ class Worker:
 class BrowserKeeper:
     """The component. Its coroutine relays commands and watches the worker thread."""
 
+    worker: Worker | None = None  # for tests and the demo, which look at the browser
+
     async def run(self, ctx: Context) -> None:
-        worker = Worker(ctx)
+        worker = self.worker = Worker(ctx)
         worker.start()
-        hang_limit = float(ctx.config.browser.page_timeout) * 2 + 30
+        # Every Selenium call is bounded by page_timeout (a page load, a script): a thread
+        # silent for longer is stuck; killing Chromium frees it, else we crash and the
+        # supervisor starts the component afresh.
+        hang_limit = float(ctx.config.browser.page_timeout) + 2 * HTTP_GRACE
+        killed = False
         try:
             while True:
                 command = await ctx.next_command(timeout=1.0)
@@ -457,18 +500,29 @@ class BrowserKeeper:
                 if not worker.thread.is_alive():
                     raise RuntimeError(f"browser thread ended: {worker.crash!r}")
                 stale = time.monotonic() - worker.beat_at
-                if stale > hang_limit:
+                if stale > 2 * hang_limit:
+                    # killing Chromium did not free the thread: let the supervisor restart us
+                    raise RuntimeError(f"browser thread wedged for {stale:.0f}s")
+                if stale > hang_limit and not killed:
                     # Selenium is stuck (a hung page or driver): killing Chromium makes its
                     # call fail, and the thread restarts the browser.
                     log.warning("browser thread silent for %.0fs: killing Chromium", stale)
                     worker.kill_browser()
-                    worker.beat_at = time.monotonic()
+                    killed = True
+                elif stale <= hang_limit:
+                    killed = False
         finally:
+            # Within the daemon's shutdown_timeout (8 s by default): a polite quit first,
+            # then the kill; launch.py's exit hook is the last resort.
             worker.stopping.set()
-            await asyncio.to_thread(worker.thread.join, 5.0)
+            await asyncio.to_thread(worker.thread.join, 3.0)
             if worker.thread.is_alive():
                 worker.kill_browser()
-                await asyncio.to_thread(worker.thread.join, 5.0)
+                await asyncio.to_thread(worker.thread.join, 3.0)
+
+
+def _connected(session: _Session) -> bool:
+    return session.last_decision is not None and session.last_decision.state == "connected"
 
 
 def _short(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ chromedriver itself has died and its children were re-parented to init.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -16,6 +17,7 @@ import platform
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -76,6 +78,21 @@ LEAN_FLAGS = (
 
 class BrowserNotFound(RuntimeError):
     pass
+
+
+# Browsers started by this process and not yet killed: should the process exit while a
+# component is still stopping, the exit hook ends them (chromedriver runs in its own
+# session, so nothing else would).
+_LIVE: set[Browser] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+@atexit.register
+def _kill_live_browsers() -> None:
+    with _LIVE_LOCK:
+        browsers = list(_LIVE)
+    for browser in browsers:
+        browser.kill()
 
 
 def _executable(path: str) -> bool:
@@ -139,12 +156,15 @@ def user_agent(major: str | None) -> str:
     )
 
 
-def profile_dir(config: BrowserConfig, state_dir: Path) -> Path:
-    return (
-        Path(config.profile_dir).expanduser()
-        if config.profile_dir
-        else (state_dir / "chromium-profile")
-    )
+def profile_dir(config: BrowserConfig, state_dir: Path, chromium: str | None = None) -> Path:
+    """The configured profile; else ``<state_dir>/chromium-profile``. The Ubuntu snap may
+    not write there (confinement) nor use hidden folders, so with the snap the default is
+    the snap's own common directory in the service user's home."""
+    if config.profile_dir:
+        return Path(config.profile_dir).expanduser()
+    if chromium and chromium.startswith("/snap/"):
+        return Path.home() / "snap" / "chromium" / "common" / "colab-gateway-profile"
+    return state_dir / "chromium-profile"
 
 
 def chromium_args(config: BrowserConfig, profile: Path, agent: str) -> list[str]:
@@ -217,14 +237,26 @@ def crashpad_handlers() -> set[int]:
     return found
 
 
-def pss_kib(pid: int) -> int:
-    """Proportional set size of one process: shared pages are split among their users."""
+def _rollup(pid: int, *fields: str) -> int:
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return 0
-    match = re.search(r"^Pss:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else 0
+    total = 0
+    for name in fields:
+        match = re.search(rf"^{name}:\s+(\d+) kB", text, re.MULTILINE)
+        total += int(match.group(1)) if match else 0
+    return total
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process: shared pages are split among their users."""
+    return _rollup(pid, "Pss")
+
+
+def uss_kib(pid: int) -> int:
+    """Pages only this process maps: what ending it frees."""
+    return _rollup(pid, "Private_Clean", "Private_Dirty")
 
 
 def kill_session(sid: int, timeout: float = 5.0) -> None:
@@ -243,7 +275,7 @@ def kill_session(sid: int, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: kept in a set of live browsers
 class Browser:
     """A running Chromium and its driver; ``close()`` leaves no process behind."""
 
@@ -264,6 +296,9 @@ class Browser:
 
     def pss_mb(self) -> float:
         return sum(pss_kib(p) for p in self.chromium_pids()) / 1024
+
+    def uss_mb(self) -> float:
+        return sum(uss_kib(p) for p in self.chromium_pids()) / 1024
 
     def driver_alive(self) -> bool:
         return _alive(self.sid)
@@ -287,6 +322,8 @@ class Browser:
     def kill(self) -> None:
         """Thread-safe and idempotent: may be called while another thread is inside Selenium."""
         kill_session(self.sid)
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
         for pid in self.helpers:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if _alive(pid):
@@ -298,9 +335,10 @@ class Browser:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.xvfb.wait(timeout=5)
 
-    def close(self) -> None:
-        # A polite quit lets Chromium flush its cookies to the profile; then make sure.
-        if self.driver_alive():
+    def close(self, polite: bool = True) -> None:
+        """End the browser. A polite quit lets Chromium flush its cookies to the profile;
+        a browser that died or hung is killed at once. Either way nothing survives."""
+        if polite and self.alive():
             with contextlib.suppress(Exception):
                 self.driver.command_executor._client_config.timeout = 10
                 self.driver.quit()
@@ -353,7 +391,7 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
     os.environ.setdefault("SE_OFFLINE", "true")
     driver_path = find_chromedriver(config.chromedriver)
     chromium = find_chromium(config.chromium, driver_path)
-    profile = profile_dir(config, state_dir)
+    profile = profile_dir(config, state_dir, chromium)
     profile.mkdir(parents=True, exist_ok=True, mode=0o700)
     agent = config.user_agent or user_agent(chromium_version(chromium))
 
@@ -367,10 +405,9 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
 
     env = dict(os.environ)
     xvfb = display = None
-    if not config.headless:
-        if config.display == "xvfb":
-            xvfb, display = start_xvfb()
-            env["DISPLAY"] = display
+    if not config.headless and config.display == "xvfb":
+        xvfb, display = start_xvfb()
+        env["DISPLAY"] = display
     service = Service(
         executable_path=driver_path,
         env=env,
@@ -389,12 +426,16 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
         raise
     sid = service.process.pid
     browser = Browser(driver=driver, sid=sid, profile=profile, xvfb=xvfb, display=display)
+    with _LIVE_LOCK:
+        _LIVE.add(browser)
     browser.chromium_pid = browser.main_pid()
     browser.helpers = crashpad_handlers() - crashpad_before
     # A hung page must not hang this thread forever: every command gets an answer or fails.
-    driver.command_executor._client_config.timeout = config.page_timeout + 30
+    executor: Any = driver.command_executor
+    executor._client_config.timeout = config.page_timeout + 10
     driver.set_page_load_timeout(config.page_timeout)
-    driver.set_script_timeout(config.page_timeout)
+    # the in-page wait for a change lasts up to poll_every: it must end before Selenium's
+    driver.set_script_timeout(max(config.page_timeout, config.poll_every + 5))
     log.info(
         "started %s (driver %s, pid %d, profile %s%s)",
         chromium,

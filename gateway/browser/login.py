@@ -125,13 +125,13 @@ def cmd_login(args: argparse.Namespace) -> int:
     if loaded is None:
         return EX_CONFIG
     config = loaded.config
-    profile = profile_dir(config.browser, paths.state_dir)
-    profile.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         chromium = find_chromium(config.browser.chromium)
     except BrowserNotFound as exc:
         print(exc, file=sys.stderr)
         return 1
+    profile = profile_dir(config.browser, paths.state_dir, chromium)
+    profile.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = next(
         (s.notebook_url for s in config.sessions if not s.is_placeholder),
         "https://colab.research.google.com/",
@@ -202,10 +202,8 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -218,7 +216,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "login",
         help="sign the browser profile into Google in a normal Chromium (once)",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Sign the browser profile into Google in a normal (not automated) "
+        "Chromium. Run it as the service's user; the service's browser pauses meanwhile.",
     )
     add_path_options(parser)
     parser.add_argument(

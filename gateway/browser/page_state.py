@@ -143,6 +143,9 @@ class Settings:
     connect_timeout: float = 180.0
     reload_every: float = 1800.0
     click_retry: float = 3.0  # the same click again only if the page did not react
+    # After a (re)load, Colab shows "Connect" for a moment before it reattaches the runtime
+    # it already has; a click then would be a click on a connected runtime.
+    settle: float = 2.0
 
 
 @dataclass
@@ -163,11 +166,13 @@ class SessionMachine:
     load_failures: int = 0
     _vm_counter: int = 0
     _connect_clicked: bool = False  # since the runtime was last seen connected
+    _settled: bool = False  # the page has shown a runtime since it was loaded
     _recaptchas: deque[float] = field(default_factory=deque)
     _last_click: dict[str, float] = field(default_factory=dict)
 
     def page_loaded(self, now: float) -> None:
         self.loaded_at = now
+        self._settled = False
         self.kind = "loading"
         self.kind_since = now
         self._last_click.clear()
@@ -176,9 +181,14 @@ class SessionMachine:
         return now - self.loaded_at >= self.settings.reload_every
 
     def step(self, view: PageView, now: float) -> Decision:
+        if view.kind in ("connected", "connecting"):
+            self._settled = True
         began = view.kind != self.kind
         if began:
             self.kind, self.kind_since = view.kind, now
+            # The page moved on: a click now answers a new situation, not a repeat of one
+            # the page ignored.
+            self._last_click.clear()
         decide = getattr(self, f"_on_{view.kind}")
         decision: Decision = decide(view, now)
         if decision.state == "needs_human" and self.last_state != "needs_human":
@@ -218,7 +228,7 @@ class SessionMachine:
         return action
 
     def _reload_with_backoff(self, now: float, why: str) -> Action | None:
-        wait = min(30.0 * 2**self.load_failures, 600.0)
+        wait = min(5.0 * 2**self.load_failures, 600.0)
         if now - self.loaded_at < wait:
             return None
         self.load_failures += 1
@@ -256,9 +266,16 @@ class SessionMachine:
             )
         return self._decision("connecting", "connecting to a Colab runtime", True)
 
+    def settling(self, now: float) -> bool:
+        """Just after a load the page shows "Connect" until it has reconnected by itself;
+        once it has shown a runtime (connecting or connected), a "Connect" is real."""
+        return not self._settled and now - self.loaded_at < self.settings.settle
+
     def _on_disconnected(self, view: PageView, now: float) -> Decision:
         if now < self.hold_until:
             return self._decision(self._hold_state(), self.hold_reason, False)
+        if self.settling(now):
+            return self._decision("loading", "waiting for the page to reconnect by itself", True)
         action = self._connect_action(now, Action("click_connect", why="runtime not connected"))
         return self._decision("disconnected", "runtime disconnected; connecting", True, action)
 

@@ -25,7 +25,8 @@ API::
     sim.set_leave_guard(True)   # unloading the page raises a "Leave site?" prompt
     sim.reset_vm()              # Colab swaps the VM under a connected runtime
     sim.sign_out() / sim.sign_in()
-    sim.fail_loads(n)           # the next n page loads get an empty response
+    sim.fail_loads(n)           # the next n page loads get an answer that is not HTTP
+    sim.hang_page()             # the page's JavaScript spins forever (once)
     # what happened
     sim.events(type="click")    # list of dicts as the page posted them; "t" = page ms epoch
     sim.wait_for(lambda s: ..., timeout=5)  # bounded wait on the event list / state
@@ -125,6 +126,7 @@ class SimColab:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._failing_loads = 0
+        self._hang = False
         self.runs: list[str] = []
         # the scenario the page renders
         self.runtime = "fresh"  # fresh | connecting | connected | disconnected
@@ -261,6 +263,11 @@ class SimColab:
         with self._changing():
             self.signed_out = False
 
+    def hang_page(self) -> None:
+        """The page's JavaScript spins forever once (a hung renderer)."""
+        with self._changing():
+            self._hang = True
+
     def fail_loads(self, count: int) -> None:
         with self._cond:
             self._failing_loads = count
@@ -354,6 +361,7 @@ class SimColab:
             "recaptcha": self.recaptcha,
             "leave_guard": self.leave_guard,
             "signed_out": self.signed_out,
+            "hang": self._hang,
         }
 
     def _wait_state(self, since: int, timeout: float = 15.0) -> dict[str, Any]:
@@ -364,7 +372,9 @@ class SimColab:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            return self.state_json()
+            state = self.state_json()
+            self._hang = False  # one page hangs, not the next one
+            return state
 
     def _page_event(self, event: dict[str, Any]) -> None:
         with self._cond:
@@ -488,8 +498,10 @@ def _make_handler(sim: SimColab) -> type[BaseHTTPRequestHandler]:
                 self._send(200, json.dumps(sim._wait_state(since)).encode())
             elif url.path in ("/notebook", "/"):
                 if sim._take_failing_load():
+                    # Not HTTP at all: Chromium shows its own error page (an empty answer
+                    # would be retried by Chromium's network stack by itself).
                     self.close_connection = True
-                    self.connection.close()  # Chromium shows its own error page
+                    self.wfile.write(b"this is not HTTP\r\n\r\n")
                     return
                 if sim.signed_out:
                     self.send_response(302)

@@ -1,4 +1,9 @@
-"""Runs the real ``browser`` component (Chromium + chromedriver) against a SimColab page."""
+"""Runs the real ``browser`` component (Chromium + chromedriver) against a SimColab page.
+
+Used by the tests, the benchmark and the demo: the component runs exactly as under the
+daemon (its own event loop in a background thread, a State, a Context), only the config
+is built directly, so that tests may use values below the loader's limits (a 6 s reload).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from gateway.browser.keepalive import BrowserKeeper
+from gateway.browser.keepalive import BrowserKeeper, Worker
 from gateway.component import Context
 from gateway.config import BrowserConfig, Config, SessionConfig
 from gateway.paths import Paths
@@ -18,11 +23,20 @@ from gateway.sim import SimColab
 from gateway.state import Command, RuntimeFacts, State
 
 
-class Harness:
-    def __init__(self, tmp: Path, sim: SimColab, **browser: Any) -> None:
+class BrowserRunner:
+    def __init__(
+        self,
+        tmp: Path,
+        sim: SimColab,
+        *,
+        more_sessions: dict[str, SimColab] | None = None,
+        **browser: Any,
+    ) -> None:
+        """Session ``colab`` shows ``sim``; ``more_sessions`` adds sessions (name → page)."""
         self.sim = sim
+        pages = {"colab": sim, **(more_sessions or {})}
         self.config = Config(
-            sessions=[SessionConfig(name="colab", notebook_url=sim.url)],
+            sessions=[SessionConfig(name=n, notebook_url=p.url) for n, p in pages.items()],
             browser=BrowserConfig(**browser),
         )
         self.paths = Paths(
@@ -44,11 +58,16 @@ class Harness:
     def runtime(self) -> RuntimeFacts:
         return self.state.session("colab").runtime
 
+    def runtime_of(self, session: str) -> RuntimeFacts:
+        return self.state.session(session).runtime
+
     def health(self) -> tuple[str, str]:
         status = self.state.component("browser")
         return status.health.value, status.message
 
-    def wait(self, predicate: Callable[[Harness], Any], timeout: float = 15, what: str = "") -> Any:
+    def wait(
+        self, predicate: Callable[[BrowserRunner], Any], timeout: float = 15, what: str = ""
+    ) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.task.done():
@@ -74,12 +93,11 @@ class Harness:
         worker_browser = self.worker().browser
         return worker_browser.pids() if worker_browser else []
 
-    def worker(self) -> Any:
-        # the component keeps its worker local; find it through the thread's target
-        for thread in threading.enumerate():
-            if thread.name == "browser":
-                return thread._target.__self__  # type: ignore[attr-defined]
-        raise AssertionError("no browser thread")
+    def worker(self) -> Worker:
+        worker = self.keeper.worker
+        if worker is None:
+            raise AssertionError("the browser component has not started")
+        return worker
 
     def stop(self) -> None:
         async def drain() -> None:
