@@ -9,8 +9,6 @@ measurement, the maxima, and ends with the medians:
 tunnel_recovery_s: ssh client on the VM killed → the tmux pane logged in again.
 reset_recovery_s:  Colab resets the VM → the pane logged into the new VM (new host key).
 dialog_reaction_s: "Runtime disconnected" shown → the browser clicked Reconnect.
-Before each reset and dialog the harness waits until the last re-run is
-browser.rerun_after old (the healer's rate limit), so each recovery is measured alone.
 Needs root (network namespaces). Bounded: at most ROUNDS rounds and BUDGET seconds.
 """
 

@@ -353,26 +353,6 @@ daemon:
         value = self.session_facts().get("runtime", {}).get("last_rerun")
         return float(value) if value is not None else None
 
-    def settle_reruns(self) -> float:
-        """Wait until the healer may ask for a re-run again; return the seconds waited.
-
-        The healer asks at most once per ``browser.rerun_after``; a fault injected sooner
-        would measure that rate limit instead of the recovery.
-        """
-        last = self.last_rerun()
-        if last is None:
-            return 0.0
-        wait = last + RERUN_AFTER + 0.5 - time.time()
-        if wait <= 0:
-            return 0.0
-        wait = min(wait, RERUN_AFTER + 1.0)
-        self.log(
-            f"waiting {wait:.1f}s: the healer asks for at most one re-run per "
-            f"browser.rerun_after ({RERUN_AFTER}s), so each recovery is measured alone"
-        )
-        time.sleep(wait)
-        return wait
-
     def tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             ["tmux", *args],

@@ -120,15 +120,13 @@ def tunnel_killed(h: LoopHarness) -> Step:
     return _attempt(step, body)
 
 
-def vm_reset(h: LoopHarness, *, settle: bool = True) -> Step:
+def vm_reset(h: LoopHarness) -> Step:
     """Colab swaps the VM: new host key, nothing running; the gateway brings it all back."""
     step = Step("VM reset", "pane connected in the new VM", RESET_BOUND)
     assert h.vm is not None
     vm = h.vm
 
     def body() -> None:
-        if settle:
-            h.settle_reruns()
         old = vm.hostname
         h.log(f"FAULT: Colab resets the VM {old}")
         start, start_wall = time.monotonic(), time.time()
@@ -161,15 +159,13 @@ def _check_no_host_key_complaint(h: LoopHarness) -> None:
             raise HarnessError(f"the pane showed {complaint!r} after the new host key")
 
 
-def disconnect_dialog(h: LoopHarness, *, settle: bool = True) -> Step:
+def disconnect_dialog(h: LoopHarness) -> Step:
     """The runtime drops with "Runtime disconnected": the browser clicks Reconnect."""
     step = Step("disconnect dialog", "pane connected in the new VM", DIALOG_BOUND)
     assert h.vm is not None
     vm = h.vm
 
     def body() -> None:
-        if settle:
-            h.settle_reruns()
         old = vm.hostname
         clicks = h.sim.count("action", action="dialog_runtime_disconnected_connect")
         start, start_wall = time.monotonic(), time.time()
