@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.sim.harness import HarnessError, LoopHarness
+from gateway.sim.vm import SimVM
 
 # The bounds the issue sets, and generous ones where it sets none.
 BRING_UP_BOUND = 90.0
@@ -131,24 +132,30 @@ def vm_reset(h: LoopHarness) -> Step:
         h.log(f"FAULT: Colab resets the VM {old}")
         start, start_wall = time.monotonic(), time.time()
         h.sim.reset_vm()
-        new, key = vm.hostname, vm.host_key_fingerprint()
-        h.wait(
-            "the tunnel comes back from the new VM",
-            lambda: h.tunnel_up_since(start_wall, key),
-            step.bound,
-        )
-        step.extra["tunnel up"] = time.monotonic() - start
-        h.wait(
-            "the pane logs into the new VM",
-            lambda: h.pane_logins(new) > 0,
-            max(0.1, step.bound - (time.monotonic() - start)),
-        )
-        step.seconds = time.monotonic() - start
+        _await_new_vm(h, step, vm, start, start_wall)
         h.log(f"recovered: tunnel up {step.extra['tunnel up']:.1f}s, pane {step.seconds:.1f}s")
-        _check_no_host_key_complaint(h)
-        _check_pane_and_pin(h, step)
 
     return _attempt(step, body)
+
+
+def _await_new_vm(h: LoopHarness, step: Step, vm: SimVM, start: float, start_wall: float) -> None:
+    """Wait for the new VM's tunnel (its host key) and its login in the pane, then check
+    that no host-key warning or prompt ever showed and that its key is the pinned one."""
+    new, key = vm.hostname, vm.host_key_fingerprint()
+    h.wait(
+        "the tunnel comes back from the new VM",
+        lambda: h.tunnel_up_since(start_wall, key),
+        max(0.1, step.bound - (time.monotonic() - start)),
+    )
+    step.extra["tunnel up"] = time.monotonic() - start
+    h.wait(
+        "the pane logs into the new VM",
+        lambda: h.pane_logins(new) > 0,
+        max(0.1, step.bound - (time.monotonic() - start)),
+    )
+    step.seconds = time.monotonic() - start
+    _check_no_host_key_complaint(h)
+    _check_pane_and_pin(h, step)
 
 
 def _check_no_host_key_complaint(h: LoopHarness) -> None:
@@ -185,22 +192,8 @@ def disconnect_dialog(h: LoopHarness) -> Step:
             lambda: h.sim.runtime == "connected" and vm.hostname != old,
             15,
         )
-        new, key = vm.hostname, vm.host_key_fingerprint()
-        h.wait(
-            "the tunnel comes back from the new VM",
-            lambda: h.tunnel_up_since(start_wall, key),
-            max(0.1, step.bound - (time.monotonic() - start)),
-        )
-        step.extra["tunnel up"] = time.monotonic() - start
-        h.wait(
-            "the pane logs into the new VM",
-            lambda: h.pane_logins(new) > 0,
-            max(0.1, step.bound - (time.monotonic() - start)),
-        )
-        step.seconds = time.monotonic() - start
-        h.log(f"recovered: pane in {new} after {step.seconds:.1f}s")
-        _check_no_host_key_complaint(h)
-        _check_pane_and_pin(h, step)
+        _await_new_vm(h, step, vm, start, start_wall)
+        h.log(f"recovered: pane in {vm.hostname} after {step.seconds:.1f}s")
 
     return _attempt(step, body)
 
