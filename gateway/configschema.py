@@ -20,7 +20,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from gateway.durations import parse_duration
+from gateway.durations import format_duration, parse_duration
 
 
 class Duration(float):
@@ -371,8 +371,6 @@ def _type_name(tp: Any) -> str:
 
 
 def _bounds(low: float | None, high: float | None, duration: bool) -> str:
-    from gateway.durations import format_duration
-
     def show(v: float) -> str:
         return format_duration(v) if duration else f"{v:g}"
 

@@ -9,7 +9,7 @@ import time
 
 from gateway import logs
 from gateway.component import ComponentSpec
-from gateway.config import ConfigError, LoadedConfig, load_config
+from gateway.config import ConfigError, LoadedConfig, Secret, load_config
 from gateway.notify import Notifier
 from gateway.paths import Paths
 from gateway.state import Health, State
@@ -62,7 +62,7 @@ class Gateway:
 
     def _request_reload(self) -> None:
         self.reload_requested = True
-        self.state._bump()  # wake the main loop
+        self.state.wake()  # the main loop does the reload
 
     def _enabled_names(self) -> str:
         return ", ".join(self.supervisor.running) or "no components enabled"
@@ -144,7 +144,7 @@ class Gateway:
 
 
 def register_secrets(loaded: LoadedConfig) -> None:
-    from gateway.configschema import Secret
+    """Scrub every secret of the config from all log lines from now on."""
 
     def walk(value: object) -> None:
         if isinstance(value, Secret):

@@ -116,6 +116,11 @@ class State:
         else:
             loop.call_soon_threadsafe(self._wake)
 
+    def wake(self) -> None:
+        """Wake every waiter of ``wait_changed`` (a signal handler's way in); any thread."""
+        with self._lock:
+            self._bump()
+
     def _wake(self) -> None:
         if self._changed is not None:
             self._changed.set()

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 
 from gateway.state import State
@@ -52,7 +53,12 @@ class StatusServer:
             self.path.unlink()
 
     async def _watch(self, writer: asyncio.StreamWriter) -> None:
-        await _watch_loop(self.state, writer)
+        version = -1
+        while not writer.is_closing():
+            version = self.state.version
+            writer.write(json.dumps(self.state.snapshot()).encode() + b"\n")
+            await writer.drain()
+            await self.state.wait_changed(version, WATCH_HEARTBEAT)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -78,19 +84,8 @@ class StatusServer:
                 await writer.wait_closed()
 
 
-async def _watch_loop(state: State, writer: asyncio.StreamWriter) -> None:
-    version = -1
-    while not writer.is_closing():
-        version = state.version
-        writer.write(json.dumps(state.snapshot()).encode() + b"\n")
-        await writer.drain()
-        await state.wait_changed(version, WATCH_HEARTBEAT)
-
-
 def query(path: Path, timeout: float = 5.0) -> dict[str, object]:
     """Blocking client for the CLI: the daemon's snapshot, or OSError if it is not there."""
-    import socket
-
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
