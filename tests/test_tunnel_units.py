@@ -46,7 +46,11 @@ class Clock:
 
 
 def test_guard_caps_in_total_and_per_source() -> None:
-    guard = Guard(tunnel_config("max_unauthenticated: 4\nmax_unauthenticated_per_source: 2"))
+    guard = Guard(
+        tunnel_config(
+            "max_unauthenticated: 4\nrandom_drop_start: 4\nmax_unauthenticated_per_source: 2"
+        )
+    )
     assert guard.admit("198.51.100.1") is None
     assert guard.admit("198.51.100.1") is None
     assert "max_unauthenticated_per_source=2" in guard.admit("198.51.100.1")
