@@ -855,6 +855,7 @@ def test_a_client_that_logged_in_before_gets_in_within_2s_while_strangers_hold_t
                 facts = r.wait_for(lambda f: f["up"] or proc.poll() is not None, timeout=2.0)
                 took = time.monotonic() - start
                 assert facts["up"], proc.stderr.read() if proc.stderr else ""
+            print(f"logged in again in {took:.2f} s with {len(held)} strangers holding the cap")
             assert took < 2.0
             assert all(not _is_closed(s) for s in held), "the strangers still wait"
         finally:

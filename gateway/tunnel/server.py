@@ -152,7 +152,12 @@ class Endpoint:
         sockets = self._server.sockets
         if self.port == 0 and sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("listening on %s:%d for Colab's tunnel", self.host, self.port)
+        log.info(
+            "listening on %s:%d for Colab's tunnel (key exchange: %s)",
+            self.host,
+            self.port,
+            ", ".join(KEX_ALGS),
+        )
 
     async def close(self) -> None:
         if self._server is not None:
