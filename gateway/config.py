@@ -124,8 +124,18 @@ class TunnelConfig:
     public_port: int | None = setting(None, min=1, max=65535)  # router's port; listen's if unset
     username: str = "colab"
     login_timeout: Duration = setting(Duration(20), min=1, max=600)
+    # Like OpenSSH's MaxStartups start:rate:full: from random_drop_start unauthenticated
+    # connections on, a new one is dropped with probability random_drop_rate %, rising
+    # linearly to 100 % at max_unauthenticated. Empty start: half of max_unauthenticated.
     max_unauthenticated: int = setting(10, min=1, max=1000)
+    random_drop_start: int | None = setting(None, min=0, max=1000)
+    random_drop_rate: int = setting(30, min=1, max=100)
     max_unauthenticated_per_source: int = setting(3, min=1, max=100)
+    # Places on top of max_unauthenticated for sources that logged in before (Colab
+    # re-dialling after a drop), so strangers holding the cap cannot lock it out; the
+    # endpoint remembers the last known_sources_max such sources in its state directory.
+    reserved_for_known: int = setting(3, min=0, max=100)
+    known_sources_max: int = setting(64, min=0, max=4096)
     penalty_min: Duration = setting(Duration(30), min=0, max=86400)
     penalty_max: Duration = setting(Duration(600), min=0, max=86400)
     # Sources never penalised for failed logins (each item is checked as a network).
@@ -140,6 +150,26 @@ class TunnelConfig:
     # packet the endpoint accepts. Larger means fewer packets per byte, i.e. less Python.
     window: int = setting(8 * 1024 * 1024, min=65536, max=64 * 1024 * 1024)
     max_packet: int = setting(131072, min=4096, max=131072)
+
+    def check(self) -> list[tuple[str, str]]:
+        start = self.random_drop_start
+        if start is not None and start > self.max_unauthenticated:
+            return [
+                (
+                    "random_drop_start",
+                    f"{start} is above max_unauthenticated ({self.max_unauthenticated}), where "
+                    "every new connection is refused anyway: set it to at most "
+                    f"{self.max_unauthenticated}, or leave it empty for half of it",
+                )
+            ]
+        return []
+
+    @property
+    def drop_start(self) -> int:
+        """Unauthenticated connections from which new ones are dropped at random."""
+        if self.random_drop_start is None:
+            return self.max_unauthenticated // 2
+        return self.random_drop_start
 
     @property
     def listen_host(self) -> str:

@@ -4,7 +4,9 @@ through the tunnel checking the pinned host key strictly."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes.util
 import logging
 import os
 import signal
@@ -439,7 +441,7 @@ def test_refuses_stdio_forwarding_w(client, caplog) -> None:
         result = c.run("-W", "localhost:22")
     assert result.returncode == 255
     assert "stdio forwarding failed" in result.stderr
-    assert "refused a local forward (-L/-D/-W) to localhost:22" in caplog.text
+    assert "refused a local forward (-L/-D/-W) to 'localhost' port 22" in caplog.text
 
 
 def test_refuses_local_forwarding_l(client, caplog) -> None:
@@ -454,7 +456,7 @@ def test_refuses_local_forwarding_l(client, caplog) -> None:
             _wait_listening(local)
             with contextlib.suppress(ConnectionResetError):
                 assert roundtrip(local) == b""  # the channel is refused, the socket closed
-            _wait_log(caplog, f"to 127.0.0.1:{target}")
+            _wait_log(caplog, f"to '127.0.0.1' port {target}")
     finally:
         srv.close()
 
@@ -473,7 +475,7 @@ def test_refuses_dynamic_forwarding_d(client, caplog) -> None:
             s.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x16")  # CONNECT 127.0.0.1:22
             reply = s.recv(10)
             assert reply[:2] != b"\x05\x00"  # not "succeeded"
-        _wait_log(caplog, "refused a local forward (-L/-D/-W) to 127.0.0.1:22")
+        _wait_log(caplog, "refused a local forward (-L/-D/-W) to '127.0.0.1' port 22")
 
 
 def test_refuses_tun_forwarding(client, caplog) -> None:
@@ -517,7 +519,7 @@ def test_refuses_a_remote_forward_of_an_unconfigured_port(client, caplog) -> Non
         )
     assert result.returncode == 255
     assert f"remote port forwarding failed for listen port {other}" in result.stderr
-    assert f"refused a remote forward of port {other}" in caplog.text
+    assert f"refused a remote forward of '127.0.0.1' port {other}" in caplog.text
     assert r.facts()["forwards"] == []
 
 
@@ -632,7 +634,8 @@ def _refused_from(source: str, port: int) -> bool:
 def test_caps_unauthenticated_connections_in_total_and_per_source(tmp_path: Path, caplog) -> None:
     config = make_config(
         tmp_path,
-        "max_unauthenticated: 5\nmax_unauthenticated_per_source: 3\nexempt_networks: [127.0.0.0/8]",
+        "max_unauthenticated: 5\nrandom_drop_start: 5\nmax_unauthenticated_per_source: 3\n"
+        "exempt_networks: [127.0.0.0/8]",
     )
     with (
         running_endpoint(config, tmp_path / "state") as r,
@@ -809,3 +812,204 @@ def _wait_log(caplog, text: str, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{text!r} not logged; log:\n{caplog.text}")
         time.sleep(0.05)
+
+
+# -- strangers cannot starve the client that matters ---------------------------------------------
+
+STRANGER_ATTEMPTS = 200  # bounded: the random early drop makes filling the cap take a few more
+
+
+def _hold_the_cap(r: RunningEndpoint, cap: int) -> list[socket.socket]:
+    """Silent strangers from 127.0.0.2, .3, … (3 each) until ``cap`` of them wait at once."""
+    held: list[socket.socket] = []
+    for attempt in range(STRANGER_ATTEMPTS):
+        s = _connect_from(f"127.0.0.{2 + attempt // 3}", r.port)  # 3 per source, its cap
+        if _is_refused(s):  # dropped before the banner
+            s.close()
+        else:
+            held.append(s)
+        if len(held) == cap:
+            return held
+    raise AssertionError(f"only {len(held)} of {cap} strangers held after {STRANGER_ATTEMPTS}")
+
+
+def test_a_client_that_logged_in_before_gets_in_within_2s_while_strangers_hold_the_cap(
+    tmp_path: Path,
+) -> None:
+    # Loopback is exempt from penalties by default, so the strangers stay on; a long login
+    # timeout keeps them waiting for the whole test.
+    config = make_config(tmp_path, "max_unauthenticated: 6\nlogin_timeout: 60s")
+    forward = f"127.0.0.1:{ssh_local(config)}:127.0.0.1:9"
+    with running_endpoint(config, tmp_path / "state") as r:
+        c = Client(tmp_path, r)
+        with c.forward(forward):
+            r.wait_for(lambda f: f["up"])
+    # A restart in between: the endpoint remembers who logged in (state directory).
+    with running_endpoint(config, tmp_path / "state") as r:
+        held = _hold_the_cap(r, 6)
+        try:
+            assert _refused_from("127.0.0.250", r.port), "a new stranger is refused at the cap"
+            c = Client(tmp_path, r)
+            start = time.monotonic()
+            with c.forward(forward) as proc:
+                facts = r.wait_for(lambda f: f["up"] or proc.poll() is not None, timeout=2.0)
+                took = time.monotonic() - start
+                assert facts["up"], proc.stderr.read() if proc.stderr else ""
+            print(f"logged in again in {took:.2f} s with {len(held)} strangers holding the cap")
+            assert took < 2.0
+            assert all(not _is_closed(s) for s in held), "the strangers still wait"
+        finally:
+            for s in held:
+                s.close()
+
+
+def _is_closed(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        s.setblocking(True)
+
+
+# -- peer-supplied text in the log ---------------------------------------------------------------
+
+FORGED = "\n2026-12-01 09:00:00 INFO gateway.tunnel: session colab: Colab logged in"
+
+
+def test_a_forward_destination_with_a_newline_is_logged_escaped_on_one_line(
+    tmp_path: Path, caplog
+) -> None:
+    config = make_config(tmp_path)
+    with (
+        running_endpoint(config, tmp_path / "state") as r,
+        caplog.at_level(logging.INFO, "gateway.tunnel"),
+    ):
+        key = asyncssh.import_private_key(r.keys.tunnel_private_text("colab"))
+
+        async def attack() -> None:
+            async with asyncssh.connect(
+                "127.0.0.1",
+                r.port,
+                username="colab",
+                client_keys=[key],
+                known_hosts=None,
+            ) as conn:
+                with pytest.raises(asyncssh.ChannelOpenError):
+                    await conn.create_connection(asyncssh.SSHTCPSession, "evil" + FORGED, 80)
+                with pytest.raises(asyncssh.ChannelListenError):
+                    await conn.forward_remote_port("evil" + FORGED, 1, "localhost", 9)
+                conn.disconnect(asyncssh.DISC_PROTOCOL_ERROR, "bye" + FORGED)
+
+        with contextlib.suppress(asyncssh.Error, OSError):
+            asyncio.run(attack())
+        _wait_log(caplog, "closed (")
+    forged = [rec.getMessage() for rec in caplog.records if "Colab logged in" in rec.getMessage()]
+    injected = [m for m in forged if "evil" in m or "bye" in m]
+    assert len(injected) >= 2, caplog.text  # the -L destination and the disconnect reason
+    for message in injected:
+        assert "\n" not in message, message
+        assert "\\n2026-12-01" in message, message
+    # Only the real login line is a line of its own.
+    assert [m for m in forged if m.startswith("session colab: Colab logged in")] == [
+        m for m in forged if "evil" not in m and "bye" not in m
+    ]
+
+
+# -- post-quantum key exchange -------------------------------------------------------------------
+
+MLKEM = "mlkem768x25519-sha256"
+SNTRUP = "sntrup761x25519-sha512@openssh.com"
+
+
+def _negotiated_kex(result: subprocess.CompletedProcess[str]) -> str:
+    for line in result.stderr.splitlines():
+        if "kex: algorithm: " in line:
+            return line.split("kex: algorithm: ", 1)[1].strip()
+    raise AssertionError(f"no kex line in ssh -vv output:\n{result.stderr}")
+
+
+def _ssh_kex_list(ssh: str) -> list[str]:
+    return subprocess.run([ssh, "-Q", "kex"], capture_output=True, text=True).stdout.split()
+
+
+def test_a_hybrid_post_quantum_kex_is_offered_first_and_curve25519_still_works(
+    tmp_path: Path,
+) -> None:
+    from asyncssh.crypto import mlkem_available
+
+    assert mlkem_available, "asyncssh lost ML-KEM (cryptography too old?): see docs/tunnel.md"
+    config = make_config(tmp_path)
+    with running_endpoint(config, tmp_path / "state") as r:
+        key = asyncssh.import_private_key(r.keys.tunnel_private_text("colab"))
+
+        async def login(kex: str) -> None:
+            async with asyncssh.connect(
+                "127.0.0.1",
+                r.port,
+                username="colab",
+                client_keys=[key],
+                known_hosts=None,
+                kex_algs=[kex],
+            ):
+                pass
+
+        asyncio.run(login(MLKEM))  # a client that knows nothing else gets in
+        c = Client(tmp_path, r)
+        # The system's OpenSSH 9.2 has no ML-KEM: it takes its own first choice we offer.
+        default = c.run("-vv", command=("register-hostkey",))
+        assert "usage: register-hostkey" in default.stderr
+        expected = SNTRUP if SNTRUP in _ssh_kex_list("ssh") and _liboqs() else "curve25519-sha256"
+        assert _negotiated_kex(default) == expected
+        # Colab's OpenSSH 8.9 and focal's 8.2 offer curve25519-sha256 first.
+        forced = c.run("-vv", "-oKexAlgorithms=curve25519-sha256", command=("register-hostkey",))
+        assert "usage: register-hostkey" in forced.stderr
+        assert _negotiated_kex(forced) == "curve25519-sha256"
+
+
+def _liboqs() -> bool:
+    return bool(ctypes.util.find_library("oqs") or ctypes.util.find_library("liboqs"))
+
+
+def _pq_ssh() -> str | None:
+    """An OpenSSH client with ML-KEM (9.9+): $GATEWAY_TEST_PQ_SSH, else the system's."""
+    for candidate in (os.environ.get("GATEWAY_TEST_PQ_SSH"), "ssh"):
+        if candidate and MLKEM in _ssh_kex_list(candidate):
+            return candidate
+    return None
+
+
+def test_an_openssh_9_9_client_negotiates_mlkem768x25519(tmp_path: Path) -> None:
+    ssh = _pq_ssh()
+    if ssh is None:
+        pytest.skip(
+            "no OpenSSH >= 9.9 client here (Debian 12 has 9.2); set GATEWAY_TEST_PQ_SSH to one"
+        )
+    config = make_config(tmp_path)
+    with running_endpoint(config, tmp_path / "state") as r:
+        c = Client(tmp_path, r)
+        result = subprocess.run(
+            [ssh, *c.args("-vv")[1:], "register-hostkey"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            stdin=subprocess.DEVNULL,
+        )
+        assert "usage: register-hostkey" in result.stderr, result.stderr
+        assert _negotiated_kex(result) == MLKEM
+
+
+def test_sntrup761_is_offered_only_with_liboqs() -> None:
+    """asyncssh does sntrup761x25519 only through liboqs (not in Debian 12, not on PyPI
+    without a download at build time). Fails when that changes, so docs/tunnel.md is updated."""
+    from asyncssh.crypto import sntrup_available
+
+    from gateway.tunnel.server import kex_algorithms
+
+    assert sntrup_available == _liboqs()
+    assert (SNTRUP in kex_algorithms()) == sntrup_available
+    assert kex_algorithms()[0] == MLKEM
+    assert "curve25519-sha256" in kex_algorithms()

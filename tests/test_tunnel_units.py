@@ -46,7 +46,11 @@ class Clock:
 
 
 def test_guard_caps_in_total_and_per_source() -> None:
-    guard = Guard(tunnel_config("max_unauthenticated: 4\nmax_unauthenticated_per_source: 2"))
+    guard = Guard(
+        tunnel_config(
+            "max_unauthenticated: 4\nrandom_drop_start: 4\nmax_unauthenticated_per_source: 2"
+        )
+    )
     assert guard.admit("198.51.100.1") is None
     assert guard.admit("198.51.100.1") is None
     assert "max_unauthenticated_per_source=2" in guard.admit("198.51.100.1")
@@ -101,6 +105,16 @@ def test_refusal_log_is_rate_limited(caplog) -> None:
     assert lines[:3] == ["refused 0", "refused 1", "refused 2"]
     assert lines[3].startswith("7 more refusals were not logged")
     assert lines[4] == "refused later"
+
+
+def test_untrusted_text_is_one_escaped_quoted_line_and_bounded() -> None:
+    from gateway.tunnel.server import untrusted
+
+    text = untrusted("evil\n2026-12-01 forged\r\x1b[2K\u202e\x00" + "x" * 500)
+    assert text.isprintable() and "\n" not in text and "\x1b" not in text
+    assert text.startswith("'evil\\n2026-12-01 forged\\r\\x1b[2K\\u202e\\x00")
+    assert text.endswith("…") and len(text) < 230
+    assert untrusted("localhost") == "'localhost'"
 
 
 # -- host keys -------------------------------------------------------------------------------

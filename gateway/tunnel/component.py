@@ -8,6 +8,7 @@ from gateway.component import Context
 from gateway.state import Health
 from gateway.tunnel.bootstrap import endpoint_address
 from gateway.tunnel.keys import KeyStore, secret_name
+from gateway.tunnel.known_sources import FILE_NAME as KNOWN_SOURCES_FILE
 from gateway.tunnel.server import Endpoint
 
 log = logging.getLogger("gateway.tunnel")
@@ -39,7 +40,13 @@ class TunnelComponent:
             ctx.state.update_tunnel(session, **endpoint.facts(session))
             self._report(ctx, endpoint)
 
-        endpoint = Endpoint(config, store, ctx.paths.known_hosts, publish)
+        endpoint = Endpoint(
+            config,
+            store,
+            ctx.paths.known_hosts,
+            publish,
+            known_sources=ctx.paths.state_dir / KNOWN_SOURCES_FILE,
+        )
         self.endpoint = endpoint
         try:
             await endpoint.start()

@@ -3,8 +3,14 @@
 asyncssh accepts every TCP connection and lets it take as long as ``login_timeout`` to
 authenticate, with no cap on how many do so at once. The endpoint faces the internet, so:
 
-- at most ``max_unauthenticated`` connections may be unauthenticated at once, and at most
-  ``max_unauthenticated_per_source`` from one source;
+- at most ``max_unauthenticated`` connections of strangers may be unauthenticated at once;
+  from ``random_drop_start`` on, a new one is dropped at random, with the probability
+  rising from ``random_drop_rate`` % to 100 % at the cap (OpenSSH's MaxStartups
+  start:rate:full, same formula as sshd.c's should_drop_connection());
+- ``reserved_for_known`` more places are kept for sources that logged in before
+  (known_sources.py, remembered across restarts): strangers holding every place cannot
+  keep Colab from re-dialling after a drop;
+- at most ``max_unauthenticated_per_source`` from one source;
 - a source whose connection ends without a successful login (a failed login, a scanner,
   a login timeout) is refused for a penalty that starts at ``penalty_min`` and doubles on
   every repeat up to ``penalty_max``; it is forgotten after ``penalty_max`` of good
@@ -18,20 +24,23 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import random
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.config import TunnelConfig
 from gateway.durations import format_duration
+from gateway.tunnel.known_sources import KnownSources
 
 log = logging.getLogger("gateway.tunnel")
 
 MAX_TRACKED_SOURCES = 65536  # bounds the penalty table's memory under a spoofed-source flood
+EXPIRE_PER_FAILURE = 8  # forgotten penalties dropped per failure: bounded work per call
 
 
-@dataclass
+@dataclass(slots=True)
 class _Penalty:
     strikes: int
     until: float  # monotonic
@@ -52,13 +61,26 @@ def source_key(address: str) -> str:
 
 
 class Guard:
-    def __init__(self, config: TunnelConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: TunnelConfig,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        known: KnownSources | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.known = known if known is not None else KnownSources(None, config.known_sources_max)
+        # The OS's generator, as sshd uses arc4random: a stranger cannot predict the drops.
+        self.rng = rng if rng is not None else random.SystemRandom()
         self.exempt = [ipaddress.ip_network(n, strict=False) for n in config.exempt_networks]
-        self.unauthenticated = 0
+        self.unauthenticated = 0  # in total, reserved places included
+        self.reserved = 0  # of which in the places reserved for known sources
         self.by_source: Counter[str] = Counter()
-        self.penalties: dict[str, _Penalty] = {}
+        self.reserved_by_source: Counter[str] = Counter()
+        # Ordered by last strike, oldest first: evicting and expiring take the front, O(1).
+        self.penalties: OrderedDict[str, _Penalty] = OrderedDict()
         self.refusals = RateLimitedLog(log)
 
     def is_exempt(self, address: str) -> bool:
@@ -77,25 +99,53 @@ class Guard:
         penalty = self.penalties.get(key)
         if penalty and penalty.until > now:
             return f"penalised for {format_duration(penalty.until - now)} more (failed logins)"
-        if self.unauthenticated >= self.config.max_unauthenticated:
-            return (
-                f"{self.unauthenticated} connections are already waiting to authenticate "
-                f"(tunnel.max_unauthenticated={self.config.max_unauthenticated})"
-            )
         if self.by_source[key] >= self.config.max_unauthenticated_per_source:
             return (
                 f"{self.by_source[key]} connections from this source are already waiting to "
                 "authenticate (tunnel.max_unauthenticated_per_source="
                 f"{self.config.max_unauthenticated_per_source})"
             )
+        if key in self.known and self.reserved < self.config.reserved_for_known:
+            self.reserved += 1
+            self.reserved_by_source[key] += 1
+        else:
+            reason = self._should_drop(self.unauthenticated - self.reserved)
+            if reason is not None:
+                return reason
         self.unauthenticated += 1
         self.by_source[key] += 1
         return None
 
+    def _should_drop(self, waiting: int) -> str | None:
+        """sshd.c's should_drop_connection() with ``waiting`` strangers unauthenticated."""
+        full, start, rate = (
+            self.config.max_unauthenticated,
+            self.config.drop_start,
+            self.config.random_drop_rate,
+        )
+        if waiting < start:
+            return None
+        if waiting >= full:
+            return (
+                f"{waiting} connections are already waiting to authenticate "
+                f"(tunnel.max_unauthenticated={full})"
+            )
+        percent = rate + (100 - rate) * (waiting - start) // (full - start)
+        if self.rng.randrange(100) >= percent:
+            return None
+        return (
+            f"dropped at random ({percent} % now): {waiting} connections are waiting to "
+            f"authenticate (tunnel.random_drop_start={start}, "
+            f"tunnel.max_unauthenticated={full})"
+        )
+
     def authenticated(self, address: str) -> None:
-        """An admitted connection logged in: it no longer counts against the caps."""
-        self._release(source_key(address))
-        self.penalties.pop(source_key(address), None)
+        """An admitted connection logged in: it no longer counts against the caps, and its
+        source is known from now on."""
+        key = source_key(address)
+        self._release(key)
+        self.penalties.pop(key, None)
+        self.known.remember(key)
 
     def failed(self, address: str, why: str) -> None:
         """An admitted connection ended without logging in: release it, penalise its source."""
@@ -104,7 +154,7 @@ class Guard:
         if self.is_exempt(address) or self.config.penalty_min <= 0:
             return
         now = self.clock()
-        previous = self.penalties.get(key)
+        previous = self.penalties.pop(key, None)
         strikes = 1
         if previous and now - max(previous.until, previous.last_strike) < self.config.penalty_max:
             strikes = previous.strikes + 1
@@ -114,8 +164,7 @@ class Guard:
             f"{address}: {why}; refusing this source for {format_duration(duration)}"
             + (f" (repeat {strikes})" if strikes > 1 else "")
         )
-        if len(self.penalties) > MAX_TRACKED_SOURCES:
-            self._prune(now)
+        self._expire(now)
 
     def _release(self, key: str) -> None:
         if self.by_source[key] > 0:
@@ -123,17 +172,26 @@ class Guard:
             self.by_source[key] -= 1
             if self.by_source[key] == 0:
                 del self.by_source[key]
+            if self.reserved_by_source[key] > 0:
+                self.reserved = max(0, self.reserved - 1)
+                self.reserved_by_source[key] -= 1
+            if self.reserved_by_source[key] == 0:
+                del self.reserved_by_source[key]
 
-    def _prune(self, now: float) -> None:
+    def _expire(self, now: float) -> None:
+        """Forget a few penalties served long ago, then evict the oldest beyond the cap.
+
+        Both look at the front of the table only: O(1) per failure, whatever its size
+        (sorting the whole table here cost 57 ms per failure at the cap)."""
         forget_after = self.config.penalty_max
-        for key, penalty in list(self.penalties.items()):
-            if now - max(penalty.until, penalty.last_strike) >= forget_after:
-                del self.penalties[key]
-        # Still too many (a flood of distinct sources): drop those expiring soonest.
-        excess = len(self.penalties) - MAX_TRACKED_SOURCES
-        if excess > 0:
-            for key, _ in sorted(self.penalties.items(), key=lambda kv: kv[1].until)[:excess]:
-                del self.penalties[key]
+        for _ in range(EXPIRE_PER_FAILURE):
+            key, oldest = next(iter(self.penalties.items()))
+            if now - max(oldest.until, oldest.last_strike) < forget_after:
+                break
+            del self.penalties[key]
+        # Still too many (a flood of distinct sources): the least recently failed go first.
+        while len(self.penalties) > MAX_TRACKED_SOURCES:
+            self.penalties.popitem(last=False)
 
 
 class RateLimitedLog:

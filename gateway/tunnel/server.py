@@ -13,6 +13,10 @@ auth, agent and X11 forwarding, PTYs, shells, other commands, subsystems, ``-L``
 ``-W``, tun/tap and Unix-socket forwarding. Who may start a handshake at all is the
 Guard's business (guard.py).
 
+Every string the peer chose (forward addresses, commands, disconnect reasons, error texts
+built from them) reaches the log only through ``untrusted()``: escaped, so a client
+cannot forge log lines with a newline or hide them with terminal escapes.
+
 A port still held by an older connection of the same session (a VM that vanished without
 closing its TCP connection) is handed to the newer, authenticated connection at once;
 the old connection is closed. Keepalives free the ports of clients that vanish otherwise.
@@ -35,12 +39,34 @@ from gateway.tunnel import hostkeys
 from gateway.tunnel.forward import open_forward_listener
 from gateway.tunnel.guard import Guard
 from gateway.tunnel.keys import KeyStore
+from gateway.tunnel.known_sources import FILE_NAME as KNOWN_SOURCES_FILE
+from gateway.tunnel.known_sources import KnownSources
 
 log = logging.getLogger("gateway.tunnel")
 
 # Chosen so that ssh-audit reports no [fail] and OpenSSH 8.9 (Colab's Ubuntu 22.04) and
 # later connect: no SHA-1, no NIST curves, no CBC, no non-etm MACs.
-KEX_ALGS = ["curve25519-sha256", "curve25519-sha256@libssh.org"]
+# Hybrid post-quantum key exchange first, where this asyncssh has it: ML-KEM through
+# `cryptography` (OpenSSH 9.9+ clients choose it), sntrup761 only with liboqs installed
+# (OpenSSH 9.0+ would choose it). curve25519 stays for OpenSSH 8.2-8.9 (Colab, focal).
+PREFERRED_KEX = (
+    "mlkem768x25519-sha256",
+    "sntrup761x25519-sha512",
+    "sntrup761x25519-sha512@openssh.com",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+)
+
+
+def kex_algorithms() -> list[str]:
+    """PREFERRED_KEX less what the installed asyncssh (and its libraries) cannot do."""
+    from asyncssh.kex import get_kex_algs
+
+    available = {name.decode() for name in get_kex_algs()}
+    return [name for name in PREFERRED_KEX if name in available]
+
+
+KEX_ALGS = kex_algorithms()
 MAC_ALGS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
 SIGNATURE_ALGS = ["ssh-ed25519"]
 MAX_AUTH_TRIES = 6  # OpenSSH's MaxAuthTries
@@ -72,6 +98,7 @@ class Endpoint:
         *,
         host: str | None = None,
         port: int | None = None,
+        known_sources: Path | None = None,
     ) -> None:
         self.config = config
         self.tunnel = config.tunnel
@@ -80,7 +107,12 @@ class Endpoint:
         self.on_change = on_change
         self.host = self.tunnel.listen_host if host is None else host
         self.port = self.tunnel.listen_port if port is None else port
-        self.guard = Guard(self.tunnel)
+        # Who logged in before lives in the state directory, next to known_hosts.
+        known = KnownSources(
+            known_sources or known_hosts.with_name(KNOWN_SOURCES_FILE),
+            self.tunnel.known_sources_max,
+        )
+        self.guard = Guard(self.tunnel, known=known)
         self.refusals = self.guard.refusals
         self.forwards: dict[int, Forward] = {}
         self.sessions: dict[str, SessionLinks] = {s.name: SessionLinks() for s in config.sessions}
@@ -120,7 +152,12 @@ class Endpoint:
         sockets = self._server.sockets
         if self.port == 0 and sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("listening on %s:%d for Colab's tunnel", self.host, self.port)
+        log.info(
+            "listening on %s:%d for Colab's tunnel (key exchange: %s)",
+            self.host,
+            self.port,
+            ", ".join(KEX_ALGS),
+        )
 
     async def close(self) -> None:
         if self._server is not None:
@@ -345,7 +382,7 @@ class Connection(asyncssh.SSHServer):
         self.endpoint.connections.discard(self)
         if self.session is None:
             if self.admitted:
-                why = _reason(exc) or "closed before logging in"
+                why = untrusted(_reason(exc)) if exc else "closed before logging in"
                 self.endpoint.guard.failed(self.peer, f"no login ({why})")
             return
         links = self.endpoint.sessions.get(self.session)
@@ -355,7 +392,7 @@ class Connection(asyncssh.SSHServer):
             "session %s: connection from %s closed%s",
             self.session,
             self.peer_text,
-            f" ({_reason(exc)})" if _reason(exc) else "",
+            f" ({untrusted(_reason(exc))})" if _reason(exc) else "",
         )
         self.endpoint.changed(self.session)
 
@@ -421,22 +458,22 @@ class Connection(asyncssh.SSHServer):
         allowed = {f.local for f in self.endpoint.session_config(session).forwards.values()}
         if listen_port not in allowed:
             self.refuse(
-                f"a remote forward of port {listen_port} (configured: "
+                f"a remote forward of {untrusted(listen_host)} port {listen_port} (configured: "
                 f"{', '.join(str(p) for p in sorted(allowed))})"
             )
             return False
         return self.endpoint.bind(self, listen_host, listen_port)
 
     def connection_requested(self, dest_host: str, dest_port: int, *_: object) -> bool:
-        self.refuse(f"a local forward (-L/-D/-W) to {dest_host}:{dest_port}")
+        self.refuse(f"a local forward (-L/-D/-W) to {untrusted(dest_host)} port {dest_port}")
         return False
 
     def unix_connection_requested(self, dest_path: str) -> bool:
-        self.refuse(f"a Unix socket forward to {dest_path!r}")
+        self.refuse(f"a Unix socket forward to {untrusted(dest_path)}")
         return False
 
     def unix_server_requested(self, listen_path: str) -> bool:
-        self.refuse(f"a remote Unix socket forward of {listen_path!r}")
+        self.refuse(f"a remote Unix socket forward of {untrusted(listen_path)}")
         return False
 
     def tun_requested(self, unit: int | None) -> bool:
@@ -471,17 +508,17 @@ class _CommandSession(asyncssh.SSHServerSession[str]):
         return False
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        self.owner.refuse(f"the subsystem {subsystem[:40]!r}")
+        self.owner.refuse(f"the subsystem {untrusted(subsystem, 40)}")
         return False
 
     def exec_requested(self, command: str) -> bool:
         if command.split(" ", 1)[0] != hostkeys.COMMAND:
-            self.owner.refuse(f"the command {command[:60]!r}")
+            self.owner.refuse(f"the command {untrusted(command, 60)}")
             return False
         try:
             key = hostkeys.parse_command(command)
         except hostkeys.HostKeyError as exc:
-            self.owner.refuse(f"a host key ({exc})")
+            self.owner.refuse(f"a host key ({untrusted(str(exc))})")
             self.answer = (1, f"colab-gateway: register-hostkey refused: {exc}\n")
             return True
         ports = self.owner.endpoint.register_hostkey(self.owner, key)
@@ -497,6 +534,13 @@ class _CommandSession(asyncssh.SSHServerSession[str]):
         else:
             self.chan.write_stderr(text)
         self.chan.exit(code)
+
+
+def untrusted(text: str, limit: int = 200) -> str:
+    """A string the peer chose, fit for one log line: quoted, with newlines, control and
+    non-printable characters escaped (``repr``), cut to ``limit`` characters first."""
+    cut = text[:limit]
+    return repr(cut) + ("…" if len(text) > limit else "")
 
 
 def _reason(exc: Exception | None) -> str:
