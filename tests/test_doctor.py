@@ -594,3 +594,20 @@ def test_the_command_exits_0_with_a_healthy_daemon_and_1_once_it_is_gone(
         line.startswith("fail  daemon") and "systemctl start" in line
         for line in gone.stdout.splitlines()
     ), gone.stdout
+
+
+def test_a_driver_found_only_on_path_is_named_in_the_fix(tmp_path: Path) -> None:
+    stub = script(tmp_path / "bin", "chromedriver", 'echo "ChromeDriver 120.0.6099.109 (abc)"')
+    config = browser_config(chromedriver=str(tmp_path / "not-here"))
+    env = make_env(tmp_path, config, search_path=str(stub.parent))
+    finding = browser_checks.check_chromedriver(env)
+    assert finding.status is Status.FAIL and "is not an executable file" in finding.message
+    assert f"set browser.chromedriver: {stub}" in finding.fix
+
+
+def test_name_resolution_really_resolves_and_reports_unknown_names() -> None:
+    from gateway.doctor.env import resolve_host
+
+    assert "127.0.0.1" in resolve_host("localhost")
+    with pytest.raises(OSError):
+        resolve_host("no-such-host.invalid")  # RFC 6761: never resolves

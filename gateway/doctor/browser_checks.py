@@ -107,7 +107,14 @@ def check_chromedriver(env: Env) -> Finding:
     try:
         driver = _driver(env)
     except BrowserNotFound as exc:
-        return _not_found(exc)
+        on_path = env.which("chromedriver")
+        if on_path is None:
+            return _not_found(exc)
+        # The daemon looks only where distributions install it, never on PATH.
+        return fail(
+            _not_found(exc).message,
+            f"a chromedriver is on PATH at {on_path}: set browser.chromedriver: {on_path}",
+        )
     driver_major = _major(env, driver)
     if driver_major is None:
         return fail(f"{driver} --version printed no version: it does not start", _install_fix())

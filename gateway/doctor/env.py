@@ -3,11 +3,12 @@ fixtures, real child processes and loopback servers)."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
+import queue
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,18 +53,27 @@ def systemd_main_pid() -> int | None:
 def resolve_host(name: str, timeout: float = NETWORK_TIMEOUT) -> list[str]:
     """The addresses ``name`` resolves to (raises OSError, or TimeoutError after ``timeout``).
 
-    getaddrinfo has no timeout of its own: it runs in a thread that is abandoned if slow.
+    getaddrinfo has no timeout of its own: it runs in a daemon thread, abandoned if slow
+    (an executor's thread would be joined at exit, hanging the command after all).
     """
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        future = pool.submit(socket.getaddrinfo, name, None, 0, socket.SOCK_STREAM)
+    answers: queue.Queue[list[str] | OSError] = queue.Queue()
+
+    def lookup() -> None:
         try:
-            infos = future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"no answer within {timeout:.0f}s") from None
-    finally:
-        pool.shutdown(wait=False)
-    return sorted({str(info[4][0]) for info in infos})
+            infos = socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM)
+        except OSError as exc:
+            answers.put(exc)
+            return
+        answers.put(sorted({str(info[4][0]) for info in infos}))
+
+    threading.Thread(target=lookup, name=f"resolve {name}", daemon=True).start()
+    try:
+        answer = answers.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(f"no answer within {timeout:.0f}s") from None
+    if isinstance(answer, OSError):
+        raise answer
+    return answer
 
 
 @dataclass

@@ -82,8 +82,10 @@ def check_ddns(env: Env) -> Finding:
     host, _ = endpoint_address(config)
     if not host:
         return skip("no public name: tunnel.public_host and ddns.hostname are empty")
+    literal = _is_address(host)
+    says = "tunnel.public_host is" if literal else f"{host} resolves to"
     try:
-        resolved = [host] if _is_address(host) else env.resolve(host)
+        resolved = [host.strip("[]")] if literal else env.resolve(host)
     except OSError as exc:
         return fail(
             f"{host} does not resolve: {exc}",
@@ -101,7 +103,7 @@ def check_ddns(env: Env) -> Finding:
         outcome = detector.detect(family)
         if not isinstance(outcome, Detected):
             return warn(
-                f"{host} resolves to {', '.join(resolved)}; the public {LABEL[family]} address "
+                f"{says} {', '.join(resolved)}; the public {LABEL[family]} address "
                 f"could not be detected: {outcome.reason}",
                 "check the ddns.detect sources (colab-gateway ddns --once --dry-run shows them)",
             )
@@ -110,11 +112,11 @@ def check_ddns(env: Env) -> Finding:
     missing = [a for a in detected if a not in canonical]
     if missing:
         return fail(
-            f"{host} resolves to {', '.join(resolved)} but this network's public address is "
+            f"{says} {', '.join(resolved)} but this network's public address is "
             f"{', '.join(detected)}",
             _record_fix(config, host),
         )
-    return ok(f"{host} resolves to {', '.join(detected)}, this network's public address")
+    return ok(f"{says} {', '.join(detected)}, this network's public address")
 
 
 def _record_fix(config: Config, host: str) -> str:
@@ -123,6 +125,8 @@ def _record_fix(config: Config, host: str) -> str:
             "`colab-gateway ddns --once` updates the record now and says what the provider "
             "answered; a fresh record can take the TTL to be seen"
         )
+    if _is_address(host):
+        return "set tunnel.public_host to this network's public address, or use a DDNS name"
     return f"point {host}'s DNS record at this network's public address, or set ddns.provider"
 
 

@@ -68,8 +68,9 @@ def check_tunnel_keys(env: Env) -> Finding:
     if unpinned:
         return warn(
             f"{facts}; no Colab VM has registered its host key yet for {', '.join(unpinned)}",
-            "run the notebook's first cell (`colab-gateway snippet SESSION` prints it) with "
-            "the key in its Colab secret; the VM registers its host key once the tunnel is up",
+            f"run the notebook's first cell (`colab-gateway snippet {unpinned[0]}` prints it) "
+            "with the key in its Colab secret; the VM registers its host key once the tunnel "
+            "is up",
         )
     return ok(f"{facts}; every session has a Colab VM host key pinned")
 
