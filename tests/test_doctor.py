@@ -611,3 +611,10 @@ def test_name_resolution_really_resolves_and_reports_unknown_names() -> None:
     assert "127.0.0.1" in resolve_host("localhost")
     with pytest.raises(OSError):
         resolve_host("no-such-host.invalid")  # RFC 6761: never resolves
+
+
+def test_the_example_notebook_address_left_in_the_config_warns(tmp_path: Path) -> None:
+    env = make_env(tmp_path, browser_config().replace("abc123", "XXXXXXXX"))
+    finding = service_checks.check_config(env, [])
+    assert finding.status is Status.WARN and "example notebook_url" in finding.message
+    assert service_checks.check_config(make_env(tmp_path, browser_config()), []).status is Status.OK

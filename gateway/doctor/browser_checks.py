@@ -18,10 +18,19 @@ from gateway.browser.launch import (
 )
 from gateway.doctor.env import SERVICE, Env, Unavailable
 from gateway.doctor.report import Finding, fail, ok, skip, warn
+from gateway.doctor.service_checks import daemon_snapshot
 
 SNAP_DROP_IN = f"/etc/systemd/system/{SERVICE}.service.d/10-site.conf"
-# A state the keep-alive publishes while it is using the page normally.
-_SIGNED_IN_STATES = {"connected", "connecting", "disconnected", "dialog", "gpu_limit"}
+# States the keep-alive publishes only while it sees the notebook itself (gateway/state.py
+# RuntimeFacts): the profile is signed in.
+_SIGNED_IN_STATES = {
+    "connected",
+    "connecting",
+    "disconnected",
+    "dialog",
+    "gpu_limit",
+    "too_many_sessions",
+}
 
 
 def _browser_off(env: Env) -> Finding | None:
@@ -44,7 +53,8 @@ def _chromium(env: Env) -> str:
 
 
 def _major(env: Env, binary: str) -> str | None:
-    return env.once(f"major:{binary}", lambda: chromium_version(binary))  # type: ignore[no-any-return]
+    major: str | None = env.once(f"major:{binary}", lambda: chromium_version(binary))
+    return major
 
 
 def is_snap(path: str) -> bool:
@@ -184,8 +194,6 @@ def check_profile(env: Env) -> Finding:
 
 
 def _live_runtime_states(env: Env) -> dict[str, str]:
-    from gateway.doctor.service_checks import daemon_snapshot
-
     snapshot = daemon_snapshot(env)
     if not isinstance(snapshot, dict):
         return {}
