@@ -618,3 +618,15 @@ def test_the_example_notebook_address_left_in_the_config_warns(tmp_path: Path) -
     finding = service_checks.check_config(env, [])
     assert finding.status is Status.WARN and "example notebook_url" in finding.message
     assert service_checks.check_config(make_env(tmp_path, browser_config()), []).status is Status.OK
+
+
+def test_the_command_lists_each_config_problem_and_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(BASE.replace("tunnel: {enabled: false}", "tunnel: {login_timout: 20s}"))
+    done = doctor(config, tmp_path / "state", tmp_path / "run")
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("fail  config") and "1 problem(s)" in lines[0]
+    assert lines[1].startswith(f"  {config}:1:10:") and "did you mean 'login_timeout'" in lines[1]
+    assert any(line.startswith("skip  endpoint") for line in lines), done.stdout
+    assert done.stderr == ""
