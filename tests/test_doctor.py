@@ -479,6 +479,12 @@ def test_an_unreachable_public_port_warns_about_hairpin_nat(
     env = make_env(tmp_path, tunnel_config(public_host="127.0.0.1", public_port=ssh.port))
     assert network_checks.check_public_port(env).status is Status.OK
 
+    # what the endpoint does to a penalised source: accept, then close before its banner
+    silent = banner_server(b"")
+    env = make_env(tmp_path, tunnel_config(public_host="127.0.0.1", public_port=silent.port))
+    refused = network_checks.check_public_port(env)
+    assert refused.status is Status.WARN and "without an SSH banner" in refused.message
+
 
 # -- the DDNS name against the detected address ---------------------------------------------
 
@@ -630,3 +636,25 @@ def test_the_command_lists_each_config_problem_and_exits_1(tmp_path: Path) -> No
     assert lines[1].startswith(f"  {config}:1:10:") and "did you mean 'login_timeout'" in lines[1]
     assert any(line.startswith("skip  endpoint") for line in lines), done.stdout
     assert done.stderr == ""
+
+
+def test_a_probe_penalised_by_the_real_endpoint_warns_instead_of_failing(
+    tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    """The endpoint penalises a source whose connection ends without a login, and the
+    doctor's probe is such a connection: a second probe must not read as a foreign server."""
+    port = free_port()
+    config = (
+        f"tunnel: {{listen: '127.0.0.1:{port}', exempt_networks: [], penalty_min: 10m}}\n"
+        "browser: {enabled: false}\ntmux: {enabled: false}\nddns: {provider: none}\n"
+    )
+    start_daemon(config)
+    (tmp_path / "doctor").mkdir()
+    env = make_env(tmp_path / "doctor", config)
+    deadline = time.monotonic() + 30
+    while (first := network_checks.check_endpoint(env)).status is not Status.OK:
+        assert time.monotonic() < deadline, first
+        time.sleep(0.1)
+    again = network_checks.check_endpoint(make_env(tmp_path / "doctor", config))
+    assert again.status is Status.WARN, again
+    assert "without an SSH banner" in again.message

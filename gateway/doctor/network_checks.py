@@ -29,6 +29,19 @@ def read_banner(host: str, port: int, timeout: float) -> str:
     return data.split(b"\n")[0].decode("ascii", "replace").strip()
 
 
+def _closed_without_banner(where: str) -> Finding:
+    # The endpoint closes a connection before its banner when the source is penalised for
+    # a connection that ended without a login, and a probe like this one is such a
+    # connection (loopback is exempt; a hairpinned one comes from the router's address).
+    return warn(
+        f"{where} accepted the connection and closed it without an SSH banner: the endpoint "
+        "does that to a source penalised for connections without a login (an earlier probe "
+        "counts), or a full queue",
+        "run the doctor again after tunnel.penalty_min (30s by default); "
+        "`journalctl -u colab-gateway | grep refused` shows the endpoint's refusals",
+    )
+
+
 def _dial_host(listen_host: str) -> str:
     """Where to reach a listener bound to ``listen_host`` from this machine."""
     if listen_host in ("0.0.0.0", ""):  # noqa: S104 (we connect, not bind)
@@ -57,6 +70,8 @@ def check_endpoint(env: Env) -> Finding:
             f"{where} gave no answer within {env.timeout:.0f}s ({exc})",
             f"`colab-gateway status`; `journalctl -u {SERVICE} -n 50`",
         )
+    if not banner:
+        return _closed_without_banner(where)
     if not banner.startswith("SSH-"):
         return fail(
             f"something other than an SSH server answers on {where}: {banner[:60]!r}",
@@ -158,6 +173,8 @@ def check_public_port(env: Env) -> Finding:
             f"key prompt); else forward TCP {port} on the router to this machine's port "
             f"{config.tunnel.listen_port}",
         )
+    if not banner:
+        return _closed_without_banner(f"{host}:{port}")
     if not banner.startswith("SSH-"):
         return fail(
             f"{host}:{port} answers, but not with SSH ({banner[:60]!r}): the router forwards "
