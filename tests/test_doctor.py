@@ -658,3 +658,21 @@ def test_a_probe_penalised_by_the_real_endpoint_warns_instead_of_failing(
     again = network_checks.check_endpoint(make_env(tmp_path / "doctor", config))
     assert again.status is Status.WARN, again
     assert "without an SSH banner" in again.message
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="systemd runs here")
+def test_without_systemd_the_main_pid_is_unavailable_with_the_reason() -> None:
+    from gateway.doctor.env import systemd_main_pid
+
+    with pytest.raises(Unavailable, match="systemd is not running"):
+        systemd_main_pid()
+
+
+def test_a_status_socket_left_by_a_dead_daemon_reads_as_not_running(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    env.paths.runtime_dir.mkdir()
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(env.paths.status_socket))
+    left.close()  # the file stays, nobody listens: connect() is refused
+    finding = service_checks.check_daemon(env)
+    assert finding.status is Status.FAIL and "left from a run that ended" in finding.message

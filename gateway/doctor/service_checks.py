@@ -98,11 +98,15 @@ def check_daemon(env: Env) -> Finding:
     if isinstance(snapshot, PermissionError):
         return warn(
             f"not allowed to read {socket_path}",
-            f"run the doctor as the service user or a member of its group "
-            f"(sudo -u {SERVICE} colab-gateway doctor)",
+            "run the doctor as the service's user or a member of its group "
+            f"(`systemctl show -p User {SERVICE}` names it)",
         )
-    if isinstance(snapshot, (FileNotFoundError, ConnectionRefusedError)):
+    if isinstance(snapshot, FileNotFoundError):
         return fail(f"{SERVICE} is not running (no status socket at {socket_path})", start)
+    if isinstance(snapshot, ConnectionRefusedError):
+        return fail(
+            f"{SERVICE} is not running ({socket_path} is left from a run that ended)", start
+        )
     if isinstance(snapshot, Exception):
         reason = getattr(snapshot, "strerror", None) or str(snapshot)
         return fail(f"no answer on {socket_path}: {reason}", start)

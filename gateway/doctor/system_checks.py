@@ -58,7 +58,10 @@ def check_ssh_identity(env: Env) -> Finding:
     public = key.with_name(key.name + ".pub")
     create = f"ssh-keygen -t ed25519 -N '' -f {key}"
     if not key.exists():
-        return fail(f"ssh.identity {key} does not exist", f"create it: {create}")
+        fix = f"create it: {create}"
+        if config.ssh.identity.startswith("~"):
+            fix += " (as the service's user: ~ is the home of whoever runs this)"
+        return fail(f"ssh.identity {key} does not exist", fix)
     mode = stat.S_IMODE(key.stat().st_mode)
     if mode & 0o077:
         return fail(
