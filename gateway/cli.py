@@ -154,6 +154,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
     from gateway import demo
     from gateway.browser import login
     from gateway.ddns.cli import register as register_ddns
+    from gateway.doctor import command as doctor
     from gateway.tmux.commands import register_shell, register_ssh_config
     from gateway.tunnel import commands as tunnel_commands
 
@@ -164,6 +165,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
         register_ssh_config,
         login.register,
         demo.register,
+        doctor.register,
     ]
 
 
