@@ -12,7 +12,7 @@ import time
 
 from gateway.component import Context
 from gateway.durations import format_duration
-from gateway.state import Command, Health
+from gateway.vocabulary import Health, RerunBootstrap, RuntimeState
 
 CHECK_EVERY = 5.0
 
@@ -56,7 +56,7 @@ class Healer:
     def _maybe_rerun(self, ctx: Context, name: str, now: float) -> None:
         facts = ctx.state.session(name)
         runtime, tunnel = facts.runtime, facts.tunnel
-        if runtime.state != "connected":
+        if runtime.state != RuntimeState.CONNECTED:
             return
         if tunnel.up:
             self._vm_dialed[name] = runtime.vm_id
@@ -83,4 +83,4 @@ class Healer:
                 "connected"
             )
         self._asked[name] = (now, runtime.vm_id)
-        ctx.state.post("browser", Command("rerun", session=name, args={"reason": reason}))
+        ctx.state.post(RerunBootstrap(session=name, reason=reason))

@@ -7,6 +7,8 @@ import os
 import sys
 import threading
 
+from gateway.config import LoadedConfig, Secret
+
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
 
@@ -25,6 +27,25 @@ def register_secret(value: str) -> None:
     if len(value) >= 4:
         with _SECRETS_LOCK:
             _SECRETS.add(value)
+
+
+def register_secrets(loaded: LoadedConfig) -> None:
+    """Scrub every secret of the config from all log lines from now on."""
+
+    def walk(value: object) -> None:
+        if isinstance(value, Secret):
+            register_secret(value.reveal())
+        elif hasattr(value, "__dataclass_fields__"):
+            for name in value.__dataclass_fields__:
+                walk(getattr(value, name))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    walk(loaded.config)
 
 
 def redact(text: str) -> str:

@@ -18,7 +18,7 @@ import pytest
 from gateway.browser.launch import is_running, processes_with_arg
 from gateway.sim import SimColab
 from gateway.sim.runner import BrowserRunner as Harness
-from gateway.state import Command
+from gateway.vocabulary import RerunBootstrap
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def test_runtime_reset_then_posted_rerun_runs_the_first_cell(
     sim.set_run_anyway(True)
     sim.reset_vm()
     keeper.wait(lambda h: h.runtime.vm_id == sim.vm_id, 5, "new vm id published")
-    keeper.post(Command("rerun", "colab", {"reason": "test: new VM"}))
+    keeper.post(RerunBootstrap("colab", "test: new VM"))
     sim.wait_for(lambda s: s.runs, 10, "the bootstrap ran")
     sim.wait_for(lambda s: s.events("key", key="Enter"), 5, "the page saw Ctrl+Enter")
     keys = [e for e in sim.events("key") if e["key"] == "Enter" and e["ctrl"]]

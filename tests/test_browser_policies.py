@@ -19,7 +19,7 @@ from gateway.browser.launch import is_running
 from gateway.configschema import Duration
 from gateway.sim import SimColab
 from gateway.sim.runner import BrowserRunner
-from gateway.state import Command
+from gateway.vocabulary import RerunBootstrap
 
 pytestmark = pytest.mark.slow
 
@@ -41,14 +41,14 @@ def test_run_all_limit_and_gpu_wait(sim: SimColab, tmp_path: Path) -> None:
     )
     try:
         runner.wait(lambda r: r.runtime.state == "connected", 60, "connected")
-        runner.post(Command("rerun", "colab", {"reason": "test"}))
+        runner.post(RerunBootstrap("colab", "test"))
         sim.wait_for(lambda s: s.runs == ["all"], 10, "Run all")
         sim.wait_for(lambda s: s.events("key", key="F9"), 5, "the page saw Ctrl+F9")
         keys = [(e["key"], e["ctrl"]) for e in sim.events("key")]
         assert ("Escape", False) in keys and ("F9", True) in keys
         assert keys.index(("Escape", False)) < keys.index(("F9", True))
         # a second request within the hour is refused: max_reruns_per_hour is 1
-        runner.post(Command("rerun", "colab", {"reason": "again"}))
+        runner.post(RerunBootstrap("colab", "again"))
         runner.wait(lambda r: "this hour" in r.runtime.message, 10, "limit reported")
         assert sim.runs == ["all"]
 
@@ -195,7 +195,7 @@ def test_rerun_asked_while_connecting_runs_once_connected(tmp_path: Path) -> Non
         runner = BrowserRunner(tmp_path, slow)
         try:
             runner.wait(lambda r: r.runtime.state == "connecting", 60, "connecting")
-            runner.post(Command("rerun", "colab", {"reason": "test"}))
+            runner.post(RerunBootstrap("colab", "test"))
             time.sleep(1.0)
             assert slow.runtime == "connecting" and slow.runs == []
             slow.wait_for(lambda s: s.runs == ["first"], 10, "the bootstrap ran after connect")

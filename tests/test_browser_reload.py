@@ -13,7 +13,7 @@ from gateway.browser.launch import is_running, processes_with_arg
 from gateway.configschema import Duration
 from gateway.sim import SimColab
 from gateway.sim.runner import BrowserRunner as Harness
-from gateway.state import Command
+from gateway.vocabulary import RerunBootstrap
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_reload_accepts_leave_site_prompt_and_stays_connected(
         keeper.wait_state("connected", timeout=60)
         # Chromium shows a beforeunload prompt only after the user interacted with the page:
         # the bootstrap re-run's key presses are such an interaction, as in real life.
-        keeper.post(Command("rerun", "colab", {"reason": "test"}))
+        keeper.post(RerunBootstrap("colab", "test"))
         sim.wait_for(lambda s: s.runs, 10, "the first cell ran")
         sim.set_leave_guard(True)
         loads = sim.count("load")

@@ -9,7 +9,8 @@ from gateway.component import Context
 from gateway.config import load_config_text
 from gateway.healer import Healer
 from gateway.paths import Paths
-from gateway.state import Command, Health, State
+from gateway.state import State
+from gateway.vocabulary import Command, Health, RerunBootstrap
 
 CONFIG = """
 sessions:
@@ -26,9 +27,12 @@ def make(tmp_path: Path, text: str = CONFIG) -> tuple[Healer, Context, State]:
     return Healer(), ctx, state
 
 
-def commands(state: State) -> list[Command]:
+def commands(state: State) -> list[RerunBootstrap]:
+    """What the healer posted to the browser; the only command it may post is a re-run."""
     queue = state.queue("browser")
-    return [queue.get_nowait() for _ in range(queue.qsize())]
+    posted = [queue.get_nowait() for _ in range(queue.qsize())]
+    assert all(isinstance(c, RerunBootstrap) for c in posted), posted
+    return [c for c in posted if isinstance(c, RerunBootstrap)]
 
 
 def test_reruns_after_the_tunnel_stays_down_while_connected(tmp_path: Path) -> None:
@@ -39,8 +43,8 @@ def test_reruns_after_the_tunnel_stays_down_while_connected(tmp_path: Path) -> N
     assert commands(state) == [], "30 s is less than rerun_after"
     healer.check(ctx, now=1061.0)
     (command,) = commands(state)
-    assert command.name == "rerun" and command.session == "colab"
-    assert command.args["reason"] == "tunnel down for 1m01s while the runtime is connected"
+    assert isinstance(command, RerunBootstrap) and command.session == "colab"
+    assert command.reason == "tunnel down for 1m01s while the runtime is connected"
     healer.check(ctx, now=1090.0)
     assert commands(state) == [], "one request per rerun_after"
     healer.check(ctx, now=1125.0)
@@ -65,14 +69,14 @@ def test_a_new_vm_is_bootstrapped_at_once(tmp_path: Path) -> None:
     state.session("colab").runtime.since = 100.0
     healer.check(ctx, now=101.0)
     (first,) = commands(state)
-    assert first.args["reason"] == "the runtime has no tunnel yet"
+    assert first.reason == "the runtime has no tunnel yet"
     state.update_tunnel("colab", up=True)
     healer.check(ctx, now=200.0)
     state.update_runtime("colab", state="connected", vm_id="vm-2")
     state.update_tunnel("colab", up=False)
     healer.check(ctx, now=300.0)
     (second,) = commands(state)
-    assert second.args["reason"] == "Colab assigned a new VM"
+    assert second.reason == "Colab assigned a new VM"
 
 
 def test_a_second_new_vm_soon_after_a_request_is_not_dropped(tmp_path: Path) -> None:
@@ -85,7 +89,8 @@ def test_a_second_new_vm_soon_after_a_request_is_not_dropped(tmp_path: Path) -> 
     state.update_runtime("colab", vm_id="vm-2")  # reset again before vm-1 dialed in
     healer.check(ctx, now=103.0)
     (command,) = commands(state)
-    assert command.args["reason"] == "Colab assigned a new VM"
+    assert isinstance(command, RerunBootstrap)
+    assert command.reason == "Colab assigned a new VM"
 
 
 def test_rerun_never_and_placeholders(tmp_path: Path) -> None:

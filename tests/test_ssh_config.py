@@ -13,7 +13,6 @@ import pytest
 from tmux_testkit import Sshd, keygen, require_root, short_dir
 
 from gateway.config import ConfigError, load_config_text
-from gateway.tmux import sshconfig
 
 BIN = Path(sys.executable).parent
 
@@ -96,16 +95,6 @@ def test_authorized_keys_must_be_public_key_lines() -> None:
     with pytest.raises(ConfigError) as error:
         load_config_text(CONFIG.format(port=20022, spare=20023, keys='"-----BEGIN OPENSSH"'))
     assert "is not an OpenSSH public key line" in str(error.value)
-
-
-def test_pinned_keys_ignores_comments_markers_and_other_hosts(tmp_path: Path) -> None:
-    known = tmp_path / "known_hosts"
-    known.write_text(
-        "# comment\n@revoked [localhost]:20022 ssh-ed25519 AAAArevoked\n"
-        "[localhost]:20022,[127.0.0.1]:20022 ssh-ed25519 AAAAgood\nbroken\n"
-    )
-    assert sshconfig.pinned_keys(known, 20022) == ["ssh-ed25519 AAAAgood"]
-    assert sshconfig.pinned_keys(tmp_path / "missing", 20022) == []
 
 
 @dataclass

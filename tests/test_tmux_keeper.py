@@ -115,7 +115,7 @@ def test_the_pane_waits_connects_and_reconnects_within_a_second(rig: Rig) -> Non
     # The VM vanishes: its sshd and every connection go, and the tunnel reports down.
     rig.colab.stop()
     rig.daemon.tunnel(up=False)
-    screen = wait_for_text(pane, "tunnel down for", 10)
+    screen = wait_for_text(pane, "tunnel down ", 10)
     assert "waiting for the Colab tunnel" in screen
     assert "42-marker" not in screen
     assert flags(str(pane())) == "0 0", "the waiting screen inherited the VM's terminal modes"

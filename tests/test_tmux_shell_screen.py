@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gateway.snapshot import Snapshot
 from gateway.tmux.shell import Watch, screen_lines, tunnel_of, waiting_line
 
 NOW = 1_800_000_000.0
 
 
-def snapshot(**session: object) -> dict[str, object]:
-    return {
-        "summary": "colab: tunnel down 40s · runtime connected",
-        "started_at": NOW - 300,
-        "components": {"browser": {}, "tunnel": {}},
-        "sessions": {"colab": session},
-    }
+def snapshot(components: tuple[str, ...] = ("browser", "tunnel"), **session: object) -> Snapshot:
+    return Snapshot.from_json(
+        {
+            "started_at": NOW - 300,
+            "now": NOW,
+            "components": {name: {} for name in components},
+            "sessions": {"colab": session},
+        }
+    )
 
 
 def test_runtime_connected_tunnel_down_for_40s() -> None:
@@ -23,13 +26,12 @@ def test_runtime_connected_tunnel_down_for_40s() -> None:
         tunnel={"up": False, "since": NOW - 40}, runtime={"state": "connected", "since": NOW}
     )
     assert waiting_line(snap, "colab", NOW) == (
-        "waiting for the Colab tunnel — runtime connected, tunnel down for 40s"
+        "waiting for the Colab tunnel — tunnel down 40s · runtime connected"
     )
 
 
 def test_tunnel_never_up_and_no_browser() -> None:
-    snap = snapshot(tunnel={"up": False, "since": None}, runtime={"state": "unknown"})
-    snap["components"] = {"tunnel": {}}
+    snap = snapshot(("tunnel",), tunnel={"up": False, "since": None}, runtime={"state": "unknown"})
     assert waiting_line(snap, "colab", NOW) == (
         "waiting for the Colab tunnel — tunnel not up yet since the daemon started 5m ago"
     )
@@ -37,7 +39,7 @@ def test_tunnel_never_up_and_no_browser() -> None:
 
 def test_runtime_state_words_and_unknown_session() -> None:
     snap = snapshot(tunnel={"up": False, "since": NOW - 3700}, runtime={"state": "signed_out"})
-    assert waiting_line(snap, "colab", NOW).endswith("runtime signed out, tunnel down for 1h01m")
+    assert waiting_line(snap, "colab", NOW).endswith("tunnel down 1h01m · runtime signed out")
     assert waiting_line(snap, "other", NOW) == (
         "the daemon has no session 'other' (its sessions: colab); check the config"
     )

@@ -15,7 +15,7 @@ import contextlib
 import sys
 
 from gateway import logs
-from gateway.cli import add_path_options, load_or_report, paths_from
+from gateway.cli_support import add_path_options, load_or_report, paths_from
 from gateway.component import ComponentSpec, Context
 from gateway.components import all_specs
 from gateway.daemon import Gateway

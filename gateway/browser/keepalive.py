@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.backoff import Backoff
 from gateway.browser import colab_dom, login
 from gateway.browser.evidence import Evidence
 from gateway.browser.launch import Browser, BrowserNotFound, launch
@@ -38,7 +39,7 @@ from gateway.browser.page_state import (
 )
 from gateway.component import Context
 from gateway.config import BrowserConfig, Config
-from gateway.state import Command, Health
+from gateway.vocabulary import Command, Health, RerunBootstrap, RuntimeState
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class _Session:
     changes: int = -1
     last_probe: dict[str, Any] = field(default_factory=dict)
     last_decision: Decision | None = None
-    pending_rerun: Command | None = None
+    pending_rerun: RerunBootstrap | None = None
     rerun_note: str = ""  # why a requested re-run did not happen, until the next one does
 
 
@@ -144,11 +145,13 @@ class Worker:
             while not self.stopping.wait(5.0):
                 self.beat()
             return
-        backoff = BACKOFF_FIRST
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         while not self.stopping.is_set():
             self.beat()
             if self._login_running():
-                self._publish_all("paused", "paused while colab-gateway login uses the profile")
+                self._publish_all(
+                    RuntimeState.PAUSED, "paused while colab-gateway login uses the profile"
+                )
                 self.ctx.health(
                     Health.DEGRADED,
                     "paused: colab-gateway login is using the browser profile",
@@ -179,18 +182,18 @@ class Worker:
                 continue
             self.restarts += 1
             if time.monotonic() - started >= HEALTHY_RUN:
-                backoff = BACKOFF_FIRST
+                backoff.reset()
+            wait = backoff.failure()
             self.evidence.save("browser", "restart", {"reason": reason, "restarts": self.restarts})
-            self._publish_all("unknown", f"browser restarting: {reason}")
+            self._publish_all(RuntimeState.UNKNOWN, f"browser restarting: {reason}")
             self.ctx.health(
                 Health.FAILED if missing else Health.DEGRADED,
-                f"{reason}; trying again in {backoff:.0f}s"
+                f"{reason}; trying again in {wait:.0f}s"
                 if missing
-                else f"Chromium restarting in {backoff:.0f}s ({reason})",
+                else f"Chromium restarting in {wait:.0f}s ({reason})",
                 restarts=self.restarts,
             )
-            self._sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            self._sleep(wait)
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -355,10 +358,10 @@ class Worker:
                 command = self.commands.get_nowait()
             except queue.Empty:
                 break
-            if command.name == "rerun":
+            if isinstance(command, RerunBootstrap):
                 self._rerun(command)
             else:
-                log.warning("browser: unknown command %r ignored", command.name)
+                log.warning("browser: unknown command %r ignored", command)
         # A request that came while the runtime was (re)connecting runs once it is connected.
         for session in self.sessions:
             pending = session.pending_rerun
@@ -366,9 +369,9 @@ class Worker:
                 session.pending_rerun = None
                 self._rerun(pending)
 
-    def _rerun(self, command: Command) -> None:
+    def _rerun(self, command: RerunBootstrap) -> None:
         session = next((s for s in self.sessions if s.name == command.session), None)
-        reason = command.args.get("reason", "asked")
+        reason = command.reason
         mode = self.config.browser.rerun
         if session is None or mode == "never":
             log.info("rerun for %r ignored (rerun: %s)", command.session, mode)
@@ -463,7 +466,7 @@ class Worker:
         if pss > limit:
             raise BrowserDied(f"Chromium uses {pss:.0f} MB (PSS), above max_memory_mb {limit}")
 
-    def _publish_all(self, state: str, message: str) -> None:
+    def _publish_all(self, state: RuntimeState, message: str) -> None:
         for session in self.sessions:
             self.ctx.state.update_runtime(session.name, state=state, message=message)
 
@@ -522,7 +525,9 @@ class BrowserKeeper:
 
 
 def _connected(session: _Session) -> bool:
-    return session.last_decision is not None and session.last_decision.state == "connected"
+    return (
+        session.last_decision is not None and session.last_decision.state == RuntimeState.CONNECTED
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -117,7 +117,7 @@ def login_command(chromium: str, profile: Path, url: str, devtools_port: int | N
 
 def cmd_login(args: argparse.Namespace) -> int:
     from gateway.browser.launch import BrowserNotFound, find_chromium, profile_dir, start_xvfb
-    from gateway.cli import load_or_report, paths_from
+    from gateway.cli_support import load_or_report, paths_from
     from gateway.config import EX_CONFIG
 
     paths = paths_from(args)
@@ -211,7 +211,7 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def register(subparsers: Any) -> None:
-    from gateway.cli import add_path_options
+    from gateway.cli_support import add_path_options
 
     parser = subparsers.add_parser(
         "login",

@@ -13,7 +13,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.backoff import Backoff
 from gateway.browser.colab_dom import contains_any
+from gateway.vocabulary import RuntimeState
 
 Kind = Literal[
     "loading",
@@ -124,7 +126,7 @@ class Action:
 
 @dataclass(frozen=True)
 class Decision:
-    state: str  # RuntimeFacts.state
+    state: RuntimeState
     message: str
     healthy: bool
     gpu: bool | None
@@ -162,8 +164,9 @@ class SessionMachine:
     hold_until: float = 0.0  # no connect clicks before this (GPU limit, too many sessions)
     hold_reason: str = ""
     hold_kind: str = "gpu_limit"
-    last_state: str = "unknown"
-    load_failures: int = 0
+    last_state: RuntimeState = RuntimeState.UNKNOWN
+    # A page that fails to load is reloaded after 5 s, doubling per failure, up to 10 min.
+    reload_backoff: Backoff = field(default_factory=lambda: Backoff(5.0, 600.0))
     _vm_counter: int = 0
     _connect_clicked: bool = False  # since the runtime was last seen connected
     _settled: bool = False  # the page has shown a runtime since it was loaded
@@ -191,7 +194,8 @@ class SessionMachine:
             self._last_click.clear()
         decide = getattr(self, f"_on_{view.kind}")
         decision: Decision = decide(view, now)
-        if decision.state == "needs_human" and self.last_state != "needs_human":
+        needs_human = RuntimeState.NEEDS_HUMAN
+        if decision.state == needs_human and self.last_state != needs_human:
             decision = _with(decision, anomaly="needs_human")
         elif began and view.kind in ANOMALIES:
             decision = _with(decision, anomaly=view.kind)
@@ -211,7 +215,7 @@ class SessionMachine:
         self, state: str, message: str, healthy: bool, *actions: Action | None
     ) -> Decision:
         return Decision(
-            state=state,
+            state=RuntimeState(state),  # a made-up state fails here, where it was made
             message=message,
             healthy=healthy,
             gpu=self.gpu,
@@ -228,16 +232,15 @@ class SessionMachine:
         return action
 
     def _reload_with_backoff(self, now: float, why: str) -> Action | None:
-        wait = min(5.0 * 2**self.load_failures, 600.0)
-        if now - self.loaded_at < wait:
+        if now - self.loaded_at < self.reload_backoff.upcoming:
             return None
-        self.load_failures += 1
+        self.reload_backoff.failure()
         return Action("reload", why=why)
 
     # -- one method per kind ------------------------------------------------------------------
 
     def _on_connected(self, view: PageView, now: float) -> Decision:
-        self.load_failures = 0
+        self.reload_backoff.reset()
         if view.gpu is not None:
             self.gpu = view.gpu
         if view.vm_id:

@@ -18,7 +18,7 @@ def register(subparsers: Any) -> None:
         "ddns",
         help="run one DDNS cycle now (--once), or show the addresses the provider accepted",
     )
-    from gateway.cli import add_path_options
+    from gateway.cli_support import add_path_options
 
     add_path_options(parser)
     parser.add_argument(
@@ -34,8 +34,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_ddns(args: argparse.Namespace) -> int:
     from gateway import logs
-    from gateway.cli import load_or_report, paths_from
-    from gateway.daemon import register_secrets
+    from gateway.cli_support import load_or_report, paths_from
 
     paths = paths_from(args)
     if args.dry_run and not args.once:
@@ -46,7 +45,7 @@ def cmd_ddns(args: argparse.Namespace) -> int:
     loaded = load_or_report(paths)
     if loaded is None:
         return EX_CONFIG
-    register_secrets(loaded)
+    logs.register_secrets(loaded)
     logs.setup("warning")  # the printed lines say what happened; the log only what went wrong
     config = loaded.config.ddns
     if config.provider == "none":

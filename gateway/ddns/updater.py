@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.backoff import Backoff
 from gateway.component import Context
 from gateway.config import DdnsConfig
 from gateway.ddns.addresses import same_address
@@ -112,6 +113,14 @@ class Updater:
         self.monotonic = monotonic
         self.clock_synced = clock_synced
         self.rng = rng
+        # Network errors and 5xx: 30 s, doubling per failure in a row up to retry_max.
+        self.retry = Backoff(
+            RETRY_FIRST,
+            config.retry_max,
+            jitter="equal",
+            clock=monotonic,
+            rng=lambda: self.rng(),  # read late: a test may swap the random source
+        )
         self.hash = config_hash(config)
         self.target = self.provider.target()
         self.families: tuple[Family, ...] = tuple(
@@ -277,9 +286,8 @@ class Updater:
             wait = (failed.wait or RETRY_FIRST) * (1 + 0.1 * self.rng())
             status.next_check = now + wait
         else:
-            ceiling = min(RETRY_FIRST * 2 ** (status.failures - 1), self.config.retry_max)
-            # Full jitter over the upper half: never hammering, never in lockstep.
-            status.next_check = now + ceiling * (0.5 + 0.5 * self.rng())
+            # Equal jitter: never hammering, never in lockstep.
+            status.next_check = now + self.retry.wait(status.failures)
         wait_for = format_duration(status.next_check - now)
         return f"{LABEL[status.family]}: failed: {failed.message} (next try in {wait_for})"
 

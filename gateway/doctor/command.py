@@ -78,13 +78,12 @@ def run_all(env: Env, problems: list[str], checks: tuple[Check, ...] = CHECKS) -
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from gateway.cli import paths_from
-    from gateway.daemon import register_secrets
+    from gateway.cli_support import paths_from
 
     paths = paths_from(args)
     loaded, problems = load(paths)
     if loaded is not None:
-        register_secrets(loaded)  # no token from the config ever reaches the terminal
+        logs.register_secrets(loaded)  # no token from the config ever reaches the terminal
     env = Env(paths=paths, loaded=loaded)
     results = []
     # Printed as they come: the network checks may each take a few seconds.
@@ -98,7 +97,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from gateway.cli import add_path_options
+    from gateway.cli_support import add_path_options
 
     doctor = sub.add_parser(
         "doctor",

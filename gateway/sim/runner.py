@@ -20,7 +20,8 @@ from gateway.component import Context
 from gateway.config import BrowserConfig, Config, SessionConfig
 from gateway.paths import Paths
 from gateway.sim import SimColab
-from gateway.state import Command, RuntimeFacts, State
+from gateway.state import State
+from gateway.vocabulary import Command, RuntimeFacts
 
 
 class BrowserRunner:
@@ -87,7 +88,7 @@ class BrowserRunner:
         return self.runtime
 
     def post(self, command: Command) -> None:
-        self.state.post("browser", command)
+        self.state.post(command)
 
     def browser_pids(self) -> list[int]:
         worker_browser = self.worker().browser

@@ -29,6 +29,7 @@ import signal
 import sys
 import time
 
+from gateway.backoff import Backoff
 from gateway.component import Context
 from gateway.paths import Paths
 from gateway.state import Health
@@ -88,6 +89,8 @@ class TmuxKeeper:
     def __init__(self) -> None:
         self._created_at: dict[str, float] = {}  # monotonic, per Colab session
         self._quick_deaths: dict[str, int] = {}
+        # The second quick death in a row waits FIRST_DELAY, doubling up to MAX_DELAY.
+        self._respawn = Backoff(FIRST_DELAY, MAX_DELAY)
         self._not_before: dict[str, float] = {}
         # (server pid, session id) our hook is on: a new server reuses session ids.
         self._hooked: tuple[str, str] | None = None
@@ -151,7 +154,7 @@ class TmuxKeeper:
         deaths = self._quick_deaths[session] = self._quick_deaths.get(session, 0) + 1
         if deaths < 2:
             return now
-        delay: float = min(FIRST_DELAY * 2.0 ** (deaths - 2), MAX_DELAY)
+        delay = self._respawn.delay(deaths - 1)
         self._not_before[session] = now + delay
         log.warning(
             "window %s closed %.1fs after it was created, %d times in a row; recreating it "

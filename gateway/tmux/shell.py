@@ -21,14 +21,19 @@ import tempfile
 import termios
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway import status_line
+from gateway.backoff import Backoff
 from gateway.config import Config, ConfigError
 from gateway.durations import format_duration
+from gateway.known_hosts import pinned_keys
 from gateway.paths import Paths
-from gateway.tmux.sshconfig import load_ssh_view, pinned_keys
+from gateway.snapshot import Snapshot
+from gateway.tmux.sshconfig import load_ssh_view
+from gateway.vocabulary import TunnelFacts
 
 REFRESH = 1.0  # the waiting screen's clock ticks once a second
 RECONNECT = 0.5  # how often to look for the daemon's status socket while it is away
@@ -68,7 +73,7 @@ class Watch:
         self.path = path
         self.sock: socket.socket | None = None
         self.buffer = b""
-        self.snapshot: dict[str, Any] | None = None
+        self.snapshot: Snapshot | None = None
         self.problem = ""
 
     def connect(self) -> bool:
@@ -121,12 +126,10 @@ class Watch:
             return
         for line in reversed(lines):
             try:
-                snapshot = json.loads(line)
+                self.snapshot = Snapshot.from_json(json.loads(line))
             except ValueError:
                 continue
-            if isinstance(snapshot, dict):
-                self.snapshot = snapshot
-                break
+            break
 
     def close(self) -> None:
         if self.sock is not None:
@@ -194,32 +197,22 @@ def _default_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def tunnel_of(snapshot: dict[str, Any] | None, session: str) -> dict[str, Any] | None:
-    if snapshot is None:
+def tunnel_of(snapshot: Snapshot | None, session: str) -> TunnelFacts | None:
+    if snapshot is None or session not in snapshot.sessions:
         return None
-    facts = snapshot.get("sessions", {}).get(session)
-    return facts.get("tunnel") if isinstance(facts, dict) else None
+    return snapshot.sessions[session].tunnel
 
 
-def waiting_line(snapshot: dict[str, Any], session: str, now: float) -> str:
-    """'waiting for the Colab tunnel — runtime connected, tunnel down for 40s'."""
-    sessions = snapshot.get("sessions", {})
-    if session not in sessions:
-        known = ", ".join(sessions) or "none"
+def waiting_line(snapshot: Snapshot, session: str, now: float) -> str:
+    """'waiting for the Colab tunnel — tunnel down 40s · runtime connected'."""
+    if session not in snapshot.sessions:
+        known = ", ".join(snapshot.sessions) or "none"
         return f"the daemon has no session {session!r} (its sessions: {known}); check the config"
-    facts = sessions[session]
-    tunnel, runtime = facts.get("tunnel", {}), facts.get("runtime", {})
-    parts = []
-    if "browser" in snapshot.get("components", {}):
-        parts.append(f"runtime {str(runtime.get('state', 'unknown')).replace('_', ' ')}")
-    if tunnel.get("since"):
-        parts.append(f"tunnel down for {format_duration(now - float(tunnel['since']))}")
-    else:
-        started = float(snapshot.get("started_at", now))
-        parts.append(
-            f"tunnel not up yet since the daemon started {format_duration(now - started)} ago"
-        )
-    return "waiting for the Colab tunnel — " + ", ".join(parts)
+    # The daemon's facts at our clock: the screen ticks between two snapshots.
+    facts = status_line.session_facts(
+        replace(snapshot, now=now), snapshot.sessions[session], always_tunnel=True
+    )
+    return "waiting for the Colab tunnel — " + " · ".join(facts)
 
 
 @dataclass(frozen=True)
@@ -318,15 +311,15 @@ def screen_lines(
         lines.append(f"waiting for the Colab tunnel — {watch.problem or 'connecting to daemon'}")
     else:
         tunnel = tunnel_of(snapshot, session)
-        if tunnel and tunnel.get("up"):
+        if tunnel and tunnel.up:
             if blocked:
                 lines.append(blocked)
             elif retry_in > 0:
                 lines.append(f"tunnel up; ssh again in {format_duration(retry_in)}")
         else:
             lines.append(waiting_line(snapshot, session, now))
-        summary = snapshot.get("summary", "")
-        if summary and summary != "no components enabled":
+        summary = replace(snapshot, now=now).summary
+        if summary != status_line.NOTHING_ENABLED:
             lines.append(f"daemon: {summary}")
     if last is not None:
         why = f": {last.message}" if last.message else ""
@@ -343,7 +336,8 @@ def run(session: str, paths: Paths, *, stdin_fd: int = 0, out: TextIO | None = N
     terminal = Terminal(stdin_fd, out)
     watch = Watch(paths.status_socket)
     last: Attempt | None = None
-    failures = 0
+    # ssh that fails at once is tried again after 1 s, doubling up to 30 s.
+    backoff = Backoff(1.0, MAX_BACKOFF)
     retry_at = 0.0
     next_connect = 0.0
     with _keys_do_nothing():
@@ -356,21 +350,21 @@ def run(session: str, paths: Paths, *, stdin_fd: int = 0, out: TextIO | None = N
                 tunnel = tunnel_of(watch.snapshot, session)
                 blocked = ""
                 wake_in = REFRESH
-                if tunnel and tunnel.get("up"):
-                    fresh = last is None or tunnel.get("since") != last.tunnel_since
+                if tunnel and tunnel.up:
+                    fresh = last is None or tunnel.since != last.tunnel_since
                     if fresh or now >= retry_at:
                         plan = plan_ssh(session, paths)
                         if isinstance(plan, SshPlan):
                             watch.close()  # a stale snapshot must not decide what comes next
                             next_connect = 0.0
                             if fresh:
-                                failures = 0
-                            last = run_ssh(plan.argv, terminal, tunnel.get("since"))
+                                backoff.reset()
+                            last = run_ssh(plan.argv, terminal, tunnel.since)
                             if last.duration >= LONG_SESSION:
-                                failures, retry_at = 0, 0.0
+                                backoff.reset()
+                                retry_at = 0.0
                             else:
-                                failures += 1
-                                retry_at = last.ended + min(2.0 ** (failures - 1), MAX_BACKOFF)
+                                retry_at = last.ended + backoff.failure()
                             continue
                         blocked = plan
                         wake_in = KEY_RECHECK
