@@ -12,6 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.sim.polling import free_port, wait_until
+
+__all__ = ["REPO", "Daemon", "NotifySocket", "StartDaemon", "free_port", "wait_until"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Every component off: tests switch on only what they exercise.
@@ -21,12 +25,6 @@ browser: {enabled: false}
 tmux: {enabled: false}
 ddns: {provider: none}
 """
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class NotifySocket:

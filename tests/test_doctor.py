@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 from ddns.ddns_fakes import Echo, FakeServer, Handler
-from support import REPO, StartDaemon, free_port
+from support import REPO, StartDaemon, free_port, wait_until
 
 from gateway.browser.launch import chromium_version
 from gateway.doctor import browser_checks, network_checks, service_checks, system_checks
@@ -270,10 +270,11 @@ def test_a_snap_under_a_service_with_no_new_privs_fails(
     config = browser_config(chromium=str(snap_wrapper(tmp_path)))
 
     # setpriv execs sleep: wait until the flag is in place before reading it
-    deadline = time.monotonic() + 10
-    while browser_checks.no_new_privs(Path("/proc"), locked) is not True:
-        assert time.monotonic() < deadline, "setpriv never set no_new_privs"
-        time.sleep(0.02)
+    wait_until(
+        lambda: browser_checks.no_new_privs(Path("/proc"), locked) is True,
+        10,
+        "setpriv setting no_new_privs",
+    )
     finding = browser_checks.check_sandbox(make_env(tmp_path, config, main_pid=lambda: locked))
     assert finding.status is Status.FAIL
     assert f"pid {locked}" in finding.message and "NoNewPrivileges=no" in finding.fix
@@ -651,10 +652,12 @@ def test_a_probe_penalised_by_the_real_endpoint_warns_instead_of_failing(
     start_daemon(config)
     (tmp_path / "doctor").mkdir()
     env = make_env(tmp_path / "doctor", config)
-    deadline = time.monotonic() + 30
-    while (first := network_checks.check_endpoint(env)).status is not Status.OK:
-        assert time.monotonic() < deadline, first
-        time.sleep(0.1)
+    wait_until(
+        lambda: network_checks.check_endpoint(env).status is Status.OK,
+        30,
+        "the endpoint check passing once",
+        interval=0.1,
+    )
     again = network_checks.check_endpoint(make_env(tmp_path / "doctor", config))
     assert again.status is Status.WARN, again
     assert "without an SSH banner" in again.message

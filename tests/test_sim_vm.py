@@ -5,15 +5,16 @@ These use the real programs (ip, sshd, ssh, ssh-keygen) and need root for namesp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from gateway.sim import netns
 from gateway.sim.vm import SimVM, cleanup_stale, simulated_vm
@@ -132,16 +133,19 @@ def _pi_sshd(vm: SimVM, tmp_path: Path, authorized: str) -> tuple[subprocess.Pop
             ],
             stderr=log,
         )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with vm.network.entered_pi():
-            try:
-                socket.create_connection((netns.PI_ADDRESS, port), timeout=1).close()
-                return proc, port
-            except OSError:
-                time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("the Pi's stand-in sshd did not start")
+
+    def answers() -> bool:
+        with vm.network.entered_pi(), contextlib.suppress(OSError):
+            socket.create_connection((netns.PI_ADDRESS, port), timeout=1).close()
+            return True
+        return False
+
+    try:
+        wait_until(answers, 10, "the Pi's stand-in sshd")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, port
 
 
 def test_vm_dials_the_pi_with_ssh_R_and_the_pi_logs_in_through_it(
@@ -171,14 +175,16 @@ def test_vm_dials_the_pi_with_ssh_R_and_the_pi_logs_in_through_it(
             "-o", f"UserKnownHostsFile={tmp_path}/known_hosts",
             "-o", "StrictHostKeyChecking=accept-new", "root@127.0.0.1", "hostname",
         ]  # fmt: skip
-        deadline = time.monotonic() + 15
-        result = None
-        while time.monotonic() < deadline:
-            result = subprocess.run(login, capture_output=True, text=True, timeout=10)
-            if result.returncode == 0:
-                break
-            time.sleep(0.1)
-        assert result is not None and result.returncode == 0, result and result.stderr
+        tries: list[subprocess.CompletedProcess[str]] = []
+
+        def logs_in() -> bool:
+            tries.append(subprocess.run(login, capture_output=True, text=True, timeout=10))
+            return tries[-1].returncode == 0
+
+        with contextlib.suppress(AssertionError):
+            wait_until(logs_in, 15, "ssh through the tunnel", interval=0.1)
+        result = tries[-1]
+        assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"colab-{vm.vm_id}"
         # What the Pi pinned is the VM's host key.
         assert vm.host_key() in (tmp_path / "known_hosts").read_text()
@@ -186,13 +192,12 @@ def test_vm_dials_the_pi_with_ssh_R_and_the_pi_logs_in_through_it(
         assert len(vm.tunnel_pids()) == 1
         killed = vm.kill_tunnel()
         assert killed and not vm.tunnel_pids()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if subprocess.run(login, capture_output=True, timeout=10).returncode != 0:
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the forwarded port still answers after the tunnel was killed")
+        wait_until(
+            lambda: subprocess.run(login, capture_output=True, timeout=10).returncode != 0,
+            10,
+            "the forwarded port to stop answering after the tunnel was killed",
+            interval=0.1,
+        )
     finally:
         endpoint.kill()
         endpoint.wait(5)

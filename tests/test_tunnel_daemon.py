@@ -15,23 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from tunnel_fixtures import free_port
+from support import free_port, wait_until
 
 from gateway.tunnel.keys import KeyStore
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/sbin/sshd").exists(), reason="needs openssh (make system-deps)"
 )
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_tunnel_events_reach_the_status_within_a_second(tmp_path: Path) -> None:
@@ -67,8 +57,8 @@ def test_tunnel_events_reach_the_status_within_a_second(tmp_path: Path) -> None:
     client: subprocess.Popen[bytes] | None = None
     try:
         sock_path = run / "status.sock"
-        _wait(sock_path.exists, 20, "the status socket")
-        _wait(lambda: (state / "keys" / "tunnel-colab.pub").exists(), 20, "the tunnel key")
+        wait_until(sock_path.exists, 20, "the status socket")
+        wait_until(lambda: (state / "keys" / "tunnel-colab.pub").exists(), 20, "the tunnel key")
         watcher = socket.socket(socket.AF_UNIX)
         watcher.connect(str(sock_path))
         watcher.sendall(b"watch\n")
@@ -79,7 +69,7 @@ def test_tunnel_events_reach_the_status_within_a_second(tmp_path: Path) -> None:
                     snapshots.append((time.monotonic(), json.loads(line)))
 
         threading.Thread(target=read, daemon=True).start()
-        waiting = _wait(
+        waiting = wait_until(
             lambda: [
                 s
                 for _, s in snapshots
@@ -129,8 +119,8 @@ def test_tunnel_events_reach_the_status_within_a_second(tmp_path: Path) -> None:
                 return time.monotonic()
             return None
 
-        t_bound = _wait(bound, 20, "the forwarded port")
-        t_up, up = _wait(
+        t_bound = wait_until(bound, 20, "the forwarded port")
+        t_up, up = wait_until(
             lambda: next(
                 ((t, s) for t, s in snapshots if s["sessions"]["colab"]["tunnel"]["up"]), None
             ),
@@ -146,7 +136,7 @@ def test_tunnel_events_reach_the_status_within_a_second(tmp_path: Path) -> None:
         seen = len(snapshots)
         t_kill = time.monotonic()
         client.send_signal(signal.SIGKILL)
-        t_down, down = _wait(
+        t_down, down = wait_until(
             lambda: next(
                 ((t, s) for t, s in snapshots[seen:] if not s["sessions"]["colab"]["tunnel"]["up"]),
                 None,

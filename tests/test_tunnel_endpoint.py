@@ -19,10 +19,10 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from support import free_port, wait_until
 from tunnel_fixtures import (
     ColabVM,
     RunningEndpoint,
-    free_port,
     make_config,
     make_vm,
     pi_ssh,
@@ -797,21 +797,20 @@ def test_rotating_a_key_drops_its_connections_and_refuses_it(
 
 
 def _wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def listens() -> bool:
         with contextlib.suppress(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
+            return True
+        return False
+
+    wait_until(listens, 10, f"a listener on port {port}")
 
 
 def _wait_log(caplog, text: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in caplog.text:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not logged; log:\n{caplog.text}")
-        time.sleep(0.05)
+    try:
+        wait_until(lambda: text in caplog.text, timeout, f"{text!r} in the log")
+    except AssertionError:
+        raise AssertionError(f"{text!r} not logged; log:\n{caplog.text}") from None
 
 
 # -- strangers cannot starve the client that matters ---------------------------------------------

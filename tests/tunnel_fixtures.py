@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -16,18 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from support import free_port
+
 from gateway.config import Config, load_config_text
 from gateway.tunnel.bootstrap import BootstrapParams, render_bootstrap_script
 from gateway.tunnel.keys import KeyStore
 from gateway.tunnel.server import Endpoint
 
 SSHD = "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_config(
