@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from gateway.browser.keepalive import BrowserKeeper
 from gateway.component import ComponentSpec
-from gateway.ddns.updater import DdnsComponent
-from gateway.healer import Healer
-from gateway.tmux.keeper import TmuxKeeper
+from gateway.ddns.component import DdnsComponent
+from gateway.healer.component import Healer
+from gateway.tmux.component import TmuxKeeper
 from gateway.tunnel.component import TunnelComponent
 
 

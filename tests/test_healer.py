@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gateway.component import Context
 from gateway.config import load_config_text
-from gateway.healer import Healer
+from gateway.healer.component import Healer
 from gateway.paths import Paths
 from gateway.state import State
 from gateway.vocabulary import Command, Health, RerunBootstrap

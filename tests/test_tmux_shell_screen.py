@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.snapshot import Snapshot
-from gateway.tmux.shell import Watch, screen_lines, tunnel_of, waiting_line
+from gateway.tmux.pane_ssh import Watch, screen_lines, tunnel_of, waiting_line
 
 NOW = 1_800_000_000.0
 

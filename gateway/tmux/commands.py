@@ -45,9 +45,9 @@ def register_ssh_config(sub: Any) -> None:
 
 def cmd_shell(args: argparse.Namespace) -> int:
     from gateway.cli_support import paths_from
-    from gateway.tmux import shell
+    from gateway.tmux import pane_ssh
 
-    return shell.run(args.session, paths_from(args))
+    return pane_ssh.run(args.session, paths_from(args))
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:

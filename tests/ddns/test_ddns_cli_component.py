@@ -15,7 +15,7 @@ from ddns_fakes import AGENT, Echo, FakeServer, Handler, Received, Reply, write_
 from gateway.component import Context
 from gateway.components import all_specs
 from gateway.config import load_config
-from gateway.ddns.updater import DdnsComponent
+from gateway.ddns.component import DdnsComponent
 from gateway.paths import Paths
 from gateway.state import Health, State
 

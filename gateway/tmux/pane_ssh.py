@@ -1,4 +1,5 @@
-"""``colab-gateway shell SESSION``: a terminal that is inside the Colab VM whenever it can be.
+"""The tmux pane's ssh client (``colab-gateway shell SESSION``): a terminal that is inside
+the Colab VM whenever it can be.
 
 While the session's tunnel is down it shows a short live status and takes no input (no
 echo; Ctrl-C, Ctrl-\\ and Ctrl-Z do nothing, so the tmux window stays). The moment the
