@@ -11,7 +11,7 @@ import asyncio
 import copy
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -60,19 +60,24 @@ class State:
         self._loop = loop
         self._changed = asyncio.Event()
 
-    def _bump(self) -> None:
-        self.version += 1
+    def _on_loop(self, call: Callable[..., object], *args: object) -> bool:
+        """Run ``call(*args)`` on the attached loop, from any thread; False if there is none."""
         loop = self._loop
         if loop is None or loop.is_closed():
-            return
+            return False
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
-            self._wake()
+            call(*args)
         else:
-            loop.call_soon_threadsafe(self._wake)
+            loop.call_soon_threadsafe(call, *args)
+        return True
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._on_loop(self._wake)
 
     def wake(self) -> None:
         """Wake every waiter of ``wait_changed`` (a signal handler's way in); any thread."""
@@ -195,18 +200,8 @@ class State:
     def post(self, command: Command) -> None:
         """Ask the component the command is for (``command.target``); safe from any thread."""
         queue = self.queue(command.target)
-        loop = self._loop
-        if loop is None:
-            queue.put_nowait(command)
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            queue.put_nowait(command)
-        else:
-            loop.call_soon_threadsafe(queue.put_nowait, command)
+        if not self._on_loop(queue.put_nowait, command):
+            queue.put_nowait(command)  # no loop yet: nobody can be waiting on the queue
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gateway.sim.polling import free_port, wait_until
 
-__all__ = ["REPO", "Daemon", "NotifySocket", "StartDaemon", "free_port", "wait_until"]
+__all__ = ["REPO", "Daemon", "FakeClock", "NotifySocket", "StartDaemon", "free_port", "wait_until"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,6 +25,16 @@ browser: {enabled: false}
 tmux: {enabled: false}
 ddns: {provider: none}
 """
+
+
+class FakeClock:
+    """A clock a test moves by hand: ``clock.now += 5``."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class NotifySocket:

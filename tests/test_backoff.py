@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from support import FakeClock
 
 from gateway.backoff import Backoff
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_doubles_from_first_up_to_the_ceiling_and_reset_starts_over() -> None:
@@ -51,7 +44,7 @@ def test_jitter_kinds(jitter: str, random_value: float, expected: float) -> None
 
 
 def test_remaining_follows_the_injected_clock() -> None:
-    clock = Clock()
+    clock = FakeClock()
     backoff = Backoff(5.0, 60.0, clock=clock)
     assert backoff.remaining() == 0.0
     backoff.failure()
