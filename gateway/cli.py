@@ -30,8 +30,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.components import all_specs
     from gateway.daemon import Gateway
+    from gateway.registry import all_specs
 
     paths = paths_from(args)
     loaded = load_or_report(paths)

@@ -23,7 +23,7 @@ OUTSIDE = (
     "gateway.__main__",
     "gateway.daemon",
     "gateway.demo",
-    "gateway.components",
+    "gateway.registry",
     "gateway.doctor",
     "gateway.sim",
 )

@@ -554,7 +554,7 @@ def test_tmux_session_exists_for_the_service_user(deployed: Deployment) -> None:
 
 
 def test_endpoint_port_listens(deployed: Deployment) -> None:
-    from gateway.components import all_specs
+    from gateway.registry import all_specs
 
     if "tunnel" not in {spec.name for spec in all_specs()}:
         pytest.skip("this build has no tunnel component yet: nothing listens")

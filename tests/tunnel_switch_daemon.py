@@ -17,8 +17,8 @@ import sys
 from gateway import logs
 from gateway.cli_support import add_path_options, load_or_report, paths_from
 from gateway.component import ComponentSpec, Context
-from gateway.components import all_specs
 from gateway.daemon import Gateway
+from gateway.registry import all_specs
 from gateway.state import Health
 
 SOCKET_NAME = "tunnel-switch.sock"

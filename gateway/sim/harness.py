@@ -67,11 +67,11 @@ def missing_parts() -> list[str]:
             found = False
         if not found:
             missing.append(f"{what}: module {module} not found")
-    from gateway.components import all_specs
+    from gateway.registry import all_specs
 
     names = {spec.name for spec in all_specs()}
     missing += [
-        f"{what}: component {name!r} is not registered in gateway/components.py"
+        f"{what}: component {name!r} is not registered in gateway/registry.py"
         for name, what in REQUIRED_COMPONENTS.items()
         if name not in names
     ]

@@ -13,10 +13,10 @@ from typing import Any
 from ddns_fakes import AGENT, Echo, FakeServer, Handler, Received, Reply, write_secret
 
 from gateway.component import Context
-from gateway.components import all_specs
 from gateway.config import load_config
 from gateway.ddns.component import DdnsComponent
 from gateway.paths import Paths
+from gateway.registry import all_specs
 from gateway.state import Health, State
 
 Serve = Callable[[Handler], FakeServer]
