@@ -98,7 +98,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
     from gateway import demo
     from gateway.browser import login
-    from gateway.ddns.cli import register as register_ddns
+    from gateway.ddns.commands import register as register_ddns
     from gateway.doctor import command as doctor
     from gateway.tmux.commands import register_shell, register_ssh_config
     from gateway.tunnel import commands as tunnel_commands
