@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_until
+from support import StartDaemon, free_port, wait_until
 
 from gateway.tunnel.keys import KeyStore
 
@@ -24,35 +23,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_tunnel_events_reach_the_status_within_a_second(tmp_path: Path) -> None:
+def test_tunnel_events_reach_the_status_within_a_second(
+    tmp_path: Path, start_daemon: StartDaemon
+) -> None:
     listen, local = free_port(), free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(
+    daemon = start_daemon(
         "sessions:\n  - name: colab\n    notebook_url: https://colab.research.google.com/drive/a\n"
         f"    forwards:\n      ssh: {{colab: 22, local: {local}}}\n"
         f"tunnel:\n  listen: 127.0.0.1:{listen}\n  public_host: home.example.net\n"
         "browser: {enabled: false}\ntmux: {enabled: false}\n"
     )
-    state, run = tmp_path / "state", tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "run",
-            "-c",
-            str(config),
-            "--state-dir",
-            str(state),
-            "--runtime-dir",
-            str(run),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    state, run = daemon.state_dir, daemon.runtime_dir
     snapshots: list[tuple[float, dict]] = []
     client: subprocess.Popen[bytes] | None = None
     try:
@@ -153,7 +134,7 @@ def test_tunnel_events_reach_the_status_within_a_second(tmp_path: Path) -> None:
                 "gateway",
                 "status",
                 "-c",
-                str(config),
+                str(daemon.config),
                 "--runtime-dir",
                 str(run),
             ],
@@ -166,15 +147,6 @@ def test_tunnel_events_reach_the_status_within_a_second(tmp_path: Path) -> None:
         if client is not None:
             client.kill()
             client.wait(5)
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(15)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait(5)
-            assert daemon.stderr is not None
-            daemon.stderr.close()
-    assert daemon.returncode == 0
+    assert daemon.stop(15) == 0, daemon.output()
     with socket.socket() as s:  # the daemon freed the endpoint's port
         s.bind(("127.0.0.1", listen))
