@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
     from gateway import demo
+    from gateway.alerts import commands as alerts_commands
     from gateway.browser import login
     from gateway.ddns.commands import register as register_ddns
     from gateway.doctor import command as doctor
@@ -111,6 +112,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
         login.register,
         demo.register,
         doctor.register,
+        alerts_commands.register,
     ]
 
 
