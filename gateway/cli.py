@@ -99,6 +99,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
     from gateway import demo
     from gateway.alerts import commands as alerts_commands
     from gateway.browser import login
+    from gateway.browser.commands import register_view
     from gateway.ddns.commands import register as register_ddns
     from gateway.doctor import command as doctor
     from gateway.tmux.commands import register_shell, register_ssh_config
@@ -110,6 +111,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
         register_shell,
         register_ssh_config,
         login.register,
+        register_view,
         demo.register,
         doctor.register,
         alerts_commands.register,

@@ -299,3 +299,19 @@ def test_daemon_restarted_after_an_unclean_end_even_through_a_failing_endpoint(
         assert os.stat(marker).st_mode & 0o077 == 0
     finally:
         box.close()
+
+
+def test_human_needed_names_the_view_command_and_a_paused_session_keeps_its_problem() -> None:
+    state = running_state()
+    watcher = Watcher(make_config(), view_command=lambda s: f"colab-gateway view {s}")
+    state.update_runtime("colab", state="needs_human", since=T0)
+    (alert,) = watcher.evaluate(state.view(T0), T0)
+    assert "To do: answer it: run colab-gateway view colab on the Pi, then tick the box" in (
+        alert.body
+    )
+    # a person took the page (colab-gateway view): not "resolved" yet
+    state.update_runtime("colab", state="paused", since=T0 + 10)
+    assert watcher.evaluate(state.view(T0 + 10), T0 + 10) == []
+    state.update_runtime("colab", state="connected", since=T0 + 60)
+    (resolved,) = watcher.evaluate(state.view(T0 + 60), T0 + 60)
+    assert resolved.resolved and "after 1m" in resolved.body

@@ -63,7 +63,9 @@ def test_a_recaptcha_that_keeps_coming_back_needs_a_human(
     post = inbox.wait_for("a reCAPTCHA keeps coming back", timeout=HUMAN_NEEDED_WITHIN)
     assert time.monotonic() - started <= HUMAN_NEEDED_WITHIN
     assert sim.count("click", target="recaptcha") == 2  # recaptcha_max, then it stopped
-    assert "(session colab), since" in post["message"] and "To do: answer it" in post["message"]
+    assert "(session colab), since" in post["message"]
+    # the exact command that shows the page to a person (tests/test_view.py)
+    assert "To do: answer it: run colab-gateway view colab on the Pi" in post["message"]
     assert post["attachments"] and post["attachments"][0]["filename"].endswith(".png")
     sim.hide_recaptcha()  # a person answered it
     inbox.wait_for("resolved: a reCAPTCHA keeps coming back", timeout=30)

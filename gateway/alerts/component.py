@@ -37,7 +37,9 @@ class AlertsComponent:
         sender = self.sender = await asyncio.to_thread(
             Sender, config.notify.all_urls(), on_change=lambda: self._publish(ctx)
         )
-        watcher = Watcher(config, host=socket.gethostname())
+        watcher = Watcher(
+            config, host=socket.gethostname(), view_command=lambda s: f"colab-gateway view {s}"
+        )
         sender.start()
         started_at = state.started_at
         try:

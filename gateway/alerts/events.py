@@ -94,6 +94,12 @@ class Watcher:
         out: list[Alert] = []
         current: dict[str, Problem] = {}
         for session in snap.sessions.values():
+            if session.runtime.state == RuntimeState.PAUSED:
+                # login or view holds the page: nothing is known, nothing is resolved yet.
+                for key, entry in self._open.items():
+                    if entry.problem.session == session.name:
+                        current[key] = entry.problem
+                continue
             for problem in self._session_problems(snap, session, now):
                 current[problem.key] = problem
             out += self._vm_reset(snap, session, now)

@@ -39,7 +39,8 @@ API::
 
 Event types the page posts: ``load`` (url, ua), ``click`` (target: connect | dialog |
 recaptcha, button, trusted), ``key`` (key, ctrl, cell), ``pointer`` (trusted clicks),
-``shown`` (what: disconnected | connected | dialog | recaptcha | vm_id), ``beforeunload``.
+``shown`` (what: disconnected | connected | dialog | dialog_buttons (with each button's
+centre in viewport pixels) | recaptcha | vm_id), ``beforeunload``.
 The server adds ``action`` events for what it did with them (``connect_while_connected``
 flags a click on Connect while already connected, which real Colab answers by opening the
 resources panel).
