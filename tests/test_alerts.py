@@ -312,6 +312,7 @@ def test_human_needed_names_the_view_command_and_a_paused_session_keeps_its_prob
     # a person took the page (colab-gateway view): not "resolved" yet
     state.update_runtime("colab", state="paused", since=T0 + 10)
     assert watcher.evaluate(state.view(T0 + 10), T0 + 10) == []
-    state.update_runtime("colab", state="connected", since=T0 + 60)
-    (resolved,) = watcher.evaluate(state.view(T0 + 60), T0 + 60)
-    assert resolved.resolved and "after 1m" in resolved.body
+    assert watcher.evaluate(state.view(T0 + 7200), T0 + 7200) == []  # nor repeated
+    state.update_runtime("colab", state="connected", since=T0 + 7260)
+    (resolved,) = watcher.evaluate(state.view(T0 + 7260), T0 + 7260)
+    assert resolved.resolved and "after 2h01m" in resolved.body

@@ -93,12 +93,12 @@ class Watcher:
         self.next_due = None
         out: list[Alert] = []
         current: dict[str, Problem] = {}
+        held: set[str] = set()
         for session in snap.sessions.values():
             if session.runtime.state == RuntimeState.PAUSED:
-                # login or view holds the page: nothing is known, nothing is resolved yet.
-                for key, entry in self._open.items():
-                    if entry.problem.session == session.name:
-                        current[key] = entry.problem
+                # login or view holds the page: nothing new is known; the problem is neither
+                # repeated nor resolved until the keep-alive looks again.
+                held |= {k for k, e in self._open.items() if e.problem.session == session.name}
                 continue
             for problem in self._session_problems(snap, session, now):
                 current[problem.key] = problem
@@ -108,7 +108,7 @@ class Watcher:
             current[stopped.key] = stopped
         repeat = float(self.config.notify.repeat_after)
         for key, problem in current.items():
-            if problem.event not in self.events:
+            if problem.event not in self.events or key in held:
                 continue
             entry = self._open.setdefault(key, _Open(problem))
             entry.problem = problem  # newer detail and screenshot
@@ -117,7 +117,7 @@ class Watcher:
                 out.append(self._alert(problem, now))
             else:
                 self._due(entry.sent_at + repeat)
-        for key in [k for k in self._open if k not in current]:
+        for key in [k for k in self._open if k not in current and k not in held]:
             entry = self._open.pop(key)
             if entry.sent_at is not None:
                 out.append(self._resolved(entry.problem, now))

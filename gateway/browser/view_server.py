@@ -214,10 +214,10 @@ PAGE = """<!DOCTYPE html>
 <style>
  body { font-family: sans-serif; margin: 0; background: #202124; color: #e8eaed; }
  header { display: flex; gap: 12px; align-items: center; padding: 8px 12px; }
- header b { flex: 1; }
+ header b { white-space: nowrap; }
  img { display: block; max-width: 100%; cursor: crosshair; outline: 1px solid #5f6368; }
  button, input { font-size: 14px; }
- #status { color: #9aa0a6; }
+ #status { color: #9aa0a6; flex: 1; }
 </style></head>
 <body>
 <header>
