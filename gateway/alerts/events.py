@@ -136,7 +136,7 @@ class Watcher:
         problems: list[Problem] = []
         if not snap.runs("browser"):
             return problems
-        human = self._human_needed(session)
+        human = self._human_needed(session, now)
         if human is not None:
             problems.append(human)
         state = runtime.state
@@ -149,8 +149,8 @@ class Watcher:
                         "runtime_lost",
                         name,
                         "the Colab runtime could not be reconnected",
-                        "look at the notebook (colab-gateway status shows what the page "
-                        f"says; {self._view(name)} shows the page itself)",
+                        f"look at the page: {self._view(name)} (colab-gateway status says "
+                        "what the keep-alive sees)",
                         lost_since,
                         detail=f"now: {state.words}: {runtime.message}",
                         screenshot=runtime.screenshot,
@@ -179,9 +179,9 @@ class Watcher:
                 )
         return problems
 
-    def _human_needed(self, session: SessionState) -> Problem | None:
+    def _human_needed(self, session: SessionState, now: float) -> Problem | None:
         runtime, name = session.runtime, session.name
-        since = runtime.since or 0.0
+        since = runtime.since or now
         view = self._view(name)
         state = runtime.state
         if state == RuntimeState.SIGNED_OUT:
@@ -198,7 +198,8 @@ class Watcher:
         elif state == RuntimeState.TOO_MANY_SESSIONS:
             what, todo = (
                 "Colab says too many sessions are active",
-                f"end the other sessions (Runtime > Manage sessions; {view} shows the page)",
+                f"end the other sessions: Runtime > Manage sessions in the notebook (to reach "
+                f"it from here: {view})",
             )
         elif state == RuntimeState.GPU_LIMIT and self.config.browser.on_gpu_limit == "wait":
             what, todo = (
