@@ -140,10 +140,12 @@ class Sender:
             problems = list(self.bad)
             for t in self.targets:
                 if t.last_error:
-                    retry = t.backoff.remaining()
+                    # A wall-clock time: the status is read later than it is written.
+                    retry_at = time.time() + t.backoff.remaining()
+                    when = time.strftime("%H:%M:%S UTC", time.gmtime(retry_at))
                     problems.append(
                         f"{t.label}: {t.last_error} ({t.backoff.failures} failure(s) in a row; "
-                        f"{len(t.pending)} waiting, next try in {retry:.0f}s)"
+                        f"{len(t.pending)} waiting, next try at {when})"
                     )
                 if t.dropped:
                     problems.append(f"{t.label}: {t.dropped} message(s) dropped (queue full)")
