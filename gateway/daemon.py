@@ -9,9 +9,10 @@ import time
 
 from gateway import logs
 from gateway.component import ComponentSpec
-from gateway.config import ConfigError, LoadedConfig, Secret, load_config
+from gateway.config import ConfigError, LoadedConfig, load_config
 from gateway.notify import Notifier
 from gateway.paths import Paths
+from gateway.secrets import register_secrets
 from gateway.state import Health, State
 from gateway.status_server import StatusServer
 from gateway.supervisor import Supervisor
@@ -141,22 +142,3 @@ class Gateway:
         await self.status_server.stop()
         log.info("stopped")
         self.notifier.close()
-
-
-def register_secrets(loaded: LoadedConfig) -> None:
-    """Scrub every secret of the config from all log lines from now on."""
-
-    def walk(value: object) -> None:
-        if isinstance(value, Secret):
-            logs.register_secret(value.reveal())
-        elif hasattr(value, "__dataclass_fields__"):
-            for name in value.__dataclass_fields__:
-                walk(getattr(value, name))
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk(item)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-
-    walk(loaded.config)
