@@ -147,3 +147,57 @@ def test_status_line_and_socket_scrub_component_messages(
     for where, text in [*(("STATUS", s) for s in statuses), *answers.items()]:
         assert secret not in text, f"{where}: {text}"
         assert "peer answered" in text, f"{where}: {text}"
+
+
+@pytest.mark.slow
+def test_evidence_of_a_real_page_echoing_a_secret_is_scrubbed(tmp_path: Path) -> None:
+    """Chromium shows a provider page that quotes the token in its URL, title and text;
+    the evidence the browser component would keep (page facts + screenshot) has none."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from gateway.browser.launch import launch
+    from gateway.config import BrowserConfig
+
+    secret = "page-token/8c1e+4f"
+    logs.register_secret(secret)
+
+    class Echoing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = (
+                f"<title>update {html.escape(secret)}</title>"
+                f"<p>You asked {html.escape(self.path)}</p><p>token: {html.escape(secret)}</p>"
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echoing)
+    Thread(target=server.serve_forever, daemon=True).start()
+    browser = launch(BrowserConfig(), tmp_path / "state")
+    try:
+        driver = browser.driver
+        port = server.server_address[1]
+        driver.get(f"http://127.0.0.1:{port}/update?token={quote(secret, safe='')}")
+        probe = {
+            "url": driver.current_url,
+            "title": driver.title,
+            "text": driver.find_element("tag name", "body").text,
+            "html": driver.page_source,
+        }
+        assert secret in probe["text"], "the page must really show the token"
+        saved = Evidence(tmp_path / "shots", keep=5).save("colab", "echo", {"probe": probe}, driver)
+    finally:
+        browser.close()
+        server.shutdown()
+        server.server_close()
+    assert saved is not None and saved.endswith(".png")
+    written = Path(saved).with_suffix(".json").read_text()
+    assert written.count("<redacted>") >= 4, written
+    for form in (secret, quote(secret, safe=""), html.escape(secret), json.dumps(secret)[1:-1]):
+        assert form not in written, form
