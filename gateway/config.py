@@ -444,7 +444,7 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     except Unreadable as exc:
         message = str(exc)
         if exc.wrong_file:
-            message += f": the config is a YAML file of at most {MAX_CONFIG_BYTES >> 20} MiB"
+            message += f": the config is a YAML file of at most {MAX_CONFIG_BYTES >> 10} KiB"
         raise ConfigError([Problem(name, None, None, message)]) from None
     return load_config_text(decode_text(data, name), name)
 

@@ -85,7 +85,9 @@ class ConfigError(Exception):
 
 # What a config can hold, with room to spare; beyond these it is a mistake or an attack
 # (a YAML bomb, a device file) and must not cost the daemon its memory or its stack.
-MAX_CONFIG_BYTES = 1 << 20
+# PyYAML's pure-Python composer takes ~10 s per MiB of dense flow YAML here (more on a Pi),
+# blocking the event loop during a reload; the example config is 7 KiB.
+MAX_CONFIG_BYTES = 256 << 10
 MAX_SECRET_BYTES = 64 << 10
 MAX_DEPTH = 32  # the schema itself is 5 levels deep
 MAX_VALUES = 100_000  # values bound, aliases counted each time they are used

@@ -84,7 +84,7 @@ class Gateway:
             while not self.should_exit.is_set():
                 if self.reload_requested:
                     self.reload_requested = False
-                    self.reload()
+                    await self.reload()
                 self.tick()
                 period = self.notifier.watchdog_period
                 timeout = min(period, IDLE_TICK) if period else IDLE_TICK
@@ -118,11 +118,13 @@ class Gateway:
             self.notifier.watchdog()
             self._last_ping = now
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         self.notifier.reloading()
         log.info("reloading %s", self.paths.config)
         try:
-            loaded = load_config(self.paths.config)
+            # In a thread: a big file takes PyYAML seconds, and the tunnel must keep
+            # serving meanwhile.
+            loaded = await asyncio.to_thread(load_config, self.paths.config)
         except ConfigError as exc:
             log.error("new config rejected, keeping the running one:\n%s", exc)
             errors = [p for p in exc.problems if not p.warning] or exc.problems

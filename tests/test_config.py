@@ -319,7 +319,7 @@ BAD_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
     ),
     "huge": (
         lambda d: _write(d, b"# padding\n" * 200_000),
-        "{f}: is 2000000 bytes, more than the 1048576 allowed: the config is a YAML file",
+        "{f}: is 2000000 bytes, more than the 262144 allowed: the config is a YAML file",
     ),
     "dev-zero": (lambda d: Path("/dev/zero"), "{f}: is a character device, not a regular file"),
     "fifo": (lambda d: _fifo(d / "config.yaml"), "{f}: is a FIFO (named pipe), not a regular"),

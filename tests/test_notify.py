@@ -142,7 +142,7 @@ BROKEN_CONFIGS = {
     "utf-16": ("tunnel: {enabled: false}\n".encode("utf-16"), "is UTF-16 text"),
     "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "a NUL byte"),
     "deep-nesting": (b"[" * 50_000 + b"]" * 50_000, "nested more than 32 levels deep"),
-    "huge": (b"# padding\n" * 120_000, "more than the 1048576 allowed"),
+    "huge": (b"# padding\n" * 30_000, "more than the 262144 allowed"),
 }
 
 
