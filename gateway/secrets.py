@@ -33,11 +33,13 @@ def _encodings(value: str) -> set[str]:
     """The ways ``value`` appears in text we send on: as is, in a URL, in JSON, in HTML."""
     return {
         value,
+        quote(value),  # in a path
         quote(value, safe=""),
-        quote_plus(value),
+        quote_plus(value),  # in a query string, as requests encodes it
         json.dumps(value)[1:-1],
         json.dumps(value, ensure_ascii=False)[1:-1],
-        html.escape(value),
+        html.escape(value),  # in an attribute
+        html.escape(value, quote=False),  # in a text node (how page sources serialise it)
     }
 
 
@@ -82,19 +84,6 @@ def redact(text: str) -> str:
     """
     pattern = _pattern  # replaced whole on registration, never mutated: no lock needed
     return pattern.sub(MARK, text) if pattern is not None else text
-
-
-def redact_data(value: Any) -> Any:
-    """A copy of a JSON-like structure (dicts, lists, strings) with every string redacted."""
-    if _pattern is None:
-        return value
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {redact_data(k): redact_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact_data(v) for v in value]
-    return value
 
 
 class RedactingStream:
