@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import pytest
 from support import MINIMAL_CONFIG, REPO, NotifySocket
@@ -32,11 +32,12 @@ def test_redact_knows_url_json_and_html_forms() -> None:
 
     secret = 'p/ss+w"rd&<1>'
     register_secret(secret)
-    text = f"raw {secret} url {quote(secret, safe='')} json {json.dumps(secret)} "
-    text += f"html {html.escape(secret)}"
-    assert redact(text) == ('raw <redacted> url <redacted> json "<redacted>" html <redacted>'), (
-        "every form replaced whole"
-    )
+    text = f"raw {secret} url {quote(secret, safe='')} path {quote(secret)} "
+    text += f"query {quote_plus(secret)} json {json.dumps(secret)} "
+    text += f"html {html.escape(secret)} text-node {html.escape(secret, quote=False)}"
+    expected = "raw <redacted> url <redacted> path <redacted> query <redacted> "
+    expected += 'json "<redacted>" html <redacted> text-node <redacted>'
+    assert redact(text) == expected, "every form replaced whole"
 
 
 def test_register_secrets_walks_the_config_without_the_daemon(tmp_path: Path) -> None:
