@@ -116,9 +116,9 @@ def read_bounded(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise
+        raise  # the caller knows what the file is for, and what to say
     except OSError as exc:
-        raise Unreadable(f"cannot read it: {exc.strerror}", wrong_file=False) from None
+        raise Unreadable(f"cannot be read: {exc.strerror}", wrong_file=False) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -132,7 +132,7 @@ def read_bounded(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
             size += len(chunk)
         data = b"".join(chunks)
     except OSError as exc:
-        raise Unreadable(f"cannot read it: {exc.strerror}", wrong_file=False) from None
+        raise Unreadable(f"cannot be read: {exc.strerror}", wrong_file=False) from None
     finally:
         os.close(fd)
     if len(data) > limit:  # grew while we read
@@ -435,12 +435,13 @@ class _Binder:
             )
             return _Invalid
         except Unreadable as exc:
-            self.problem(
-                node,
-                path,
-                f"secret file {shown} {exc}: point {path} at a file holding the secret "
-                f"on one line (at most {MAX_SECRET_BYTES // 1024} KiB)",
+            advice = (
+                f": point {path} at a file holding the secret on one line "
+                f"(at most {MAX_SECRET_BYTES >> 10} KiB)"
+                if exc.wrong_file
+                else ""
             )
+            self.problem(node, path, f"secret file {shown} {exc}{advice}")
             return _Invalid
         except UnicodeDecodeError:
             # Never quote the bytes: they are (part of) the secret.
