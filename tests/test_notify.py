@@ -143,6 +143,15 @@ BROKEN_CONFIGS = {
     "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "a NUL byte"),
     "deep-nesting": (b"[" * 50_000 + b"]" * 50_000, "nested more than 32 levels deep"),
     "huge": (b"# padding\n" * 30_000, "more than the 262144 allowed"),
+    "billion-laughs": (
+        b"x: &a [l, l, l, l, l, l, l, l, l]\n"
+        + b"".join(
+            f"x{i}: &a{i} [{', '.join(['*a' if i == 1 else f'*a{i - 1}'] * 9)}]\n".encode()
+            for i in range(1, 10)
+        )
+        + b"browser: {selectors: {? *a9 : x}}\n",
+        "unknown key 'x'",  # the first problem; the bomb's key is among the others
+    ),
 }
 
 
