@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway import __version__, logs
+from gateway import __version__, logs, secrets
 from gateway.config import EX_CONFIG, ConfigError, LoadedConfig, load_config
 from gateway.durations import format_duration
 from gateway.paths import Paths
@@ -64,7 +64,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.components import all_specs
-    from gateway.daemon import Gateway, register_secrets
+    from gateway.daemon import Gateway
+    from gateway.secrets import register_secrets
 
     paths = paths_from(args)
     loaded = load_or_report(paths)
@@ -170,6 +171,9 @@ def extra_commands() -> list[Callable[[Any], None]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Commands print what providers and the daemon answered: no secret may come with it.
+    # The streams redact what is registered at the time of each write.
+    secrets.redact_standard_streams()
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:

@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.configschema import (
+    MAX_CONFIG_BYTES,
     ConfigError,
     Duration,
     Problem,
     Secret,
     SecretFile,
+    Unreadable,
     bind_document,
+    decode_text,
+    read_bounded,
     setting,
 )
 
@@ -447,26 +451,32 @@ class LoadedConfig:
 
 
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
-    """Read and validate ``path``; raise ConfigError with every problem found."""
+    """Read and validate ``path``; raise ConfigError with every problem found.
+
+    Nothing in the file can make this raise anything else: a config is read by a daemon
+    that must keep running (SIGHUP) or exit 78 (start), never with a traceback.
+    """
     config_path = Path(path)
+    name = str(config_path)
     try:
-        text = config_path.read_text()
+        data, _ = read_bounded(config_path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(
             [
                 Problem(
-                    str(config_path),
-                    1,
-                    1,
+                    name,
+                    None,
+                    None,
                     "config file does not exist: copy config.example.yaml there and edit it",
                 )
             ]
         ) from None
-    except OSError as exc:
-        raise ConfigError(
-            [Problem(str(config_path), 1, 1, f"cannot read config file: {exc.strerror}")]
-        ) from None
-    return load_config_text(text, str(config_path))
+    except Unreadable as exc:
+        message = str(exc)
+        if exc.wrong_file:
+            message += f": the config is a YAML file of at most {MAX_CONFIG_BYTES >> 10} KiB"
+        raise ConfigError([Problem(name, None, None, message)]) from None
+    return load_config_text(decode_text(data, name), name)
 
 
 def load_config_text(text: str, filename: str = "<string>") -> LoadedConfig:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 
-_SECRETS: set[str] = set()
-_SECRETS_LOCK = threading.Lock()
+# The registry lives in gateway.secrets, shared with every other way out; these names stay
+# here for the code that scrubs its own secrets (a provider's token, say).
+from gateway.secrets import redact, register_secret
+
+__all__ = ["redact", "register_secret", "set_level", "setup"]
 
 # syslog priorities, which journald takes from a "<N>" prefix on each line
 _PRIORITY = {
@@ -18,21 +20,6 @@ _PRIORITY = {
     logging.ERROR: 3,
     logging.CRITICAL: 2,
 }
-
-
-def register_secret(value: str) -> None:
-    """Never print ``value``: every log line is scrubbed of it."""
-    if len(value) >= 4:
-        with _SECRETS_LOCK:
-            _SECRETS.add(value)
-
-
-def redact(text: str) -> str:
-    with _SECRETS_LOCK:
-        secrets = sorted(_SECRETS, key=len, reverse=True)
-    for secret in secrets:
-        text = text.replace(secret, "<redacted>")
-    return text
 
 
 class _Formatter(logging.Formatter):

@@ -136,3 +136,52 @@ def test_watchdog_stops_when_a_component_wedges(
     assert pings[-1] - ready < 2.4
     assert stop - pings[-1] > 1.0
     assert any("wedger failed: wedged: no progress" in m for _, m in notify_socket.messages)
+
+
+BROKEN_CONFIGS = {
+    "utf-16": ("tunnel: {enabled: false}\n".encode("utf-16"), "is UTF-16 text"),
+    "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "a NUL byte"),
+    "deep-nesting": (b"[" * 50_000 + b"]" * 50_000, "nested more than 32 levels deep"),
+    "huge": (b"# padding\n" * 30_000, "more than the 262144 allowed"),
+    "billion-laughs": (
+        b"x: &a [l, l, l, l, l, l, l, l, l]\n"
+        + b"".join(
+            f"x{i}: &a{i} [{', '.join(['*a' if i == 1 else f'*a{i - 1}'] * 9)}]\n".encode()
+            for i in range(1, 10)
+        )
+        + b"browser: {selectors: {? *a9 : x}}\n",
+        "unknown key 'x'",  # the first problem; the bomb's key is among the others
+    ),
+}
+
+
+def test_sighup_with_a_broken_file_keeps_the_old_config_and_says_why(
+    notify_socket: NotifySocket, start_daemon: StartDaemon
+) -> None:
+    from gateway.status_server import query
+
+    daemon = start_daemon(env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    notify_socket.wait_for("READY=1", timeout=20)
+    status_socket = daemon.runtime_dir / "status.sock"
+    for case, (content, reason) in BROKEN_CONFIGS.items():
+        daemon.config.write_bytes(content)
+        daemon.proc.send_signal(signal.SIGHUP)
+        notify_socket.wait_for("RELOADING=1", timeout=10)
+        notify_socket.wait_for("READY=1", timeout=10)
+        assert daemon.proc.poll() is None, f"{case}: the daemon must survive a broken config"
+        line = notify_socket.wait_for("STATUS=config degraded: new config rejected", 10)
+        assert str(daemon.config) in line and reason in line, (case, line)
+        config = query(status_socket)["components"]["config"]
+        assert config["health"] == "degraded"
+        assert reason in config["message"], (case, config)
+
+    daemon.config.write_text(MINIMAL_CONFIG)
+    daemon.proc.send_signal(signal.SIGHUP)
+    notify_socket.wait_for("RELOADING=1", timeout=10)
+    notify_socket.wait_for("READY=1", timeout=10)
+    deadline = time.monotonic() + 10
+    while "config" in (components := query(status_socket)["components"]):
+        assert time.monotonic() < deadline, components
+        time.sleep(0.1)
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.output()

@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
 def cmd_ddns(args: argparse.Namespace) -> int:
     from gateway import logs
     from gateway.cli import load_or_report, paths_from
-    from gateway.daemon import register_secrets
+    from gateway.secrets import register_secrets
 
     paths = paths_from(args)
     if args.dry_run and not args.once:
