@@ -79,7 +79,7 @@ def run_all(env: Env, problems: list[str], checks: tuple[Check, ...] = CHECKS) -
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from gateway.cli import paths_from
-    from gateway.daemon import register_secrets
+    from gateway.secrets import register_secrets
 
     paths = paths_from(args)
     loaded, problems = load(paths)
