@@ -97,6 +97,7 @@ read_tunnel_key() {
     # ssh-keygen loads it as ssh does: what it refuses, ssh refuses too.
     if ! err=$(ssh-keygen -y -P '' -f "$repaired" 2>&1 </dev/null); then
         rm -f "$repaired"
+        err=${err//$'\r'/}  # OpenSSH ends its messages with \r\n
         err=${err##*\": }
         bad_key "ssh-keygen: ${err//$'\n'/ }"
     fi
@@ -333,6 +334,7 @@ if [ -n "$ours" ]; then
 else
     if ! sshd_err=$("$GW_SSHD" -f "$GW_SSHD_CONFIG" 2>&1 8>&-); then
         stopped=$(stop_all_loops)
+        sshd_err=${sshd_err//$'\r'/}
         die "sshd did not start (${sshd_err//$'\n'/ }); try: $GW_SSHD -d -f $GW_SSHD_CONFIG$stopped"
     fi
     sshd_state="started"

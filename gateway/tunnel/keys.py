@@ -33,7 +33,7 @@ KEY_ALGORITHM = "ssh-ed25519"
 # private key file base64-encoded. A pasted multi-line key can lose its line breaks in
 # Colab's Secrets panel (googlecolab/colabtools#5586); one line has none to lose. The
 # bootstrap (bootstrap.sh, read_tunnel_key) decodes it and still accepts the PEM form.
-SECRET_PREFIX = "openssh-base64:"
+SECRET_PREFIX = "openssh-base64:"  # noqa: S105  (a format name, not a secret)
 
 
 def secret_name(session: str) -> str:
