@@ -43,73 +43,6 @@ chmod 700 "$GW_DIR"
 exec 8>"$GW_DIR/bootstrap.lock"
 flock -w 120 8 || die "another run of this cell has held $GW_DIR/bootstrap.lock for 2 minutes"
 
-# -- 0. the tunnel key ------------------------------------------------------------------------
-# The secret's value is the one line `colab-gateway keys --private` prints ("openssh-base64:"
-# and the key file in base64), or the key file's text. Colab's Secrets panel can turn a
-# pasted key's line breaks into spaces or drop them (googlecolab/colabtools#5586): the
-# -----BEGIN/END----- lines and the base64 between them are enough to rebuild the file.
-SECRET_PREFIX="openssh-base64:"
-FIX_KEY="on the gateway run \`colab-gateway keys --private ${GW_SESSION:-SESSION}\` and paste the one line it prints as its new value, then run this cell again"
-bad_key() { die "$GW_KEY_SOURCE is not a usable SSH private key ($1); $FIX_KEY"; }
-
-read_tunnel_key() {
-    local text body decoded label width form repaired err pub
-    [ -s "$GW_KEY_FILE" ] || bad_key "it is empty"
-    text=$(tr -d '\r' <"$GW_KEY_FILE")
-    text=${text//\\n/$'\n'}  # a JSON-escaped paste: literal \n (base64 has no backslash)
-    text=${text#"${text%%[![:space:]]*}"}
-    text=${text%"${text##*[![:space:]]}"}
-    form="multi-line form"
-    if [[ $text == "$SECRET_PREFIX"* ]]; then
-        body=${text#"$SECRET_PREFIX"}
-        body=${body//[[:space:]]/}
-        decoded=$(printf '%s' "$body" | base64 -d 2>/dev/null | tr -d '\000') ||
-            bad_key "the text after $SECRET_PREFIX is not base64"
-        text=$decoded
-        form="one-line form"
-    elif [[ $text != -----BEGIN* ]]; then
-        # The one-line form without its prefix still decodes to a key file.
-        body=${text//[[:space:]]/}
-        if [[ $body =~ ^[A-Za-z0-9+/]+=*$ ]] &&
-            decoded=$(printf '%s' "$body" | base64 -d 2>/dev/null | tr -d '\000') &&
-            [[ $decoded == -----BEGIN* ]]; then
-            text=$decoded
-            form="one-line form"
-        fi
-    fi
-    local re='^-----BEGIN ([A-Z0-9 ]+)-----(.*)-----END ([A-Z0-9 ]+)-----[[:space:]]*$'
-    [[ $text =~ $re ]] ||
-        bad_key "it is neither the one line \`colab-gateway keys --private\` prints nor a -----BEGIN … PRIVATE KEY----- block"
-    label=${BASH_REMATCH[1]}
-    body=${BASH_REMATCH[2]//[[:space:]]/}
-    [[ $label == *"PRIVATE KEY" ]] || bad_key "it holds a $label, not a private key"
-    [ "$label" = "${BASH_REMATCH[3]}" ] || bad_key "its BEGIN and END lines do not match"
-    [[ $body =~ ^[A-Za-z0-9+/]+=*$ ]] ||
-        bad_key "the text between its BEGIN and END lines is not base64"
-    width=64  # PEM's line length; OpenSSH writes 70
-    [ "$label" != "OPENSSH PRIVATE KEY" ] || width=70
-    repaired="$GW_KEY_FILE.new"
-    {
-        printf -- '-----BEGIN %s-----\n' "$label"
-        printf '%s' "$body" | fold -w "$width"
-        printf -- '\n-----END %s-----\n' "$label"
-    } >"$repaired"
-    # ssh-keygen loads it as ssh does: what it refuses, ssh refuses too.
-    if ! err=$(ssh-keygen -y -P '' -f "$repaired" 2>&1 </dev/null); then
-        rm -f "$repaired"
-        err=${err//$'\r'/}  # OpenSSH ends its messages with \r\n
-        err=${err##*\": }
-        bad_key "ssh-keygen: ${err//$'\n'/ }"
-    fi
-    pub=$err
-    if [ "$form" = "multi-line form" ] && [ "$(cat "$repaired")" != "$text" ]; then
-        form="multi-line form, line breaks restored"
-    fi
-    mv -f "$repaired" "$GW_KEY_FILE"
-    say "tunnel key $(printf '%s\n' "$pub" | ssh-keygen -lf - | cut -d' ' -f2) from $GW_KEY_SOURCE ($form)"
-}
-read_tunnel_key
-
 # -- 1. who holds a TCP port: /proc only (no ss/lsof on a minimal VM) --------------------------
 # The listening sockets that keep sshd from binding 127.0.0.1:PORT: on 127.0.0.1, 0.0.0.0,
 # :: or ::ffff:127.0.0.1.
@@ -211,7 +144,8 @@ apt_run() {  # NAME ARGS…: sets apt_rc and apt_why (apt's last error line), lo
     local out="$GW_DIR/apt-$1.out"
     shift
     apt_rc=0
-    timeout -k 10 "$GW_APT_TIMEOUT" apt-get "$@" >"$out" 2>&1 </dev/null || apt_rc=$?
+    # 8>&-: a daemon the package's postinst starts must not hold this run's lock.
+    timeout -k 10 "$GW_APT_TIMEOUT" apt-get "$@" >"$out" 2>&1 </dev/null 8>&- || apt_rc=$?
     cat "$out" >>"$GW_DIR/apt.log"
     apt_why=$(grep -E '^(E:|Err:)' "$out" | tail -n 1 || true)
     [ -n "$apt_why" ] || apt_why="exit $apt_rc"
@@ -231,6 +165,9 @@ if [ ${#missing[@]} = 0 ]; then
 elif [ "$GW_INSTALL" != 1 ]; then
     [ -x "$GW_SSHD" ] || die "$GW_SSHD is missing and GW_INSTALL is not 1"
     say "apt: skipped (GW_INSTALL=$GW_INSTALL); missing: ${missing[*]}"
+elif ! command -v apt-get >/dev/null; then
+    [ -x "$GW_SSHD" ] || die "$GW_SSHD is missing and there is no apt-get to install openssh-server"
+    say "apt: not found; missing: ${missing[*]}"
 else
     apt_ran=1
     port_before_apt=$(port_holder "$GW_SSHD_PORT")
@@ -261,7 +198,74 @@ else
     fi
 fi
 
-# -- 4. sshd: key-only, root by key only, on loopback ------------------------------------------
+# -- 4. the tunnel key (after apt: ssh-keygen is in openssh-client, a dependency) ------------
+# The secret's value is the one line `colab-gateway keys --private` prints ("openssh-base64:"
+# and the key file in base64), or the key file's text. Colab's Secrets panel can turn a
+# pasted key's line breaks into spaces or drop them (googlecolab/colabtools#5586): the
+# -----BEGIN/END----- lines and the base64 between them are enough to rebuild the file.
+SECRET_PREFIX="openssh-base64:"
+FIX_KEY="on the gateway run \`colab-gateway keys --private ${GW_SESSION:-SESSION}\` and paste the one line it prints as its new value, then run this cell again"
+bad_key() { die "$GW_KEY_SOURCE is not a usable SSH private key ($1); $FIX_KEY"; }
+
+read_tunnel_key() {
+    local text body decoded label width form repaired err pub
+    [ -s "$GW_KEY_FILE" ] || bad_key "it is empty"
+    text=$(tr -d '\r' <"$GW_KEY_FILE")
+    text=${text//\\n/$'\n'}  # a JSON-escaped paste: literal \n (base64 has no backslash)
+    text=${text#"${text%%[![:space:]]*}"}
+    text=${text%"${text##*[![:space:]]}"}
+    form="multi-line form"
+    if [[ $text == "$SECRET_PREFIX"* ]]; then
+        body=${text#"$SECRET_PREFIX"}
+        body=${body//[[:space:]]/}
+        decoded=$(printf '%s' "$body" | base64 -d 2>/dev/null | tr -d '\000') ||
+            bad_key "the text after $SECRET_PREFIX is not base64"
+        text=$decoded
+        form="one-line form"
+    elif [[ $text != -----BEGIN* ]]; then
+        # The one-line form without its prefix still decodes to a key file.
+        body=${text//[[:space:]]/}
+        if [[ $body =~ ^[A-Za-z0-9+/]+=*$ ]] &&
+            decoded=$(printf '%s' "$body" | base64 -d 2>/dev/null | tr -d '\000') &&
+            [[ $decoded == -----BEGIN* ]]; then
+            text=$decoded
+            form="one-line form"
+        fi
+    fi
+    local re='^-----BEGIN ([A-Z0-9 ]+)-----(.*)-----END ([A-Z0-9 ]+)-----[[:space:]]*$'
+    [[ $text =~ $re ]] ||
+        bad_key "it is neither the one line \`colab-gateway keys --private\` prints nor a -----BEGIN … PRIVATE KEY----- block"
+    label=${BASH_REMATCH[1]}
+    body=${BASH_REMATCH[2]//[[:space:]]/}
+    [[ $label == *"PRIVATE KEY" ]] || bad_key "it holds a $label, not a private key"
+    [ "$label" = "${BASH_REMATCH[3]}" ] || bad_key "its BEGIN and END lines do not match"
+    [[ $body =~ ^[A-Za-z0-9+/]+=*$ ]] ||
+        bad_key "the text between its BEGIN and END lines is not base64"
+    width=64  # PEM's line length; OpenSSH writes 70
+    [ "$label" != "OPENSSH PRIVATE KEY" ] || width=70
+    repaired="$GW_KEY_FILE.new"
+    {
+        printf -- '-----BEGIN %s-----\n' "$label"
+        printf '%s' "$body" | fold -w "$width"
+        printf -- '\n-----END %s-----\n' "$label"
+    } >"$repaired"
+    # ssh-keygen loads it as ssh does: what it refuses, ssh refuses too.
+    if ! err=$(ssh-keygen -y -P '' -f "$repaired" 2>&1 </dev/null); then
+        rm -f "$repaired"
+        err=${err//$'\r'/}  # OpenSSH ends its messages with \r\n
+        err=${err##*\": }
+        bad_key "ssh-keygen: ${err//$'\n'/ }"
+    fi
+    pub=$err
+    if [ "$form" = "multi-line form" ] && [ "$(cat "$repaired")" != "$text" ]; then
+        form="multi-line form, line breaks restored"
+    fi
+    mv -f "$repaired" "$GW_KEY_FILE"
+    say "tunnel key $(printf '%s\n' "$pub" | ssh-keygen -lf - | cut -d' ' -f2) from $GW_KEY_SOURCE ($form)"
+}
+read_tunnel_key
+
+# -- 5. sshd: key-only, root by key only, on loopback ------------------------------------------
 if [ ! -s "$GW_SSHD_HOSTKEY" ]; then
     mkdir -p "$(dirname "$GW_SSHD_HOSTKEY")"
     ssh-keygen -q -t ed25519 -N '' -C "colab-vm" -f "$GW_SSHD_HOSTKEY"
@@ -342,10 +346,10 @@ fi
 vm_hostkey=$(cut -d' ' -f1,2 "$GW_SSHD_HOSTKEY.pub")
 say "sshd $sshd_state on 127.0.0.1:$GW_SSHD_PORT (keys only; host key $(ssh-keygen -lf "$GW_SSHD_HOSTKEY.pub" | cut -d' ' -f2))"
 
-# -- 5. the endpoint's host key, pinned --------------------------------------------------
+# -- 6. the endpoint's host key, pinned --------------------------------------------------
 printf 'colab-gateway-endpoint %s\n' "$GW_ENDPOINT_HOSTKEY" >"$GW_DIR/known_hosts"
 
-# -- 6. the loop's settings, re-read on every reconnect ------------------------------------
+# -- 7. the loop's settings, re-read on every reconnect ------------------------------------
 remotes=""
 for pair in $GW_FORWARDS; do
     local_port=${pair%%:*}
@@ -367,7 +371,7 @@ conf_same=0
 ! cmp -s "$GW_DIR/tunnel.conf.new" "$GW_DIR/tunnel.conf" || conf_same=1
 mv -f "$GW_DIR/tunnel.conf.new" "$GW_DIR/tunnel.conf"
 
-# -- 7. the tunnel loop: exactly one per VM, however often this runs ---------------------------
+# -- 8. the tunnel loop: exactly one per VM, however often this runs ---------------------------
 # shellcheck disable=SC2016  # expanded by the loop, not here
 loop='
 exec 9>"$GW_DIR/tunnel.lock"
@@ -434,7 +438,7 @@ else
     say "tunnel loop started to $GW_USER@$GW_ENDPOINT_HOST:$GW_ENDPOINT_PORT, forwarding:$remotes${replaced:+ (replaced the loop of an earlier run, pid$replaced)}"
 fi
 
-# -- 8. say how it went ----------------------------------------------------------------------
+# -- 9. say how it went ----------------------------------------------------------------------
 for _ in $(seq $((GW_WAIT * 4))); do
     status=$(cat "$GW_DIR/tunnel.status" 2>/dev/null || true)
     case "$status" in *" up: "* | *" failed: "*) break ;; esac
