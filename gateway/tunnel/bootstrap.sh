@@ -116,13 +116,21 @@ loop_list() {
         printf '%s %s\n' "$pid" "${args[2]:-}"
     done
 }
+# Running: neither gone nor a zombie (an orphaned loop is reaped whenever its new parent,
+# often a container's pid 1, gets to it; kill -0 still succeeds until then).
+running() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [ "${stat%% *}" != Z ]
+}
 stop_loop() {
     local _
     kill -CONT -- "-$1" 2>/dev/null || true
     kill -TERM -- "-$1" 2>/dev/null || true
-    for _ in $(seq 40); do
-        kill -0 "$1" 2>/dev/null || return 0
-        sleep 0.125
+    for _ in $(seq 100); do
+        running "$1" || return 0
+        sleep 0.05
     done
     kill -KILL -- "-$1" 2>/dev/null || true
 }
