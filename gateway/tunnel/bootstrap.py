@@ -63,8 +63,9 @@ def render_bootstrap_script(params: BootstrapParams) -> str:
         space-separated ``LOCAL:COLAB`` pairs; each becomes
         ``-R 127.0.0.1:LOCAL:localhost:COLAB``. A COLAB of ``sshd`` (how the session's ssh
         forward is rendered) means ``GW_SSHD_PORT``.
-    ``GW_SESSION``, ``GW_SECRET``
-        the session and its Colab secret, named in the one-line error about a bad key.
+    ``GW_SESSION``, ``GW_SECRET``, ``GW_KEY_SOURCE``
+        the session and its Colab secret, named in the one-line error about a bad key;
+        ``GW_KEY_SOURCE`` (set by the cell) says where the key came from instead.
     ``GW_PI_PUBKEY``
         public key lines (one per line: the Pi's, then ``ssh.authorized_keys``), each
         appended to ``GW_AUTHORIZED_KEYS`` if missing (empty: none).
@@ -91,7 +92,7 @@ def render_bootstrap_script(params: BootstrapParams) -> str:
         1 (default): ``apt-get install`` openssh-server when ``GW_SSHD`` is missing and
         rsync when ``GW_RSYNC`` (``rsync``) is not found; no apt at all when both are
         there. A failing ``apt-get update`` (a broken third-party source) is tolerated;
-        each apt-get call is stopped after ``GW_APT_TIMEOUT`` seconds (240); only a
+        each apt-get call is stopped after ``GW_APT_TIMEOUT`` seconds (180); only a
         missing sshd stops the script. Its output is in ``$GW_DIR/apt.log``.
     ``GW_SSH``
         the ssh client (``ssh``).
