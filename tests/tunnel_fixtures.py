@@ -209,6 +209,8 @@ def make_vm(
         endpoint_hostkey=" ".join(running.keys.host_info().public.split()[:2]),
         forwards={f.local: f.colab for f in sess.forwards.values()},
         pi_public_key="\n".join([pi_pub, *extra_keys]),
+        session=session,
+        sshd_port=sess.forwards["ssh"].colab,  # as bootstrap.params_for renders it
     )
     sshd_port = free_port()
     env = {

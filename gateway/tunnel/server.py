@@ -301,7 +301,11 @@ class Endpoint:
     def register_hostkey(self, owner: Connection, key: asyncssh.SSHKey) -> list[int]:
         session = owner.session
         assert session is not None
-        ports = [f.local for f in self.session_config(session).forwards.values() if f.colab == 22]
+        # Every forward that reaches the VM's sshd (the "ssh" forward's Colab port, which the
+        # cell's sshd listens on), not a hard-coded 22: the port is the user's to change.
+        forwards = self.session_config(session).forwards
+        sshd_port = forwards["ssh"].colab
+        ports = [f.local for f in forwards.values() if f.colab == sshd_port]
         hostkeys.pin(self.known_hosts, ports, key)
         fingerprint = key.get_fingerprint("sha256")
         self.sessions[session].hostkey_fingerprint = fingerprint
