@@ -209,3 +209,28 @@ def test_canary_names_exactly_the_selectors_a_drifted_page_lacks(
             "the other session's status says so",
         )
         assert starts[0] == 1 and runner.worker().restarts == 0
+
+
+def test_the_documented_overrides_repair_a_drifted_page(
+    tmp_path: Path, starts: list[int], runners: list[BrowserRunner]
+) -> None:
+    # the example of docs/browser.md, "What to do when it fires"
+    overrides = {
+        "first_cell_editor": ".cell.code .cm-content",
+        "connect_host": "colab-runtime-button",
+    }
+    with SimColab(variant="no_editor,renamed_connect") as sim:
+        runner = BrowserRunner(tmp_path, sim, selectors=overrides)
+        runners.append(runner)
+        runner.wait_state("connected", timeout=60)
+        assert sim.count("click", target="connect") == 1
+        runner.wait(lambda r: canary(r).get("checked"), 30, "the canary's verdict")
+        assert canary(runner)["missing"] == []
+        runner.post(Command("rerun", "colab", {"reason": "test: overridden editor"}))
+        sim.wait_for(lambda s: s.runs == ["first"], 10, "the first cell ran")
+        sim.wait_for(enter_keys, 5, "the page saw Ctrl+Enter")
+        assert enter_keys(sim)[-1]["cell"] == 0
+        runner.wait(lambda r: r.runtime.last_rerun is not None, 5, "last_rerun published")
+        assert "matched" not in runner.runtime.message
+        assert "Colab's page changed" not in runner.runtime.message
+        assert starts[0] == 1
