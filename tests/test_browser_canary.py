@@ -47,6 +47,16 @@ def test_missing_structures_count_only_after_the_grace() -> None:
     assert canary.missing == []
 
 
+def test_a_reload_keeps_the_verdict_until_the_new_page_has_one() -> None:
+    canary = fresh()
+    canary.look(probe(connect_host=False), "loading", 130.0)
+    canary.page_loaded(200.0)
+    canary.look(probe(page_marker=False, connect_host=False), "loading", 201.0)
+    assert not canary.checked and canary.missing == ["connect_host"]
+    canary.look(probe(), "connected", 203.0)
+    assert canary.checked and canary.missing == []
+
+
 def test_a_button_that_cannot_be_checked_is_not_named() -> None:
     canary = fresh()
     canary.look(
@@ -119,6 +129,8 @@ def test_rerun_messages_name_the_selector_and_its_override() -> None:
     assert nothing.startswith("could not re-run the bootstrap")
     assert "browser.selectors.run_button" in nothing
     assert "browser.rerun_fallback_all: false" in nothing
+    focus = describe("run_all", ["notebook_focus"], False, False)
+    assert "notebook_focus matched nothing" in focus and "Run all) anyway" in focus
     container = describe("run_button", ["first_cell_editor"], True, False)
     assert "does not take the keyboard focus" in container
     assert RerunOutcome("editor").healthy

@@ -6,8 +6,9 @@ never found, a dialog never answered, a cell never run), every look at the page
 missing ones are news:
 
 * Structures every loaded notebook shows (the connect button and its tooltip, the cells):
-  judged once the page has had ``grace`` seconds to render, and again on every look until
-  the next load, so a late-rendering page clears its own warning.
+  judged once the page has had ``grace`` seconds to render, and again on every look, so a
+  late-rendering page clears its own warning. A reload keeps the last verdict until the
+  new page has one.
 * Structures that exist only at times (a dialog, the reCAPTCHA prompt): absent at load is
   normal, so they are judged only while one is on the page: a dialog that the ``dialog``
   selector does not match, or one whose buttons match nothing. Such a finding stays until
@@ -65,7 +66,8 @@ class Canary:
         self.loaded_at = now
         self.checked = False
         self.shapes_checked = False
-        self._at_load = []
+        # The last page's verdict stands until this page has its own: a page that never
+        # renders is reloaded with backoff, and the warning should not blink each time.
         self._shape_first_seen.clear()
         self._shapes.clear()
         self._showing_since = None

@@ -54,10 +54,10 @@ def describe(ran: str, missing: list[str], unfocusable: bool, fallback_all: bool
     found = "; ".join(what) + f" ({_override_hint(missing)})"
     if ran == "run_button":
         return f"re-run: {found}; ran the first cell with its run button instead"
-    if ran == "run_all":
+    if ran == "run_all" and "first_cell_editor" in missing:
         return f"re-run: {found}; pressed Run all instead (browser.rerun_fallback_all)"
-    if ran == "editor":  # rerun: all, without a place to click for the focus
-        return f"re-run: {found}; pressed Run all anyway"
+    if ran == "run_all":  # rerun: all, without a place to click for the focus
+        return f"re-run: {found}; pressed Ctrl+F9 (Run all) anyway"
     off = "" if fallback_all else "; Run all is off (browser.rerun_fallback_all: false)"
     return f"could not re-run the bootstrap: {found}{off}"
 
@@ -111,4 +111,4 @@ def run_all(driver: Any, sel: dict[str, str]) -> RerunOutcome:
     else:
         missing.append("notebook_focus")
     _press(driver, Keys.F9)
-    return RerunOutcome("run_all", missing, describe("editor", missing, False, True))
+    return RerunOutcome("run_all", missing, describe("run_all", missing, False, True))
