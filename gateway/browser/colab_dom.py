@@ -39,9 +39,9 @@ DEFAULTS: dict[str, str] = {
     # cells: a running cell's run button shows a stop symbol in its shadowRoot
     "run_button": "colab-run-button",
     "running_marker": "#stopSymbolMask",
-    # The code editor is Monaco: its input is a 1-pixel `textarea.inputarea` inside a
-    # container that Colab also calls `.inputarea` (a div, which cannot take focus); newer
-    # Monaco builds use an EditContext element instead.
+    # The code editor is Monaco: its input is a 1-pixel `textarea.inputarea`; a bare
+    # `.inputarea` could also hit a container div around it, which cannot take the focus.
+    # Newer Monaco builds use an EditContext element instead.
     "first_cell_editor": ".cell.code textarea.inputarea, .cell.code .native-edit-context, "
     ".cell.code textarea",
     "notebook_focus": ".notebook-cell-list, .notebook-content, #main-content, body",
