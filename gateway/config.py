@@ -194,6 +194,9 @@ class BrowserConfig:
     display: Literal["none", "xvfb"] = "none"
     reload_every: Duration = setting(Duration(1800), min=60)
     rerun: Literal["bootstrap", "all", "never"] = "bootstrap"
+    # rerun: bootstrap, when neither the first cell's editor nor its run button is found:
+    # press Run all instead (it runs every cell of the notebook, hence off by default)
+    rerun_fallback_all: bool = False
     rerun_after: Duration = setting(Duration(180), min=10)
     max_reruns_per_hour: int = setting(4, min=1, max=60)
     on_gpu_limit: Literal["connect_without_gpu", "wait"] = "connect_without_gpu"
