@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,3 +113,32 @@ class Daemon:
 
 
 StartDaemon = Callable[..., Daemon]
+
+
+def wait_for_looks(runner: Any, looks: int = 2, timeout: float = 30.0) -> None:
+    """Return once the browser keep-alive (a gateway.sim.runner.BrowserRunner's) has looked
+    at its page ``looks`` more times, each look reading the page and doing what it decided.
+
+    A test that asserts the keep-alive did *not* click must first let it have its chances:
+    a fixed sleep proves nothing when the worker is stalled. Each look is the worker's real
+    ``_visit``, counted on the way out. Of two looks, the second began after this call: it
+    saw the page as the test left it, and acted on what it saw before it counted.
+    """
+    worker = runner.worker()
+    counter: list[int] | None = getattr(worker, "_looks_counted", None)
+    if counter is None:
+        counter = [0]
+        visit = worker._visit
+
+        def counted(session: Any) -> None:
+            visit(session)
+            counter[0] += 1
+
+        worker._visit = counted
+        worker._looks_counted = counter
+    target = counter[0] + looks
+    deadline = time.monotonic() + timeout
+    while counter[0] < target:
+        assert time.monotonic() < deadline, f"{looks} looks at the page: not in {timeout}s"
+        assert not runner.task.done(), "the browser component stopped"
+        time.sleep(0.05)
