@@ -115,30 +115,34 @@ class Daemon:
 StartDaemon = Callable[..., Daemon]
 
 
-def wait_for_looks(runner: Any, looks: int = 2, timeout: float = 30.0) -> None:
-    """Return once the browser keep-alive (a gateway.sim.runner.BrowserRunner's) has looked
-    at its page ``looks`` more times, each look reading the page and doing what it decided.
+def wait_for_looks(runner: Any, looks: int = 1, timeout: float = 30.0) -> None:
+    """Return once the browser keep-alive (a gateway.sim.runner.BrowserRunner's) has taken
+    ``looks`` whole looks at its page that began after this call: each look reads the page
+    and does what it decided (clicks included) before it counts.
 
     A test that asserts the keep-alive did *not* click must first let it have its chances:
-    a fixed sleep proves nothing when the worker is stalled. Each look is the worker's real
-    ``_visit``, counted on the way out. Of two looks, the second began after this call: it
-    saw the page as the test left it, and acted on what it saw before it counted.
+    a fixed sleep proves nothing when the worker is stalled. A look is the worker's real
+    ``_visit``, counted as it starts and as it ends.
     """
     worker = runner.worker()
-    counter: list[int] | None = getattr(worker, "_looks_counted", None)
-    if counter is None:
-        counter = [0]
+    counts: dict[str, int] | None = getattr(worker, "_looks_counted", None)
+    if counts is None:
+        counts = {"started": 0, "finished": 0}
         visit = worker._visit
 
         def counted(session: Any) -> None:
-            visit(session)
-            counter[0] += 1
+            counts["started"] += 1
+            try:
+                visit(session)
+            finally:
+                counts["finished"] += 1
 
         worker._visit = counted
-        worker._looks_counted = counter
-    target = counter[0] + looks
+        worker._looks_counted = counts
+    # Looks run one after the other: the next to start is number started + 1.
+    target = counts["started"] + looks
     deadline = time.monotonic() + timeout
-    while counter[0] < target:
-        assert time.monotonic() < deadline, f"{looks} looks at the page: not in {timeout}s"
+    while counts["finished"] < target:
+        assert time.monotonic() < deadline, f"{looks} look(s) at the page: not in {timeout}s"
         assert not runner.task.done(), "the browser component stopped"
         time.sleep(0.05)
