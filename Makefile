@@ -42,14 +42,14 @@ system-deps:
 
 deps: venv system-deps
 
-# In parallel (pytest-xdist): loadgroup keeps each xdist_group on one worker (see
-# tests/conftest.py: what shares a resource or a costly module fixture, and the deploy
-# test started first); --no-loadscope-reorder keeps the order conftest.py chose. In a
+# In parallel (pytest-xdist): loadscope gives each test module to one worker (see
+# tests/conftest.py: what a module's tests share, and the longest modules, the deploy test
+# first, handed out first); --no-loadscope-reorder keeps the order conftest.py chose. In a
 # random order (pytest-random-order, per module; the header shows the seed, to repeat it:
 # PYTEST_ARGS=--random-order-seed=N). One pytest run: its summary line ("N passed in …")
 # is the last line, and its exit status is make's.
 test: deps
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --random-order \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --random-order \
 		$(PYTEST_ARGS)
 
 lint: venv
