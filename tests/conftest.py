@@ -21,8 +21,9 @@ from support import MINIMAL_CONFIG, REPO, Daemon, NotifySocket, StartDaemon
 # harness, the deployed machine), which two workers would each build again. Nothing else
 # needs to be kept apart, checked for each kind of global resource: network namespaces are
 # named after the owning pid (gateway/sim/vm.py) and their veth addresses exist only inside
-# them; tmux always runs on a per-test TMUX_TMPDIR; servers bind port 0; temporary
-# directories are per worker; the deploy test's debootstrap cache is guarded by a file lock.
+# them; tmux always runs on a per-test TMUX_TMPDIR; ports come from the kernel (bind to
+# port 0), none is fixed; temporary directories are per worker; the deploy test's
+# debootstrap cache is guarded by a file lock.
 # (Not --dist loadgroup with xdist_group marks: with pytest 9.2 it silently stops grouping,
 # pytest-xdist issue #1386.)
 #
@@ -40,18 +41,13 @@ LONGEST_FIRST = (
 )
 
 
-class _LongestFirst:
-    @pytest.hookimpl(trylast=True)  # after pytest-random-order has shuffled
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        def rank(item: pytest.Item) -> int:
-            module = item.nodeid.split("::")[0]
-            return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+@pytest.hookimpl(trylast=True)  # after pytest-random-order has shuffled
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = item.nodeid.split("::")[0]
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
 
-        items.sort(key=rank)  # stable: each module's tests keep their (random) order
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.pluginmanager.register(_LongestFirst(), "colab-gateway-longest-first")
+    items.sort(key=rank)  # stable: each module's tests keep their (random) order
 
 
 @pytest.fixture
