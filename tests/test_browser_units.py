@@ -193,8 +193,11 @@ def test_placeholder_notebook_starts_no_browser(tmp_path: Path) -> None:
         task = asyncio.create_task(
             keeper.run(Context("browser", Config(sessions=[placeholder]), paths, state))
         )
-        await asyncio.sleep(1.0)
         status = state.component("browser")
+        for _ in range(500):  # bounded: 10 s for the worker to judge its sessions
+            if status.health.value != "starting":
+                break
+            await asyncio.sleep(0.02)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         assert keeper.worker is not None

@@ -3,8 +3,8 @@
 A Debian 12 root made by debootstrap (cached as a tarball in CACHE_DIR between runs) boots
 with systemd inside systemd-nspawn, sharing this host's network. Its sshd listens on a
 free loopback port; the playbook installs a wheel built from this working tree. The tests
-below run in order against that one machine; the machine is powered off and its root
-removed afterwards, whether they pass or fail.
+below share that one machine, each leaving it as deployed, so any order works; the machine
+is powered off and its root removed afterwards, whether they pass or fail.
 """
 
 from __future__ import annotations
@@ -506,7 +506,7 @@ def tmux_server(machine: Machine) -> tuple[str, str]:
     return out[0], out[1]
 
 
-# ---- the assertions, in order ----------------------------------------------------------
+# ---- the assertions, in any order ------------------------------------------------------
 
 
 def test_service_is_active(deployed: Deployment) -> None:
@@ -587,18 +587,24 @@ def test_changed_variable_reloads_without_a_restart(deployed: Deployment) -> Non
     pid = main_pid(m)
     journal = "journalctl -u colab-gateway -o cat --no-pager | grep -c 'reloading /etc'"
     reloads = int(m.run(f"sudo {journal}", check=False).stdout.strip() or 0)
-    result = deployed.play("-e", "colab_gateway_log_level=debug")
-    assert result.returncode == 0, result.stdout[-6000:]
-    assert changed_tasks(result.stdout) == [
-        "TASK [colab_gateway : Write the configuration]",
-        "RUNNING HANDLER [colab_gateway : Reload colab-gateway]",
-    ], result.stdout[-6000:]
-    assert "log_level: debug" in m.run("sudo cat /etc/colab-gateway/config.yaml").stdout
-    assert main_pid(m) == pid
-    deadline = time.monotonic() + 30
-    while int(m.run(f"sudo {journal}", check=False).stdout.strip() or 0) == reloads:
-        assert time.monotonic() < deadline, "the daemon never logged the reload"
-        time.sleep(0.5)
+    try:
+        result = deployed.play("-e", "colab_gateway_log_level=debug")
+        assert result.returncode == 0, result.stdout[-6000:]
+        assert changed_tasks(result.stdout) == [
+            "TASK [colab_gateway : Write the configuration]",
+            "RUNNING HANDLER [colab_gateway : Reload colab-gateway]",
+        ], result.stdout[-6000:]
+        assert "log_level: debug" in m.run("sudo cat /etc/colab-gateway/config.yaml").stdout
+        assert main_pid(m) == pid
+        deadline = time.monotonic() + 30
+        while int(m.run(f"sudo {journal}", check=False).stdout.strip() or 0) == reloads:
+            assert time.monotonic() < deadline, "the daemon never logged the reload"
+            time.sleep(0.5)
+    finally:
+        # Back to the inventory's own values, so that the tests after this one (in any
+        # order: test_second_run_changes_nothing) find the machine as deployed.
+        restored = deployed.play()
+        assert restored.returncode == 0, restored.stdout[-6000:]
 
 
 def test_broken_config_fails_validation_and_leaves_the_service(deployed: Deployment) -> None:

@@ -33,8 +33,31 @@ def unit_copies(tmp_path: Path) -> list[Path]:
     return copies
 
 
-def test_there_are_units() -> None:
+def unit_settings(unit: Path) -> dict[str, list[str]]:
+    """Every Key=value of a unit file; a key may come more than once (Wants=, After=)."""
+    settings: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).extend(value.split())
+    return settings
+
+
+def test_the_gateway_unit_pulls_in_the_tmux_unit_and_shares_its_user() -> None:
+    # The glob the other tests verify finds both units (an empty glob would verify nothing).
     assert {u.name for u in UNITS} >= {"colab-gateway.service", "colab-gateway-tmux.service"}
+    gateway = unit_settings(REPO / "systemd/colab-gateway.service")
+    tmux = unit_settings(REPO / "systemd/colab-gateway-tmux.service")
+    # Started with the gateway, and before it: the keeper finds a server to make its
+    # session in, one that a restart of colab-gateway.service leaves alone.
+    assert "colab-gateway-tmux.service" in gateway["Wants"]
+    assert "colab-gateway-tmux.service" in gateway["After"]
+    assert "colab-gateway.service" in tmux["Before"]
+    # One user and group: the keeper reaches the server on that user's default socket.
+    assert gateway["User"] == tmux["User"] and gateway["Group"] == tmux["Group"]
+    assert tmux["PrivateTmp"] == ["no"], "tmux's default socket lives in the real /tmp"
+    assert tmux["Restart"] == ["always"], "a `tmux kill-server` by hand is undone"
+    assert tmux["WantedBy"] == gateway["WantedBy"] == ["multi-user.target"]
 
 
 @needs_systemd_analyze
