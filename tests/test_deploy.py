@@ -37,7 +37,9 @@ CACHE_DIR = Path(os.environ.get("COLAB_GATEWAY_TEST_CACHE", "/var/cache/colab-ga
 SUITE = "bookworm"
 # What a Raspberry Pi OS Lite image has that matters here: systemd, sshd, sudo, python3.
 INCLUDE = "systemd,systemd-sysv,dbus,openssh-server,python3,sudo,ca-certificates,iproute2"
-LOGIN_USER = "pi"  # the machine's login user, and so the service user
+LOGIN_USER = "pi"  # the machine's login user, whom Ansible logs in as
+SERVICE_USER = "colab-gateway"  # the role's default: a dedicated system user
+AS_SERVICE = f"sudo -u {SERVICE_USER}"
 TMUX_SESSION = "colab"
 # Not the role's default (/opt/colab-gateway): the unit must follow it.
 VENV = "/srv/colab-gateway/venv"
@@ -520,7 +522,7 @@ def main_pid(machine: Machine) -> int:
 def tmux_server(machine: Machine) -> tuple[str, str]:
     """(server pid, creation time of the session) of the service user's default socket."""
     out = machine.run(
-        f"tmux display-message -p -t {TMUX_SESSION} '#{{pid}} #{{session_created}}'"
+        f"{AS_SERVICE} tmux display-message -p -t {TMUX_SESSION} '#{{pid}} #{{session_created}}'"
     ).stdout.split()
     return out[0], out[1]
 
@@ -546,6 +548,11 @@ def test_units_verify_and_report_exposure(deployed: Deployment) -> None:
     assert level, security[-2000:]
     print(f"systemd-analyze security colab-gateway.service: {level.group(1)}")
     assert float(level.group(1)) <= 3.0, security
+    tmux = m.run("sudo systemd-analyze security --no-pager colab-gateway-tmux.service").stdout
+    tmux_level = re.search(r"exposure level for colab-gateway-tmux\.service: ([\d.]+)", tmux)
+    assert tmux_level, tmux[-2000:]
+    print(f"systemd-analyze security colab-gateway-tmux.service: {tmux_level.group(1)}")
+    assert float(tmux_level.group(1)) <= 5.0, tmux
 
 
 def test_the_role_brought_its_own_python(deployed: Deployment) -> None:
@@ -587,16 +594,51 @@ def test_the_checkouts_wheel_is_installed_by_its_hash(deployed: Deployment) -> N
     assert installed == (REPO / "gateway/browser/launch.py").read_text()
 
 
-def test_a_login_user_keeps_its_ipc_objects(deployed: Deployment) -> None:
-    """pi logs in: RemoveIPC=yes would delete their IPC objects at every stop."""
+def test_a_dedicated_user_keeps_both_sandboxes(deployed: Deployment) -> None:
+    """The default service user is a system user without sudo: the tmux server keeps its
+    sandbox (no_new_privs, seccomp) and both units remove its IPC objects once both stop."""
     m = deployed.machine
-    assert m.run("systemctl show -p RemoveIPC --value colab-gateway").stdout.strip() == "no"
+    uid = int(m.run(f"id -u {SERVICE_USER}").stdout)
+    assert uid < 1000
+    sudo = m.run(f"sudo sudo -l -U {SERVICE_USER} 2>&1", check=False).stdout
+    assert "is not allowed to run sudo" in sudo, sudo
+    for unit in ("colab-gateway", "colab-gateway-tmux"):
+        assert m.run(f"systemctl show -p RemoveIPC --value {unit}").stdout.strip() == "yes"
+    tmux_pid = m.run("systemctl show -p MainPID --value colab-gateway-tmux").stdout.strip()
+    tmux = proc_status(m, tmux_pid)
+    assert tmux["NoNewPrivs"] == "1", tmux
+    assert (
+        m.run(
+            "test -e /etc/systemd/system/colab-gateway-tmux.service.d/20-login-user.conf",
+            check=False,
+        ).returncode
+        == 1
+    )
+
+
+def test_ssh_runs_in_the_sandboxed_tmux_server(deployed: Deployment) -> None:
+    """A window of the hardened tmux server runs ssh: it reaches this machine's sshd (and is
+    refused, having no key there) and records the host key in the user's home."""
+    m = deployed.machine
+    out, known = "/tmp/cgw-ssh-probe.out", f"/home/{SERVICE_USER}/cgw-probe-known-hosts"
+    ssh = (
+        f"ssh -F none -o BatchMode=yes -o StrictHostKeyChecking=accept-new "
+        f"-o UserKnownHostsFile={known} -p {m.ssh_port} nobody@127.0.0.1 true"
+    )
+    window = f"{ssh} 2>{out}; echo rc=$? >>{out}"
+    m.run(f"{AS_SERVICE} tmux new-window -d -t {TMUX_SESSION}: {shlex.quote(window)}")
+    deadline = time.monotonic() + 30
+    while "rc=" not in (text := m.run(f"sudo cat {out}", check=False).stdout):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.5)
+    assert "Permission denied (publickey)" in text and "rc=255" in text, text
+    assert "ssh-ed25519" in m.run(f"sudo cat {known}").stdout
 
 
 def test_status_line_matches_the_daemon(deployed: Deployment) -> None:
     m = deployed.machine
     # As the service user, with no flags: the default paths reach the service's socket.
-    result = m.run("colab-gateway status --json", check=False)
+    result = m.run(f"{AS_SERVICE} colab-gateway status --json", check=False)
     assert result.returncode in (0, 1), result.stderr  # 3 would mean "not running"
     summary = json.loads(result.stdout)["summary"]
     assert summary
@@ -605,16 +647,16 @@ def test_status_line_matches_the_daemon(deployed: Deployment) -> None:
     assert status, shown
     assert status.group(1) == summary
     print(f"STATUS line: {status.group(1)}")
-    human = m.run("colab-gateway status", check=False)
+    human = m.run(f"{AS_SERVICE} colab-gateway status", check=False)
     assert human.stdout.startswith("colab-gateway: "), human.stdout
 
 
 def test_tmux_session_exists_for_the_service_user(deployed: Deployment) -> None:
     m = deployed.machine
     owner = m.run(f"ps -o user= -p {tmux_server(m)[0]}").stdout.strip()
-    assert owner == LOGIN_USER
-    # A plain `tmux attach` reaches it: the default socket, no -L/-S.
-    assert m.run(f"tmux has-session -t {TMUX_SESSION}", check=False).returncode == 0
+    assert owner == SERVICE_USER
+    # `sudo -u colab-gateway tmux attach` reaches it: the default socket, no -L/-S.
+    assert m.run(f"{AS_SERVICE} tmux has-session -t {TMUX_SESSION}", check=False).returncode == 0
 
 
 def test_endpoint_port_listens(deployed: Deployment) -> None:
@@ -746,7 +788,7 @@ def test_snap_mode_lets_a_setuid_helper_gain_root(deployed: Deployment) -> None:
     service runs without no_new_privs, and a setuid-root program it starts gets euid 0.
     The Debian sandbox, as a control, keeps no_new_privs and the helper stays the user."""
     m = deployed.machine
-    uid = m.run("id -u").stdout.strip()
+    uid = m.run(f"id -u {SERVICE_USER}").stdout.strip()
     m.run(f"sudo install -o root -g root -m 4755 /usr/bin/id {SUID_PROBE}")
     assert m.run(f"{SUID_PROBE} -u").stdout.strip() == "0"  # the helper itself works
     try:
@@ -803,7 +845,7 @@ def chromium_probe_unit(flags: str, marker: str) -> str:
         [
             "[Service]",
             "Type=oneshot",
-            f"User={LOGIN_USER}",
+            f"User={SERVICE_USER}",
             "StandardOutput=journal",
             "TimeoutStartSec=120",
             "ExecStart=/usr/bin/chromium --headless=new --disable-gpu --no-first-run "

@@ -208,7 +208,7 @@ NNP_IMPLYING = (
 )
 
 
-def _security(unit: Path) -> tuple[float, dict[str, bool]]:
+def _security(unit: Path, name: str = "colab-gateway.service") -> tuple[float, dict[str, bool]]:
     """systemd's own reading of the unit and its drop-ins: (exposure, {setting: in force})."""
     import json
 
@@ -217,7 +217,7 @@ def _security(unit: Path) -> tuple[float, dict[str, bool]]:
         capture_output=True,
         text=True,
     )
-    level = re.search(r"Overall exposure level for colab-gateway\.service: ([\d.]+)", result.stdout)
+    level = re.search(rf"Overall exposure level for {re.escape(name)}: ([\d.]+)", result.stdout)
     assert level, result.stdout + result.stderr
     listing = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", "--json=short", str(unit)],
@@ -256,9 +256,34 @@ def _gateway_with_drop_ins(tmp_path: Path, method: str, **variables: object) -> 
     return unit
 
 
+@pytest.mark.slow
+@needs_systemd_analyze
+@pytest.mark.parametrize("login_user", [False, True], ids=["dedicated", "login-user"])
+def test_tmux_unit_sandbox_and_the_login_users_exception(tmp_path: Path, login_user: bool) -> None:
+    """The tmux server is sandboxed (no_new_privs and every seccomp setting) for the
+    dedicated user; for a login user 20-login-user.conf lifts all of it, so sudo works."""
+    (unit,) = (u for u in unit_copies(tmp_path) if u.name == "colab-gateway-tmux.service")
+    if login_user:
+        drop_ins = tmp_path / "colab-gateway-tmux.service.d"
+        drop_ins.mkdir()
+        shutil.copy(ROLE / "files/colab-gateway-tmux-login.conf", drop_ins / "20-login-user.conf")
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+    )
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    level, in_force = _security(unit, "colab-gateway-tmux.service")
+    assert set(in_force) == set(NNP_IMPLYING), in_force
+    if login_user:
+        assert not any(in_force.values()), {k: v for k, v in in_force.items() if v}
+    else:
+        assert all(in_force.values()), {k: v for k, v in in_force.items() if not v}
+    print(f"colab-gateway-tmux.service exposure, {'login' if login_user else 'dedicated'}: {level}")
+
+
 def test_role_installs_the_snap_drop_in_from_systemd_dir() -> None:
-    installed = ROLE / "files/colab-gateway-snap.conf"
-    assert installed.resolve() == (REPO / "systemd/colab-gateway-snap.conf").resolve()
+    for name in ("colab-gateway-snap.conf", "colab-gateway-tmux-login.conf"):
+        installed = ROLE / "files" / name
+        assert installed.resolve() == (REPO / "systemd" / name).resolve()
     units = (ROLE / "tasks/units.yml").read_text()
     assert "20-snap-chromium.conf" in units and "colab-gateway-snap.conf" in units
 
