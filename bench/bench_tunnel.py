@@ -158,8 +158,8 @@ def process_tree(root: int) -> dict[int, list[str]]:
     return tree
 
 
-def tree_cpu_seconds(root: int) -> tuple[float, int]:
-    """CPU seconds (user + system) used so far by ``root`` and its descendants, and how
+def tree_cpu_seconds(root: int) -> tuple[float, float, int]:
+    """CPU seconds (user, system) used so far by ``root`` and its descendants, and how
     many processes the tree has now.
 
     For each live process of the tree: its own utime + stime (all threads) plus cutime +
@@ -171,8 +171,10 @@ def tree_cpu_seconds(root: int) -> tuple[float, int]:
     """
     tree = process_tree(root)
     # utime, stime, cutime, cstime: fields 14-17 of proc_pid_stat(5), 11-14 here.
-    ticks = sum(int(f) for fields in tree.values() for f in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK"), len(tree)
+    user = sum(int(fields[11]) + int(fields[13]) for fields in tree.values())
+    system = sum(int(fields[12]) + int(fields[14]) for fields in tree.values())
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick, len(tree)
 
 
 def upload(port: int, seconds: float) -> tuple[float, int]:
@@ -449,7 +451,7 @@ def measure(servers: Servers, cipher: str | None, args: argparse.Namespace) -> R
     """Per side, one value per trial of: upload and download MB/s, RTT p50/p99 µs, and CPU
     seconds per GB forwarded (server process tree, over the upload and download)."""
     results: Results = {
-        w: {"up": [], "down": [], "p50": [], "p99": [], "cpu": [], "procs": []}
+        w: {"up": [], "down": [], "p50": [], "p99": [], "cpu": [], "sys": [], "procs": []}
         for w in ("endpoint", "openssh")
     }
     roots = {"endpoint": servers.daemon.pid, "openssh": servers.sshd.pid}
@@ -458,15 +460,17 @@ def measure(servers: Servers, cipher: str | None, args: argparse.Namespace) -> R
         for which in order:
             with servers.tunnel(which, cipher) as port:
                 upload(port, 0.3)  # warm up the path (and TCP windows)
-                cpu_before, procs = tree_cpu_seconds(roots[which])
+                user_before, sys_before, procs = tree_cpu_seconds(roots[which])
                 up, up_bytes = upload(port, args.seconds)
                 down_bytes = args.download_mb * 1_000_000
                 down = download(port, down_bytes)
-                cpu_after, _ = tree_cpu_seconds(roots[which])
+                user_after, sys_after, _ = tree_cpu_seconds(roots[which])
                 r = results[which]
                 r["up"].append(up)
                 r["down"].append(down)
-                r["cpu"].append((cpu_after - cpu_before) / (up_bytes + down_bytes) * 1e9)
+                gb = (up_bytes + down_bytes) / 1e9
+                r["cpu"].append((user_after - user_before + sys_after - sys_before) / gb)
+                r["sys"].append((sys_after - sys_before) / gb)
                 r["procs"].append(procs)
                 p50, p99 = rtt(port, args.rtt_count)
                 r["p50"].append(p50)
@@ -484,12 +488,13 @@ def report(title: str, res: Results) -> dict[str, float]:
     print(f"\n{title}")
     print(
         f"  {'':10} {'upload MB/s':>12} {'download MB/s':>14} {'rtt p50 µs':>11} "
-        f"{'rtt p99 µs':>11} {'CPU s/GB':>9} {'(all trials)':>12} {'processes':>9}"
+        f"{'rtt p99 µs':>11} {'CPU s/GB':>9} {'(all trials)':>12} {'of it sys':>9} "
+        f"{'processes':>9}"
     )
     for name, r in (("endpoint", e), ("openssh", o)):
         print(
             f"  {name:10} {r['up']:12.1f} {r['down']:14.1f} {r['p50']:11.0f} {r['p99']:11.0f} "
-            f"{r['cpu']:9.2f} {_spread(res[name]['cpu']):>12} {r['procs']:9.0f}"
+            f"{r['cpu']:9.2f} {_spread(res[name]['cpu']):>12} {r['sys']:9.2f} {r['procs']:9.0f}"
         )
     # Trial i of each side ran back to back, so their ratio shares the machine's load.
     paired = [a / b for a, b in zip(res["endpoint"]["cpu"], res["openssh"]["cpu"], strict=True)]
