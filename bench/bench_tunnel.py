@@ -242,7 +242,6 @@ class Servers:
         self.local = {"endpoint": free_port(), "openssh": free_port()}
         self.profile = profile
         self.tunnel_extra = ""
-        self.no_uvloop = False
         self.endpoint_env: dict[str, str] = {}
 
     def start(self) -> None:
@@ -297,16 +296,9 @@ class Servers:
         daemon = [sys.executable]
         if self.profile:
             daemon += ["-m", "cProfile", "-o", self.profile]
-        if self.no_uvloop:
-            # The daemon as it runs where uvloop is not installed: the import fails.
-            daemon += [
-                "-c",
-                "import sys; sys.modules['uvloop'] = None; "
-                "from gateway.cli import main; sys.exit(main())",
-            ]
-        else:
-            daemon += ["-m", "gateway"]
         daemon += [
+            "-m",
+            "gateway",
             "run",
             "-c",
             str(config),
@@ -530,9 +522,6 @@ def main() -> int:
         help="extra tunnel: settings for the endpoint, e.g. 'max_packet: 65536'",
     )
     parser.add_argument(
-        "--no-uvloop", action="store_true", help="run the daemon on asyncio's own event loop"
-    )
-    parser.add_argument(
         "--endpoint-env",
         action="append",
         default=[],
@@ -549,7 +538,6 @@ def main() -> int:
         servers.tunnel_extra = "\n              ".join(
             part.strip() for part in args.endpoint_tunnel.split(";") if part.strip()
         )
-        servers.no_uvloop = args.no_uvloop
         servers.endpoint_env = dict(item.split("=", 1) for item in args.endpoint_env)
         try:
             servers.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -63,7 +64,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.components import all_specs
-    from gateway.daemon import Gateway, register_secrets, run_event_loop
+    from gateway.daemon import Gateway, register_secrets
 
     paths = paths_from(args)
     loaded = load_or_report(paths)
@@ -72,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     register_secrets(loaded)
     logs.setup(args.log_level or loaded.config.daemon.log_level)
     gateway = Gateway(loaded, paths, all_specs())
-    return run_event_loop(gateway.serve())
+    return asyncio.run(gateway.serve())
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -6,8 +6,6 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Coroutine
-from typing import Any
 
 from gateway import logs
 from gateway.component import ComponentSpec
@@ -21,19 +19,6 @@ from gateway.supervisor import Supervisor
 log = logging.getLogger("gateway")
 
 IDLE_TICK = 30.0  # the longest the main loop sleeps when nothing happens and no watchdog
-
-
-def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run the daemon's main coroutine: on uvloop where it is installed (the optional
-    extra ``colab-gateway[fast]``), which costs the tunnel less CPU per forwarded byte
-    (docs/tunnel.md); on asyncio's own event loop otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        log.debug("event loop: asyncio (uvloop is not installed)")
-        return asyncio.run(main)
-    log.debug("event loop: uvloop")
-    return uvloop.run(main)
 
 
 class Gateway:
