@@ -8,11 +8,13 @@ nothing against an OpenSSH client; what it leaves out does:
 - with AES instructions (x86 AES-NI: ``aes`` in ``flags``; ARMv8 crypto extensions:
   ``aes`` in ``Features``, e.g. a Raspberry Pi 5's Cortex-A76): AES-GCM only, so the
   client takes aes128-gcm. One `cryptography` call per packet in asyncssh (chacha20-
-  poly1305 takes four) and hardware AES per byte: the cheapest here (docs/tunnel.md).
-- without (a Pi 3's Cortex-A53 and a Pi 4's Cortex-A72 lack the crypto extensions): AES is
-  table-free software AES there, several times the cost per byte of chacha20's vector code,
-  so chacha20-poly1305 first, which an OpenSSH client takes; AES-GCM after it for clients
-  without chacha20 (FIPS builds).
+  poly1305 takes four) and hardware AES per byte: about a third less CPU per byte than
+  chacha20-poly1305 through the endpoint (docs/tunnel.md, Performance).
+- without (a Pi 3's Cortex-A53 and a Pi 4's Cortex-A72 lack the crypto extensions): AES
+  and GHASH are software there, and chacha20-poly1305 costs less per byte (measured with
+  AES-NI masked on x86: about 30 % less through the endpoint), so chacha20-poly1305 first,
+  which an OpenSSH client takes; AES-GCM after it for clients without chacha20 (FIPS
+  builds).
 """
 
 from __future__ import annotations
