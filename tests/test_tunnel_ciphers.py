@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,21 @@ def test_an_explicit_cipher_list_wins_over_the_cpu(tmp_path: Path) -> None:
         )
         assert refused.returncode != 0
         assert "no matching cipher" in refused.stderr, refused.stderr
+
+
+def test_ssh_audit_finds_no_failure_in_the_pi_4_choice(tmp_path: Path) -> None:
+    """chacha20-poly1305 is Terrapin's cipher: offered, it is safe only with strict kex,
+    which the endpoint does; ssh-audit checks exactly that."""
+    config = make_config(tmp_path)
+    with running_endpoint(config, tmp_path / "state", cpuinfo=CPUINFO / "pi4-aarch64.txt") as r:
+        assert r.endpoint.ciphers[0] == CHACHA20
+        audit = Path(sys.executable).with_name("ssh-audit")
+        result = subprocess.run(
+            [str(audit), "-n", "-p", str(r.port), "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert "(enc) chacha20-poly1305@openssh.com" in result.stdout, result.stdout
+    assert "[fail]" not in result.stdout, result.stdout
+    assert "kex-strict-s-v00@openssh.com" in result.stdout, result.stdout
