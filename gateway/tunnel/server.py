@@ -35,7 +35,7 @@ from typing import Any
 import asyncssh
 
 from gateway.config import Config, SessionConfig
-from gateway.tunnel import cipher_choice, hostkeys
+from gateway.tunnel import cipher_choice, fastpath, hostkeys
 from gateway.tunnel.forward import open_forward_listener
 from gateway.tunnel.guard import Guard
 from gateway.tunnel.keys import KeyStore
@@ -136,6 +136,7 @@ class Endpoint:
 
     async def start(self) -> None:
         tunnel = self.tunnel
+        fastpath.drop_inserted_ignore_packets()
         self._server = await asyncssh.create_server(
             lambda: Connection(self),
             self.host,
