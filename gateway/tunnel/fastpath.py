@@ -6,9 +6,8 @@ only use of MSG_IGNORE). That is the countermeasure RFC 4251 (9.3.1) describes f
 ciphers, whose IV an attacker could otherwise predict; the endpoint never offers CBC
 (config.TUNNEL_CIPHERS: AES-GCM, chacha20-poly1305, AES-CTR), so for it the packet only
 doubles the per-packet work: two encryptions, two log records and two ``send()`` calls
-per data packet, and for a 1-byte round trip the endpoint sends two packets, not one. Without it
-the endpoint used about a tenth less CPU per GB forwarded, and its round trips were
-faster in most runs (docs/tunnel.md, Performance).
+per data packet. Without it the endpoint used about a tenth less CPU per GB forwarded
+(docs/tunnel.md, Performance); round trips showed no consistent change.
 
 This patches a method of asyncssh's, so it checks what it relies on first (the method's
 signature, the constant, the server class) and leaves asyncssh alone, with a warning, when
