@@ -74,7 +74,6 @@ TUNNEL_CIPHERS = (
     "aes192-ctr",
     "aes256-ctr",
 )
-DEFAULT_TUNNEL_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 def _cipher(value: str) -> None:
@@ -146,16 +145,24 @@ class TunnelConfig:
     exempt_networks: list[str] = setting(factory=lambda: ["127.0.0.0/8", "::1/128"], check=_network)
     keepalive_interval: Duration = setting(Duration(15), min=1, max=3600)
     keepalive_count_max: int = setting(3, min=1, max=100)
-    # Offered ciphers; the client picks the first of its own list that is here. AES-GCM
-    # only by default: one cryptography call per packet (chacha20-poly1305 takes four in
-    # asyncssh), and immune to Terrapin without relying on strict kex.
-    ciphers: list[str] = setting(factory=lambda: list(DEFAULT_TUNNEL_CIPHERS), check=_cipher)
+    # Offered ciphers; the client picks the first of its own list that is here. Unset: the
+    # endpoint chooses for the CPU it runs on (gateway/tunnel/cipher_choice.py): AES-GCM
+    # only with AES instructions, chacha20-poly1305 first without (Pi 3/4).
+    ciphers: list[str] | None = setting(None, check=_cipher)
     # Flow control of each forwarded connection: the receive window and the largest SSH
     # packet the endpoint accepts. Larger means fewer packets per byte, i.e. less Python.
     window: int = setting(8 * 1024 * 1024, min=65536, max=64 * 1024 * 1024)
     max_packet: int = setting(131072, min=4096, max=131072)
 
     def check(self) -> list[tuple[str, str]]:
+        if self.ciphers == []:
+            return [
+                (
+                    "ciphers",
+                    "is an empty list, which no client can connect with: name at least one, "
+                    "or remove the key to let the endpoint choose for its CPU",
+                )
+            ]
         start = self.random_drop_start
         if start is not None and start > self.max_unauthenticated:
             return [
