@@ -5,7 +5,6 @@ pausing the service's browser."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import wait_for_looks
+from support import free_port, wait_for_looks
 
 from gateway.browser.launch import is_running
 from gateway.configschema import Duration
@@ -82,12 +81,6 @@ def test_too_many_sessions_is_reported_and_not_retried(sim: SimColab, tmp_path: 
         runner.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_login_pauses_the_service_browser(sim: SimColab, tmp_path: Path) -> None:
     runner = BrowserRunner(tmp_path, sim)
     login = None
@@ -100,7 +93,7 @@ def test_login_pauses_the_service_browser(sim: SimColab, tmp_path: Path) -> None
             f"sessions: [{{name: colab, notebook_url: '{sim.url}'}}]\n"
             "tunnel: {enabled: false}\ntmux: {enabled: false}\n"
         )
-        port = _free_port()
+        port = free_port()
         login = subprocess.Popen(
             [
                 sys.executable,

@@ -8,6 +8,7 @@ tunnel pins it. Assertions read the pane with ``tmux capture-pane``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 from tmux_testkit import (
     READY_MARK,
@@ -75,16 +77,13 @@ def rig(tmux_server: Path) -> Iterator[Rig]:
 def waiting_clients() -> list[int]:
     """Live `tmux wait-for colab-gateway-colab` clients on this test's tmux socket."""
     found = []
-    mine = f"TMUX_TMPDIR={os.environ['TMUX_TMPDIR']}".encode()
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            environ = (proc / "environ").read_bytes()
-        except OSError:
+    mine = os.environ["TMUX_TMPDIR"]
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.info["cmdline"] != ["tmux", "wait-for", "colab-gateway-colab"]:
             continue
-        ours = cmdline == b"tmux\0wait-for\0colab-gateway-colab\0"
-        if ours and mine in environ.split(b"\0") and alive(int(proc.name)):
-            found.append(int(proc.name))
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("TMUX_TMPDIR") == mine and alive(proc.pid):
+                found.append(proc.pid)
     return found
 
 
@@ -291,7 +290,7 @@ def test_the_units_server_outlives_its_client_and_hosts_the_keepers_session(rig:
     rig.daemon.start()
     wait_for_text(pane, "waiting for the Colab tunnel", 15)
     server_pid = int(tmux("display-message", "-p", "-t", str(pane()), "#{pid}").stdout)
-    assert b"start-server" in Path(f"/proc/{server_pid}/cmdline").read_bytes()
+    assert "start-server" in psutil.Process(server_pid).cmdline()
     assert keeper_windows() == {str(pane()): "colab"}, "no stray shell window"
 
 
