@@ -201,7 +201,7 @@ def test_component_without_driver_fails_with_the_package_to_install(tmp_path: Pa
 def test_placeholder_notebook_starts_no_browser(tmp_path: Path) -> None:
     import asyncio
 
-    from gateway.browser.keepalive import BrowserKeeper
+    from gateway.browser.component import BrowserKeeper
     from gateway.component import Context
     from gateway.config import Config, SessionConfig
     from gateway.paths import Paths
