@@ -16,7 +16,7 @@ import pytest
 from support import free_port, wait_for_looks
 
 from gateway.browser.launch import is_running
-from gateway.configschema import Duration
+from gateway.config import Duration
 from gateway.sim import SimColab
 from gateway.sim.runner import BrowserRunner
 from gateway.vocabulary import RerunBootstrap

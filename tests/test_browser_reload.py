@@ -10,7 +10,7 @@ import pytest
 from support import wait_for_looks
 
 from gateway.browser.launch import is_running, processes_with_arg
-from gateway.configschema import Duration
+from gateway.config import Duration
 from gateway.sim import SimColab
 from gateway.sim.runner import BrowserRunner as Harness
 from gateway.vocabulary import RerunBootstrap
