@@ -86,6 +86,16 @@ def test_the_graph_is_read() -> None:
     assert {_under(m, COMPONENTS) for m in MODULES} >= set(COMPONENTS)
 
 
+def test_each_component_package_holds_its_component() -> None:
+    """The layout the README shows: a component lives in <package>/component.py."""
+    for component in COMPONENTS:
+        package = PACKAGE / component.removeprefix("gateway.")
+        assert (package / "component.py").is_file(), f"{component} has no component.py"
+    assert {"gateway.browser.commands", "gateway.ddns.commands", "gateway.tmux.commands"} <= set(
+        MODULES
+    )
+
+
 def test_components_never_import_each_other_nor_the_cli_daemon_or_demo() -> None:
     """The import rule: components meet in the State, never in each other's code."""
     bad = []
