@@ -26,7 +26,7 @@ from gateway.config import (
     SessionConfig,
     load_config_text,
 )
-from gateway.logs import register_secret
+from gateway.secrets import register_secret
 from gateway.state import State
 from gateway.vocabulary import Health
 

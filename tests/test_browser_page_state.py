@@ -8,6 +8,7 @@ import pytest
 
 from gateway.browser import colab_dom
 from gateway.browser.page_state import PageView, SessionMachine, Settings, classify
+from gateway.config import BrowserConfig
 
 SEL = colab_dom.merged()
 
@@ -126,8 +127,10 @@ def test_unknown_selector_name_is_an_error() -> None:
 
 
 def machine(**settings: Any) -> SessionMachine:
-    settings.setdefault("settle", 0.0)
-    m = SessionMachine(SEL, Settings(**settings))
+    """A machine with these settings: the page machine's own timings, or BrowserConfig's."""
+    own = {key: settings.pop(key) for key in ("click_retry", "settle") if key in settings}
+    own.setdefault("settle", 0.0)
+    m = SessionMachine(SEL, Settings(BrowserConfig(**settings), **own))
     m.page_loaded(0.0)
     return m
 

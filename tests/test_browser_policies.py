@@ -5,7 +5,6 @@ pausing the service's browser."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import free_port, wait_for_looks
 
 from gateway.browser.launch import is_running
-from gateway.configschema import Duration
+from gateway.config import Duration
 from gateway.sim import SimColab
 from gateway.sim.runner import BrowserRunner
 from gateway.vocabulary import RerunBootstrap
@@ -58,7 +58,7 @@ def test_run_all_limit_and_gpu_wait(sim: SimColab, tmp_path: Path) -> None:
         sim.wait_for(lambda s: s.events("click", dialog="gpu_limit"), 5, "dialog closed")
         assert sim.events("click", dialog="gpu_limit")[-1]["button"] == "Close"
         connects = sim.count("click", target="connect")
-        time.sleep(2.0)
+        wait_for_looks(runner)
         assert sim.count("click", target="connect") == connects, "connect clicked while waiting"
         assert sim.runtime == "disconnected"
         assert "GPU usage limit" in facts.message and "10 min" in facts.message
@@ -74,17 +74,11 @@ def test_too_many_sessions_is_reported_and_not_retried(sim: SimColab, tmp_path: 
         facts = runner.wait(lambda r: r.runtime.state == "too_many_sessions" and r.runtime, 60)
         assert "Manage sessions" in facts.message
         sim.wait_for(lambda s: s.events("click", dialog="too_many_sessions"), 5, "closed")
-        time.sleep(2.0)
+        wait_for_looks(runner)
         assert sim.count("click", target="connect") == 1
         assert facts.screenshot and Path(facts.screenshot).exists()
     finally:
         runner.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_login_pauses_the_service_browser(sim: SimColab, tmp_path: Path) -> None:
@@ -99,7 +93,7 @@ def test_login_pauses_the_service_browser(sim: SimColab, tmp_path: Path) -> None
             f"sessions: [{{name: colab, notebook_url: '{sim.url}'}}]\n"
             "tunnel: {enabled: false}\ntmux: {enabled: false}\n"
         )
-        port = _free_port()
+        port = free_port()
         login = subprocess.Popen(
             [
                 sys.executable,
@@ -196,11 +190,11 @@ def test_rerun_asked_while_connecting_runs_once_connected(tmp_path: Path) -> Non
         try:
             runner.wait(lambda r: r.runtime.state == "connecting", 60, "connecting")
             runner.post(RerunBootstrap("colab", "test"))
-            time.sleep(1.0)
-            assert slow.runtime == "connecting" and slow.runs == []
             slow.wait_for(lambda s: s.runs == ["first"], 10, "the bootstrap ran after connect")
             first_run = slow.events("action", action="run")[0]["server_t"]
             connected = slow.events("action", action="connected")[0]["server_t"]
-            assert first_run > connected
+            assert first_run > connected, "ran while connecting"
+            wait_for_looks(runner)
+            assert slow.runs == ["first"], "ran more than once"
         finally:
             runner.stop()

@@ -129,7 +129,7 @@ def test_a_person_clicks_the_dialog_through_the_view(
         # a dialog the keep-alive would answer at once waits for the person
         sim.show_dialog("still_there")
         shown = sim.wait_for(
-            lambda s: s.events("shown", what="dialog_buttons", value="still_there"),
+            lambda s: s.events("shown", what="dialog_layout", value="still_there"),
             10,
             "the dialog on the page",
         )[-1]

@@ -28,6 +28,7 @@ def register(subparsers: Any) -> None:
 def cmd_notify(args: argparse.Namespace) -> int:
     from gateway import logs
     from gateway.cli_support import load_or_report, paths_from
+    from gateway.secrets import register_secrets
 
     if not args.test:
         print("colab-gateway notify: say --test to send a test message", file=sys.stderr)
@@ -36,7 +37,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
     loaded = load_or_report(paths)
     if loaded is None:
         return EX_CONFIG
-    logs.register_secrets(loaded)
+    register_secrets(loaded)
     logs.setup("error")  # each URL's line below says what happened
     import logging
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway.alerts.events import Alert
 from gateway.backoff import Backoff
-from gateway.logs import redact
+from gateway.secrets import redact
 
 log = logging.getLogger("gateway.alerts")
 

@@ -1,127 +1,150 @@
-"""``colab-gateway view [SESSION]``: see and act on the headless browser's page from a laptop.
+"""``colab-gateway login``: sign the browser profile into Google, by hand, once.
 
-The command asks the running daemon (a request file in the runtime directory) to serve the
-session's page on 127.0.0.1:PORT behind a one-time token, prints the ``ssh -L`` line and
-the address, and waits: until the person presses "Done" on the page, or Ctrl-C here. The
-keep-alive makes no clicks of its own meanwhile.
+Google refuses sign-in in a browser driven by automation, so this starts a NORMAL Chromium
+(no chromedriver) on the service's profile:
+
+* with ``$DISPLAY`` set (e.g. ``ssh -X pi``) the window opens on that screen;
+* otherwise it runs under Xvfb with DevTools listening on 127.0.0.1 only, and prints the
+  ``ssh -L`` command that brings DevTools to your laptop (open chrome://inspect there).
+
+The service's browser pauses meanwhile (gateway/browser/login.py). The command ends by
+itself once the profile holds Google's sign-in cookies, and closes its Chromium so that
+cookies are flushed to disk.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
-import secrets
+import contextlib
+import os
+import signal
 import socket
+import subprocess
 import sys
 import time
-import urllib.request
 from typing import Any
 
-from gateway.config import EX_CONFIG
+from gateway.browser.login import login_command, profile_in_use, signed_in, write_pause
 
-EXIT_OK, EXIT_FAILED = 0, 1
-START_TIMEOUT = 60.0  # the browser thread answers between two looks at the page
-
-
-def register_view(subparsers: Any) -> None:
-    from gateway.cli_support import add_path_options
-
-    parser = subparsers.add_parser(
-        "view",
-        help="see and click the headless browser's page from a laptop (through ssh -L)",
-        description="Serve a live screenshot of SESSION's page on 127.0.0.1 that passes your "
-        "clicks and keys to the browser; the keep-alive pauses its own clicks meanwhile. "
-        "Run it as the service's user on the Pi.",
-    )
-    add_path_options(parser)
-    parser.add_argument("session", nargs="?", help="the session (default: the first one)")
-    parser.add_argument(
-        "--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)"
-    )
-    parser.set_defaults(handler=cmd_view)
+DEFAULT_DEVTOOLS_PORT = 9222
 
 
-def cmd_view(args: argparse.Namespace) -> int:
-    from gateway.browser import view_request
+def cmd_login(args: argparse.Namespace) -> int:
+    from gateway.browser.launch import BrowserNotFound, find_chromium, profile_dir, start_xvfb
     from gateway.cli_support import load_or_report, paths_from
+    from gateway.config import EX_CONFIG
 
     paths = paths_from(args)
     loaded = load_or_report(paths)
     if loaded is None:
         return EX_CONFIG
     config = loaded.config
-    if not config.sessions:
-        print(f"{paths.config}: no sessions configured", file=sys.stderr)
-        return EX_CONFIG
     try:
-        session = config.session(args.session) if args.session else config.sessions[0]
-    except KeyError as exc:
-        print(exc.args[0], file=sys.stderr)
-        return 2
-    if not 0 <= args.port <= 65535:
-        print(
-            f"--port {args.port} is not a port: use 1-65535, or 0 for a free one", file=sys.stderr
-        )
-        return 2
-    pending = view_request.read(paths.runtime_dir)
-    if pending is not None:
-        print(
-            f"colab-gateway view (pid {pending.pid}) already shows session {pending.session}: "
-            "press Done there, or end it, first",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    port = args.port or free_port()
-    token = secrets.token_urlsafe(24)
-    request = view_request.write(paths.runtime_dir, session.name, port, token)
+        chromium = find_chromium(config.browser.chromium)
+    except BrowserNotFound as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    profile = profile_dir(config.browser, paths.state_dir, chromium)
+    profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+    url = next(
+        (s.notebook_url for s in config.sessions if not s.is_placeholder),
+        "https://colab.research.google.com/",
+    )
+    flag = write_pause(paths.runtime_dir)
+    procs: list[subprocess.Popen[Any]] = []
     try:
-        if not _wait_served(port, lambda: view_request.read(paths.runtime_dir) == request):
-            print(
-                f"the daemon did not serve the view within {START_TIMEOUT:.0f}s: is it running "
-                f"with the browser enabled (colab-gateway status), with runtime directory "
-                f"{paths.runtime_dir}? Is port {port} free?",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
-        user, host = getpass.getuser(), socket.gethostname()
-        address = f"http://127.0.0.1:{port}/?token={token}"
-        print(
-            f"The page of session {session.name} is served on this machine's 127.0.0.1:{port}.\n"
-            "From your laptop:\n"
-            f"  1. ssh -N -L {port}:127.0.0.1:{port} {user}@{host}   (leave it running)\n"
-            f"  2. open {address}\n"
-            "     (the token works once: it becomes a cookie of that browser tab)\n"
-            "  3. click and type on the screenshot as on the page; the field at the top sends "
-            "text\n"
-            "  4. press 'Done' on the page, or Ctrl-C here: the keep-alive takes over again\n"
-            "The keep-alive makes no clicks of its own until then.",
-            flush=True,
-        )
-        while view_request.read(paths.runtime_dir) == request:
+        deadline = time.monotonic() + 60
+        while (pid := profile_in_use(profile)) is not None:
+            if time.monotonic() > deadline:
+                print(
+                    f"the profile {profile} is still used by Chromium pid {pid}; stop it "
+                    "(or the service: systemctl stop colab-gateway) and try again",
+                    file=sys.stderr,
+                )
+                return 1
             time.sleep(0.5)
-        print("done: the keep-alive has the page again")
-        return EXIT_OK
-    except KeyboardInterrupt:
-        print("\nstopped: the keep-alive has the page again")
-        return EXIT_OK
+        env = dict(os.environ)
+        devtools_port = None
+        if args.xvfb or not env.get("DISPLAY"):
+            xvfb, display = start_xvfb()
+            procs.append(xvfb)
+            env["DISPLAY"] = display
+            devtools_port = args.devtools_port
+        browser = subprocess.Popen(
+            login_command(chromium, profile, url, devtools_port),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        procs.insert(0, browser)
+        if devtools_port is None:
+            print(f"A Chromium window opened on {env['DISPLAY']}: sign into Google there.")
+        else:
+            host = socket.gethostname()
+            print(
+                "Chromium runs on a virtual screen. On your laptop run:\n\n"
+                f"    ssh -N -L {devtools_port}:127.0.0.1:{devtools_port} {host}\n\n"
+                "then open chrome://inspect in Chrome, 'Configure…' → add "
+                f"localhost:{devtools_port}, click 'inspect' under the Colab page and sign "
+                "into Google in that view."
+            )
+        print(f"Waiting (up to {args.timeout / 60:.0f} min) until {profile} is signed in…")
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            if signed_in(profile):
+                # let Chromium finish what it writes after sign-in, then close it politely
+                time.sleep(args.settle)
+                print("Signed in. Closing Chromium; the service's browser resumes.")
+                return 0
+            if browser.poll() is not None:
+                print("Chromium was closed before the sign-in finished.", file=sys.stderr)
+                return 1
+            time.sleep(2)
+        print("Timed out waiting for the sign-in.", file=sys.stderr)
+        return 1
     finally:
-        view_request.remove(paths.runtime_dir, request)
+        for proc in procs:
+            _stop(proc)
+        with contextlib.suppress(FileNotFoundError):
+            flag.unlink()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM the process group (Chromium flushes cookies), SIGKILL what remains."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
 
 
-def _wait_served(port: int, still_asked: Any) -> bool:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline and still_asked():
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
-                if answer.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.25)
-    return False
+def register(subparsers: Any) -> None:
+    """``colab-gateway login``, and ``colab-gateway view`` (gateway/browser/view_command.py)."""
+    from gateway.browser.view_command import register_view
+    from gateway.cli_support import add_path_options
+
+    register_view(subparsers)
+    parser = subparsers.add_parser(
+        "login",
+        help="sign the browser profile into Google in a normal Chromium (once)",
+        description="Sign the browser profile into Google in a normal (not automated) "
+        "Chromium. Run it as the service's user; the service's browser pauses meanwhile.",
+    )
+    add_path_options(parser)
+    parser.add_argument(
+        "--xvfb",
+        action="store_true",
+        help="use a virtual screen and DevTools over ssh -L even when $DISPLAY is set",
+    )
+    parser.add_argument("--devtools-port", type=int, default=DEFAULT_DEVTOOLS_PORT)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait")
+    parser.add_argument(
+        "--settle", type=float, default=5.0, help="seconds to wait after the sign-in cookie"
+    )
+    parser.set_defaults(handler=cmd_login)
