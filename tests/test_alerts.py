@@ -26,7 +26,7 @@ from gateway.config import (
     SessionConfig,
     load_config_text,
 )
-from gateway.secrets import register_secret
+from gateway.secrets import redact, register_secret, register_secrets
 from gateway.state import State
 from gateway.vocabulary import Health
 
@@ -231,13 +231,16 @@ def test_config_reads_urls_from_a_secret_file(tmp_path: Path) -> None:
         MINIMAL_CONFIG
         + f"notify:\n  urls: [json://a.example/x]\n  urls_file: {secret}\n  repeat_after: 1h\n"
     )
-    notify = load_config_text(text, str(tmp_path / "c.yaml")).config.notify
+    loaded = load_config_text(text, str(tmp_path / "c.yaml"))
+    notify = loaded.config.notify
     assert notify.all_urls() == [
         "json://a.example/x",
         "ntfy://ntfy.sh/topic-abc",
         "json://127.0.0.1:1/x",
     ]
     assert "topic-abc" not in repr(notify)
+    register_secrets(loaded)  # each line of the file is a secret of its own
+    assert redact("sent to ntfy://ntfy.sh/topic-abc") == "sent to <redacted>"
     assert notify.repeat_after == 3600 and notify.tunnel_down_after == 600
 
 
