@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tunnel_fixtures import free_port, make_config, running_endpoint, ssh_keygen
+from helpers.tunnel import free_port, make_config, running_endpoint, ssh_keygen
 
 from gateway.tunnel import fastpath
 

@@ -4,7 +4,7 @@ The real tunnel endpoint publishes ``update_tunnel(up=…)`` when the Colab VM's
 comes and goes; here a test does it by sending ``up SESSION`` or ``down SESSION`` to
 ``<runtime_dir>/tunnel-switch.sock``, and gets ``ok`` back once the State has it.
 
-    python tests/tunnel_switch_daemon.py -c CONFIG --state-dir DIR --runtime-dir DIR
+    python tests/helpers/tunnel_switch_daemon.py -c CONFIG --state-dir DIR --runtime-dir DIR
 """
 
 from __future__ import annotations

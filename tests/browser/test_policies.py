@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_for_looks
+from helpers import free_port, wait_for_looks
 
 from gateway.browser.launch import is_running
 from gateway.config import Duration

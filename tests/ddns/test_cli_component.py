@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ddns_fakes import AGENT, Echo, FakeServer, Handler, Received, Reply, write_secret
+from helpers.ddns import AGENT, Echo, FakeServer, Handler, Received, Reply, write_secret
 
 from gateway.component import Context
 from gateway.config import load_config

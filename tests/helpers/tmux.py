@@ -19,9 +19,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support import free_port, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
 SSHD = "/usr/sbin/sshd"
 READY_MARK = "REMOTE-SHELL-READY"
 
@@ -260,7 +261,7 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
-                    str(REPO / "tests" / "tunnel_switch_daemon.py"),
+                    str(REPO / "tests" / "helpers" / "tunnel_switch_daemon.py"),
                     *self.path_args(),
                 ],
                 stdout=subprocess.DEVNULL,

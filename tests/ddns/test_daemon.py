@@ -7,8 +7,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ddns_fakes import AGENT, Echo, FakeServer, Handler, Received, Reply, write_secret
-from support import NotifySocket, StartDaemon, wait_until
+from helpers import NotifySocket, StartDaemon, wait_until
+from helpers.ddns import AGENT, Echo, FakeServer, Handler, Received, Reply, write_secret
 
 from gateway.status_server import query
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import wait_for_looks
+from helpers import wait_for_looks
 
 from gateway.browser.launch import is_running, processes_with_arg
 from gateway.sim import SimColab

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tmux_testkit import Sshd, keygen, require_root, short_dir
+from helpers.tmux import Sshd, keygen, require_root, short_dir
 
 from gateway.config import ConfigError, load_config_text
 

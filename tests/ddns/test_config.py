@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from ddns_fakes import make_config, write_secret
+from helpers.ddns import make_config, write_secret
 
 from gateway.config import DEFAULT_IPV4_SOURCES, ConfigError, load_config
 

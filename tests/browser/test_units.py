@@ -176,7 +176,7 @@ def test_unknown_selector_in_config_is_reported() -> None:
 
 
 def test_example_config_documents_every_browser_key() -> None:
-    example = (Path(__file__).parent.parent / "config.example.yaml").read_text()
+    example = (Path(__file__).parents[2] / "config.example.yaml").read_text()
     section = example.split("\nbrowser:\n", 1)[1].split("\n\n", 1)[0]
     for key in BrowserConfig.__dataclass_fields__:
         assert f"  {key}:" in section, key

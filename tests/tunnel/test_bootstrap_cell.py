@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tunnel_fixtures import (
+from helpers.tunnel import (
     ColabVM,
     RunningEndpoint,
     make_config,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tunnel_fixtures import RunningEndpoint, make_config, running_endpoint
+from helpers.tunnel import RunningEndpoint, make_config, running_endpoint
 
 from gateway.config import ConfigError, load_config_text
 from gateway.tunnel.cipher_choice import (
@@ -20,7 +20,7 @@ from gateway.tunnel.cipher_choice import (
     cpu_has_aes,
 )
 
-CPUINFO = Path(__file__).parent / "fixtures" / "cpuinfo"  # real machines: see its README.md
+CPUINFO = Path(__file__).parents[1] / "fixtures" / "cpuinfo"  # real machines: see its README.md
 GCM_ONLY = list(AES_GCM)
 CHACHA_FIRST = [CHACHA20, *AES_GCM]
 

@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support import free_port
-
 from gateway.config import Config, load_config_text
 from gateway.tunnel.bootstrap import BootstrapParams, render_bootstrap_script
 from gateway.tunnel.keys import KeyStore
 from gateway.tunnel.server import Endpoint
+from helpers import free_port
 
 SSHD = "/usr/sbin/sshd"
 

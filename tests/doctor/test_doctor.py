@@ -17,8 +17,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from ddns.ddns_fakes import Echo, FakeServer, Handler
-from support import REPO, StartDaemon, free_port, wait_until
+from helpers import REPO, StartDaemon, free_port, wait_until
+from helpers.ddns import Echo, FakeServer, Handler
 
 from gateway.browser.launch import chromium_version
 from gateway.doctor import browser_checks, network_checks, service_checks, system_checks

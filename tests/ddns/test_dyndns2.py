@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ddns_fakes import (
+from helpers.ddns import (
     AGENT,
     Clock,
     Echo,

@@ -1,11 +1,16 @@
-"""Test support shared across test folders (fixtures live in conftest.py)."""
+"""What the tests share (tests/conftest.py turns some into fixtures): free_port,
+wait_until, FakeClock, NotifySocket, start_daemon. helpers.tunnel, helpers.tmux and
+helpers.ddns hold what one component's tests share."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,9 +20,21 @@ from typing import Any
 
 from gateway.sim.polling import free_port, wait_until
 
-__all__ = ["REPO", "Daemon", "FakeClock", "NotifySocket", "StartDaemon", "free_port", "wait_until"]
+__all__ = [
+    "MINIMAL_CONFIG",
+    "REPO",
+    "Daemon",
+    "FakeClock",
+    "NotifySocket",
+    "StartDaemon",
+    "end_daemons",
+    "free_port",
+    "start_daemon",
+    "wait_for_looks",
+    "wait_until",
+]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # Every component off: tests switch on only what they exercise.
 MINIMAL_CONFIG = """\
@@ -121,6 +138,69 @@ class Daemon:
 
 
 StartDaemon = Callable[..., Daemon]
+
+
+def start_daemon(
+    workdir: Path,
+    config_text: str = MINIMAL_CONFIG,
+    *,
+    env: dict[str, str] | None = None,
+    config_path: Path | None = None,
+    log: Path | None = None,
+) -> Daemon:
+    """``colab-gateway run`` as a real process, its directories under ``workdir`` (the
+    ``start_daemon`` fixture ends it at teardown; ``end_daemons`` does it otherwise)."""
+    config = config_path or workdir / "config.yaml"
+    if config_path is None:
+        config.write_text(config_text)
+    state_dir, runtime_dir = workdir / "state", workdir / "run"
+    log = log or workdir / "daemon.log"
+    full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",)}
+    full_env.update({"TMUX_TMPDIR": str(workdir)})
+    full_env.update(env or {})
+    with log.open("w") as log_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "run",
+                "-c",
+                str(config),
+                "--state-dir",
+                str(state_dir),
+                "--runtime-dir",
+                str(runtime_dir),
+            ],
+            env=full_env,
+            # A file, not a pipe: a chatty daemon must never block on a full pipe.
+            stderr=log_file,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+            # Its own process group, so teardown can end Chromium and ssh children too.
+            start_new_session=True,
+        )
+    return Daemon(proc, config, state_dir, runtime_dir, log)
+
+
+def end_daemons(daemons: list[Daemon], workdir: Path) -> None:
+    """Kill what is still running of ``daemons`` and whatever they left behind."""
+    for daemon in daemons:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.proc.pid, signal.SIGKILL)  # whatever it left behind
+    if daemons:
+        # A config with tmux enabled makes the daemon start a tmux server on this socket
+        # directory; it outlives the daemon by design, so end it here.
+        subprocess.run(
+            ["tmux", "kill-server"],
+            env={**os.environ, "TMUX_TMPDIR": str(workdir)},
+            capture_output=True,
+            timeout=10,
+        )
 
 
 def wait_for_looks(runner: Any, looks: int = 1, timeout: float = 30.0) -> None:

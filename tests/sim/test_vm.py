@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from support import wait_until
+from helpers import wait_until
 
 from gateway.sim import netns
 from gateway.sim.vm import SimVM, cleanup_stale, simulated_vm

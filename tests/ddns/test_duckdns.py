@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ddns_fakes import (
+from helpers.ddns import (
     AGENT,
     Clock,
     Echo,

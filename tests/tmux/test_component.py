@@ -1,6 +1,6 @@
 """The tmux keeper and `colab-gateway shell`, with real tmux, sshd and the daemon.
 
-The tunnel endpoint is played by a test component (tests/tunnel_switch_daemon.py) that
+The tunnel endpoint is played by a test component (tests/helpers/tunnel_switch_daemon.py) that
 publishes ``update_tunnel(up=…)``; a real sshd stands in for the Colab VM's on the session's
 local ssh port, with its host key pinned in the state directory's known_hosts file as the
 tunnel pins it. Assertions read the pane with ``tmux capture-pane``.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from tmux_testkit import (
+from helpers.tmux import (
     READY_MARK,
     REPO,
     Daemon,

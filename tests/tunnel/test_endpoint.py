@@ -19,8 +19,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from support import free_port, wait_until
-from tunnel_fixtures import (
+from helpers import free_port, wait_until
+from helpers.tunnel import (
     ColabVM,
     RunningEndpoint,
     make_config,

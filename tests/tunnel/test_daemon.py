@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import StartDaemon, free_port, wait_until
+from helpers import StartDaemon, free_port, wait_until
 
 from gateway.tunnel.keys import KeyStore
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from ddns_fakes import Echo, FakeServer, Handler, Received, Reply, write_secret
-from support import NotifySocket, StartDaemon
+from helpers import NotifySocket, StartDaemon
+from helpers.ddns import Echo, FakeServer, Handler, Received, Reply, write_secret
 
 Serve = Callable[[Handler], FakeServer]
 TOKEN = "5f0e3c1a-9b7d-4e2f-8a6c-d1b2c3e4f5a6"

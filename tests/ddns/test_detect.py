@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ddns_fakes import AGENT, FakeServer, Handler, Received, Reply
+from helpers.ddns import AGENT, FakeServer, Handler, Received, Reply
 
 from gateway.ddns.detect import Detector, InterfaceSource, make_source, stable_ipv6
 from gateway.ddns.http import Http
