@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import free_port
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("COLAB_GATEWAY_TEST_CACHE", "/var/cache/colab-gateway-tests"))
