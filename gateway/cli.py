@@ -6,51 +6,18 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway import __version__, logs, secrets
-from gateway.config import EX_CONFIG, ConfigError, LoadedConfig, load_config
-from gateway.durations import format_duration
-from gateway.paths import Paths
+from gateway import __version__, logs, secrets, status_line
+from gateway.cli_support import add_path_options, load_or_report, paths_from
+from gateway.config import EX_CONFIG
+from gateway.snapshot import Snapshot
+from gateway.vocabulary import Health
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_NOT_RUNNING = 0, 1, 3
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def add_path_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        help="config file (default: $CONFIGURATION_DIRECTORY"
-        "/config.yaml, else /etc/colab-gateway/config.yaml)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        help="persistent state (default: $STATE_DIRECTORY, else /var/lib/colab-gateway)",
-    )
-    parser.add_argument(
-        "--runtime-dir", help="sockets (default: $RUNTIME_DIRECTORY, else /run/colab-gateway)"
-    )
-
-
-def paths_from(args: argparse.Namespace) -> Paths:
-    return Paths.resolve(args.config, args.state_dir, args.runtime_dir)
-
-
-def load_or_report(paths: Paths) -> LoadedConfig | None:
-    """Load the config, printing problems as FILE:LINE:COL lines; None if unusable."""
-    try:
-        loaded = load_config(paths.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return None
-    for warning in loaded.warnings:
-        print(warning, file=sys.stderr)
-    return loaded
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -63,8 +30,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.components import all_specs
     from gateway.daemon import Gateway
+    from gateway.registry import all_specs
     from gateway.secrets import register_secrets
 
     paths = paths_from(args)
@@ -82,7 +49,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     paths = paths_from(args)
     try:
-        snapshot = query(paths.status_socket)
+        raw = query(paths.status_socket)
+        snapshot = Snapshot.from_json(raw)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         print(
@@ -91,33 +59,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         return EXIT_NOT_RUNNING
     if args.json:
-        print(json.dumps(snapshot, indent=2, sort_keys=True))
+        print(json.dumps(raw, indent=2, sort_keys=True))
     else:
-        print(render_status(snapshot))
-    return EXIT_OK if snapshot.get("health") == "ok" else EXIT_UNHEALTHY
-
-
-def render_status(snapshot: dict[str, Any]) -> str:
-    now = float(snapshot.get("now", time.time()))
-    lines = [f"colab-gateway: {snapshot.get('health')} — {snapshot.get('summary')}"]
-    for name, comp in snapshot.get("components", {}).items():
-        since = format_duration(now - float(comp.get("since", now)))
-        lines.append(f"  {name:<8} {comp['health']:<9} {comp['message']} (for {since})")
-    components = snapshot.get("components", {})
-    for name, session in snapshot.get("sessions", {}).items():
-        tunnel, runtime = session["tunnel"], session["runtime"]
-        facts = []
-        if "tunnel" in components:
-            peer = f" from {tunnel['peer']}" if tunnel.get("peer") else ""
-            facts.append(f"tunnel {'up' if tunnel['up'] else 'down'}{peer}")
-        if "browser" in components:
-            facts.append(f"runtime {runtime['state']}")
-        lines.append(f"  session {name}: {', '.join(facts) or 'no component watches it'}")
-        if tunnel.get("hostkey_fingerprint"):
-            lines.append(f"    Colab host key {tunnel['hostkey_fingerprint']}")
-        if runtime.get("screenshot"):
-            lines.append(f"    latest screenshot {runtime['screenshot']}")
-    return "\n".join(lines)
+        print(status_line.report(snapshot))
+    return EXIT_OK if snapshot.health == Health.OK else EXIT_UNHEALTHY
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
     from gateway import demo
-    from gateway.browser import login
-    from gateway.ddns.cli import register as register_ddns
+    from gateway.browser import commands as browser_commands
+    from gateway.ddns.commands import register as register_ddns
     from gateway.doctor import command as doctor
     from gateway.tmux.commands import register_shell, register_ssh_config
     from gateway.tunnel import commands as tunnel_commands
@@ -164,7 +109,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
         register_ddns,
         register_shell,
         register_ssh_config,
-        login.register,
+        browser_commands.register,
         demo.register,
         doctor.register,
     ]

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gateway.configschema import (
+from gateway.colab_selectors import DEFAULTS as SELECTOR_DEFAULTS
+from gateway.yaml_binder import (
     MAX_CONFIG_BYTES,
     ConfigError,
     Duration,
@@ -210,7 +211,7 @@ class BrowserConfig:
     poll_every: Duration = setting(Duration(5), min=0.5, max=300)
     max_memory_mb: int = setting(800, min=100)
     screenshots_keep: int = setting(20, min=0, max=1000)
-    selectors: dict[str, str] = setting(factory=dict)  # overrides of gateway/browser/colab_dom.py
+    selectors: dict[str, str] = setting(factory=dict)  # overrides of gateway/colab_selectors.py
     user_agent: str = ""  # empty: a desktop Chromium's, for the installed version
     page_timeout: Duration = setting(Duration(60), min=5, max=600)  # load / hang limit
     connect_timeout: Duration = setting(Duration(180), min=10, max=3600)  # then reload
@@ -219,18 +220,15 @@ class BrowserConfig:
     recaptcha_window: Duration = setting(Duration(1800), min=60)
 
     def check(self) -> list[tuple[str, str]]:
-        from gateway.browser.colab_dom import DEFAULTS
-
         problems = []
         if not self.headless and self.display == "none" and not os.environ.get("DISPLAY"):
             problems.append(
                 ("headless", "false needs a screen: set display: xvfb on a headless Pi")
             )
         for name in self.selectors:
-            if name not in DEFAULTS:
-                problems.append(
-                    ("selectors", f"{name!r} is not a known selector; known: {', '.join(DEFAULTS)}")
-                )
+            if name not in SELECTOR_DEFAULTS:
+                known = ", ".join(SELECTOR_DEFAULTS)
+                problems.append(("selectors", f"{name!r} is not a known selector; known: {known}"))
         return problems
 
 

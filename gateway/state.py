@@ -8,80 +8,38 @@ any thread (Selenium runs in its own); waiters on the event loop are woken safel
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import copy
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
-from gateway.durations import format_duration
+from gateway.snapshot import ComponentView, Snapshot
+from gateway.vocabulary import (
+    Command,
+    ComponentStatus,
+    Health,
+    RerunBootstrap,
+    RuntimeFacts,
+    RuntimeState,
+    SessionState,
+    TunnelFacts,
+)
 
 _MISSING = object()
 
-
-class Health(str, Enum):
-    STARTING = "starting"
-    OK = "ok"
-    DEGRADED = "degraded"  # running, but can't do all of its job; the message says why
-    FAILED = "failed"  # crashed or wedged; the supervisor restarts it
-    STOPPED = "stopped"
-
-
-@dataclass
-class ComponentStatus:
-    name: str
-    health: Health = Health.STARTING
-    message: str = "starting"
-    since: float = field(default_factory=time.time)  # wall clock of the last health change
-    progress_at: float = field(default_factory=time.monotonic)
-    brief: str = ""  # a few words for the STATUS line when all is well
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TunnelFacts:
-    """Published by the tunnel endpoint for one session."""
-
-    up: bool = False
-    since: float | None = None  # wall clock of the last up/down change
-    peer: str | None = None
-    forwards: list[int] = field(default_factory=list)  # local ports bound on 127.0.0.1
-    hostkey_fingerprint: str | None = None  # of the Colab VM's sshd, as registered
-    connections: int = 0
-
-
-@dataclass
-class RuntimeFacts:
-    """Published by the browser keep-alive for one session."""
-
-    # unknown | loading | signed_out | connecting | connected | disconnected | dialog |
-    # gpu_limit | too_many_sessions | recaptcha | needs_human | load_failed | paused
-    state: str = "unknown"
-    gpu: bool | None = None
-    since: float | None = None
-    vm_id: str | None = None  # changes when Colab hands out a fresh VM
-    message: str = ""
-    screenshot: str | None = None
-    last_rerun: float | None = None
-
-
-@dataclass
-class SessionState:
-    name: str
-    tunnel: TunnelFacts = field(default_factory=TunnelFacts)
-    runtime: RuntimeFacts = field(default_factory=RuntimeFacts)
-
-
-@dataclass(frozen=True)
-class Command:
-    """A request from the healer (or the CLI) to one component."""
-
-    name: str
-    session: str | None = None
-    args: dict[str, Any] = field(default_factory=dict)
+__all__ = [
+    "Command",
+    "ComponentStatus",
+    "Health",
+    "RerunBootstrap",
+    "RuntimeFacts",
+    "RuntimeState",
+    "SessionState",
+    "State",
+    "TunnelFacts",
+]
 
 
 class State:
@@ -102,19 +60,24 @@ class State:
         self._loop = loop
         self._changed = asyncio.Event()
 
-    def _bump(self) -> None:
-        self.version += 1
+    def _on_loop(self, call: Callable[..., object], *args: object) -> bool:
+        """Run ``call(*args)`` on the attached loop, from any thread; False if there is none."""
         loop = self._loop
         if loop is None or loop.is_closed():
-            return
+            return False
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
-            self._wake()
+            call(*args)
         else:
-            loop.call_soon_threadsafe(self._wake)
+            loop.call_soon_threadsafe(call, *args)
+        return True
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._on_loop(self._wake)
 
     def wake(self) -> None:
         """Wake every waiter of ``wait_changed`` (a signal handler's way in); any thread."""
@@ -213,6 +176,8 @@ class State:
     def update_runtime(self, session: str, **facts: Any) -> None:
         with self._lock:
             runtime = self.session(session).runtime
+            if "state" in facts:
+                facts["state"] = RuntimeState(facts["state"])  # ValueError for a made-up one
             if "state" in facts and facts["state"] != runtime.state:
                 runtime.since = time.time()
             if _assign(runtime, facts):
@@ -232,86 +197,44 @@ class State:
                 self._queues[target] = asyncio.Queue()
             return self._queues[target]
 
-    def post(self, target: str, command: Command) -> None:
-        """Ask component ``target`` to do something; safe from any thread."""
-        queue = self.queue(target)
-        loop = self._loop
-        if loop is None:
-            queue.put_nowait(command)
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            queue.put_nowait(command)
-        else:
-            loop.call_soon_threadsafe(queue.put_nowait, command)
+    def post(self, command: Command) -> None:
+        """Ask the component the command is for (``command.target``); safe from any thread."""
+        queue = self.queue(command.target)
+        if not self._on_loop(queue.put_nowait, command):
+            queue.put_nowait(command)  # no loop yet: nobody can be waiting on the queue
 
     # -- reading -------------------------------------------------------------------------------
 
-    def overall(self) -> Health:
+    def view(self, now: float | None = None) -> Snapshot:
+        """A typed copy of everything, taken under the lock: safe to read from any thread."""
         with self._lock:
-            healths = {c.health for c in self.components.values()}
-        for worst in (Health.FAILED, Health.DEGRADED, Health.STARTING):
-            if worst in healths:
-                return worst
-        return Health.OK
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "health": self.overall().value,
-                "summary": self.summary(),
-                "started_at": self.started_at,
-                "now": time.time(),
-                "components": {
-                    name: {
-                        "health": c.health.value,
-                        "message": c.message,
-                        "since": c.since,
-                        "brief": c.brief,
-                        "details": _jsonable(c.details),
-                    }
+            return Snapshot(
+                started_at=self.started_at,
+                now=time.time() if now is None else now,
+                components={
+                    name: ComponentView(
+                        name=name,
+                        health=c.health,
+                        message=c.message,
+                        since=c.since,
+                        brief=c.brief,
+                        details=copy.deepcopy(c.details),
+                    )
                     for name, c in sorted(self.components.items())
                 },
-                "sessions": {
-                    name: _jsonable(dataclasses.asdict(s)) for name, s in self.sessions.items()
-                },
-            }
+                sessions={name: copy.deepcopy(s) for name, s in self.sessions.items()},
+            )
+
+    def overall(self) -> Health:
+        return self.view().health
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON form of ``view()``, as the status socket sends it."""
+        return self.view().to_json()
 
     def summary(self, now: float | None = None) -> str:
         """The one line ``systemctl status`` shows: what works, and what to do if not."""
-        now = time.time() if now is None else now
-        with self._lock:
-            parts = [self._session_line(s, now) for s in self.sessions.values()]
-            for status in sorted(self.components.values(), key=lambda c: c.name):
-                if status.health in (Health.OK, Health.STOPPED):
-                    if status.brief:
-                        parts.append(status.brief)
-                elif status.health == Health.STARTING:
-                    parts.append(f"{status.name} starting")
-                else:
-                    parts.append(f"{status.name} {status.health.value}: {status.message}")
-        return " · ".join(p for p in parts if p) or "no components enabled"
-
-    def _session_line(self, session: SessionState, now: float) -> str:
-        tunnel = session.tunnel
-        bits = []
-        if "tunnel" in self.components:
-            if tunnel.up and tunnel.since:
-                bits.append(f"tunnel up {format_duration(now - tunnel.since)}")
-            elif tunnel.since:
-                bits.append(f"tunnel down {format_duration(now - tunnel.since)}")
-            else:
-                bits.append("tunnel waiting for Colab")
-        if "browser" in self.components:
-            runtime = session.runtime
-            gpu = " (GPU)" if runtime.gpu else ""
-            bits.append(f"runtime {runtime.state.replace('_', ' ')}{gpu}")
-        if not bits:
-            return ""
-        return f"{session.name}: " + " · ".join(bits)
+        return self.view(now).summary
 
 
 def _assign(target: Any, facts: dict[str, Any]) -> bool:
@@ -324,15 +247,3 @@ def _assign(target: Any, facts: dict[str, Any]) -> bool:
             setattr(target, key, value)
             changed = True
     return changed
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Enum):
-        return value.value
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from gateway.backoff import Backoff
 from gateway.component import ComponentSpec, Context
 from gateway.config import Config
 from gateway.paths import Paths
@@ -85,7 +86,16 @@ class Supervisor:
         self.state.remove_component(entry.spec.name)
 
     async def _keep_running(self, spec: ComponentSpec, ctx: Context) -> None:
-        delay = BACKOFF_FIRST
+        # 1 s after the first crash, doubling up to daemon.restart_backoff_max. Equal jitter
+        # (half fixed, half random) keeps components that fail together from retrying in
+        # lockstep.
+        backoff = Backoff(
+            BACKOFF_FIRST,
+            self.backoff_max,
+            jitter="equal",
+            clock=self.monotonic,
+            rng=lambda: self.rng(),
+        )
         while True:
             started = self.monotonic()
             entry = self.running.get(spec.name)
@@ -100,17 +110,15 @@ class Supervisor:
                 reason = f"{type(exc).__name__}: {exc}"
                 log.error("%s crashed: %s", spec.name, reason, exc_info=exc)
             if self.monotonic() - started >= HEALTHY_RUN:
-                delay = BACKOFF_FIRST
-            # Equal jitter (half fixed, half random) keeps components that fail together
-            # from retrying in lockstep.
-            wait = min(delay, self.backoff_max) * (0.5 + 0.5 * self.rng())
+                backoff.reset()
+            backoff.ceiling = self.backoff_max  # a reload may have changed it
+            wait = backoff.failure()
             self.state.set_health(spec.name, Health.FAILED, f"{reason}; restarting in {wait:.0f}s")
             if entry := self.running.get(spec.name):
                 entry.restarts += 1
                 entry.waiting_since = self.monotonic()
             log.info("%s: restarting in %.1fs", spec.name, wait)
             await self.sleep(wait)
-            delay = min(delay * 2, self.backoff_max)
 
     def stalled(self, limit: float) -> list[str]:
         """Components running but showing no progress for ``limit`` seconds."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("COLAB_GATEWAY_TEST_CACHE", "/var/cache/colab-gateway-tests"))
@@ -68,12 +69,6 @@ def _missing_prerequisite() -> str | None:
     if not (Path(sys.executable).parent / "ansible-playbook").exists():
         return "needs ansible-playbook in the venv (pip install -e '.[test]')"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---- the cached root ---------------------------------------------------------------
@@ -660,7 +655,7 @@ def test_tmux_session_exists_for_the_service_user(deployed: Deployment) -> None:
 
 
 def test_endpoint_port_listens(deployed: Deployment) -> None:
-    from gateway.components import all_specs
+    from gateway.registry import all_specs
 
     if "tunnel" not in {spec.name for spec in all_specs()}:
         pytest.skip("this build has no tunnel component yet: nothing listens")

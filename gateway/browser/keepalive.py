@@ -1,7 +1,8 @@
-"""The ``browser`` component: keeps every session's notebook connected.
+"""The browser keep-alive's thread (``Worker``): keeps every session's notebook connected.
 
-All Selenium work happens in one thread this component owns; the event loop only hands it
-commands (``rerun`` from the healer) and watches that it stays alive. The thread:
+All Selenium work happens in this one thread, which the ``browser`` component
+(gateway/browser/component.py) owns; the event loop only hands it commands
+(``RerunBootstrap`` from the healer) and watches that it stays alive. The thread:
 
 1. starts Chromium (``launch.py``) and opens each session's notebook in its own window;
 2. waits, inside the page, for the DOM to change (a MutationObserver, so a disconnect is
@@ -18,7 +19,6 @@ commands (``rerun`` from the healer) and watches that it stays alive. The thread
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import queue
@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.backoff import Backoff
 from gateway.browser import colab_dom, login
 from gateway.browser.canary import Canary, load_names
 from gateway.browser.evidence import Evidence
@@ -42,8 +43,8 @@ from gateway.browser.page_state import (
 )
 from gateway.browser.rerun import RerunOutcome, run_all, run_bootstrap
 from gateway.component import Context
-from gateway.config import BrowserConfig, Config
-from gateway.state import Command, Health
+from gateway.config import Config
+from gateway.vocabulary import Command, Health, RerunBootstrap, RuntimeState
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +71,10 @@ class _Session:
     changes: int = -1
     last_probe: dict[str, Any] = field(default_factory=dict)
     last_decision: Decision | None = None
-    pending_rerun: Command | None = None
+    pending_rerun: RerunBootstrap | None = None
     rerun_note: str = ""  # why a requested re-run did not happen, until the next one does
     drift_note: str = ""  # a selector that matched nothing while acting, until it matches
     canary_reported: tuple[str, ...] = ()  # the missing selectors last saved as evidence
-
-
-def settings_from(config: BrowserConfig) -> Settings:
-    return Settings(
-        on_gpu_limit=config.on_gpu_limit,
-        limit_wait=config.limit_wait,
-        recaptcha_max=config.recaptcha_max,
-        recaptcha_window=config.recaptcha_window,
-        page_timeout=config.page_timeout,
-        connect_timeout=config.connect_timeout,
-        reload_every=config.reload_every,
-    )
 
 
 class Worker:
@@ -109,7 +98,7 @@ class Worker:
             _Session(
                 s.name,
                 s.notebook_url,
-                SessionMachine(self.sel, settings_from(config.browser)),
+                SessionMachine(self.sel, Settings(config.browser)),
                 Canary(load_names(config.browser.rerun)),
             )
             for s in config.sessions
@@ -155,11 +144,13 @@ class Worker:
             while not self.stopping.wait(5.0):
                 self.beat()
             return
-        backoff = BACKOFF_FIRST
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         while not self.stopping.is_set():
             self.beat()
             if self._login_running():
-                self._publish_all("paused", "paused while colab-gateway login uses the profile")
+                self._publish_all(
+                    RuntimeState.PAUSED, "paused while colab-gateway login uses the profile"
+                )
                 self.ctx.health(
                     Health.DEGRADED,
                     "paused: colab-gateway login is using the browser profile",
@@ -190,18 +181,18 @@ class Worker:
                 continue
             self.restarts += 1
             if time.monotonic() - started >= HEALTHY_RUN:
-                backoff = BACKOFF_FIRST
+                backoff.reset()
+            wait = backoff.failure()
             self.evidence.save("browser", "restart", {"reason": reason, "restarts": self.restarts})
-            self._publish_all("unknown", f"browser restarting: {reason}")
+            self._publish_all(RuntimeState.UNKNOWN, f"browser restarting: {reason}")
             self.ctx.health(
                 Health.FAILED if missing else Health.DEGRADED,
-                f"{reason}; trying again in {backoff:.0f}s"
+                f"{reason}; trying again in {wait:.0f}s"
                 if missing
-                else f"Chromium restarting in {backoff:.0f}s ({reason})",
+                else f"Chromium restarting in {wait:.0f}s ({reason})",
                 restarts=self.restarts,
             )
-            self._sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            self._sleep(wait)
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -407,10 +398,10 @@ class Worker:
                 command = self.commands.get_nowait()
             except queue.Empty:
                 break
-            if command.name == "rerun":
+            if isinstance(command, RerunBootstrap):
                 self._rerun(command)
             else:
-                log.warning("browser: unknown command %r ignored", command.name)
+                log.warning("browser: unknown command %r ignored", command)
         # A request that came while the runtime was (re)connecting runs once it is connected.
         for session in self.sessions:
             pending = session.pending_rerun
@@ -418,9 +409,9 @@ class Worker:
                 session.pending_rerun = None
                 self._rerun(pending)
 
-    def _rerun(self, command: Command) -> None:
+    def _rerun(self, command: RerunBootstrap) -> None:
         session = next((s for s in self.sessions if s.name == command.session), None)
-        reason = command.args.get("reason", "asked")
+        reason = command.reason
         mode = self.config.browser.rerun
         if session is None or mode == "never":
             log.info("rerun for %r ignored (rerun: %s)", command.session, mode)
@@ -526,7 +517,7 @@ class Worker:
         if pss > limit:
             raise BrowserDied(f"Chromium uses {pss:.0f} MB (PSS), above max_memory_mb {limit}")
 
-    def _publish_all(self, state: str, message: str) -> None:
+    def _publish_all(self, state: RuntimeState, message: str) -> None:
         for session in self.sessions:
             self.ctx.state.update_runtime(session.name, state=state, message=message)
 
@@ -544,50 +535,10 @@ class Worker:
             self.ctx.health(Health.OK, "keeping the notebook connected", brief="")
 
 
-class BrowserKeeper:
-    """The component. Its coroutine relays commands and watches the worker thread."""
-
-    worker: Worker | None = None  # for tests and the demo, which look at the browser
-
-    async def run(self, ctx: Context) -> None:
-        worker = self.worker = Worker(ctx)
-        worker.start()
-        # Every Selenium call is bounded by page_timeout (a page load, a script): a thread
-        # silent for longer is stuck; killing Chromium frees it, else we crash and the
-        # supervisor starts the component afresh.
-        hang_limit = float(ctx.config.browser.page_timeout) + 2 * HTTP_GRACE
-        killed = False
-        try:
-            while True:
-                command = await ctx.next_command(timeout=1.0)
-                if command is not None:
-                    worker.commands.put(command)
-                if not worker.thread.is_alive():
-                    raise RuntimeError(f"browser thread ended: {worker.crash!r}")
-                stale = time.monotonic() - worker.beat_at
-                if stale > 2 * hang_limit:
-                    # killing Chromium did not free the thread: let the supervisor restart us
-                    raise RuntimeError(f"browser thread wedged for {stale:.0f}s")
-                if stale > hang_limit and not killed:
-                    # Selenium is stuck (a hung page or driver): killing Chromium makes its
-                    # call fail, and the thread restarts the browser.
-                    log.warning("browser thread silent for %.0fs: killing Chromium", stale)
-                    worker.kill_browser()
-                    killed = True
-                elif stale <= hang_limit:
-                    killed = False
-        finally:
-            # Within the daemon's shutdown_timeout (8 s by default): a polite quit first,
-            # then the kill; launch.py's exit hook is the last resort.
-            worker.stopping.set()
-            await asyncio.to_thread(worker.thread.join, 3.0)
-            if worker.thread.is_alive():
-                worker.kill_browser()
-                await asyncio.to_thread(worker.thread.join, 3.0)
-
-
 def _connected(session: _Session) -> bool:
-    return session.last_decision is not None and session.last_decision.state == "connected"
+    return (
+        session.last_decision is not None and session.last_decision.state == RuntimeState.CONNECTED
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from gateway.config import BrowserConfig
 
 log = logging.getLogger(__name__)
@@ -202,84 +204,61 @@ def chromium_args(config: BrowserConfig, profile: Path, agent: str) -> list[str]
 # -- processes --------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm may contain spaces and parentheses: split after its closing parenthesis
-    return raw[raw.rfind(")") + 2 :].split()
-
-
 def is_running(pid: int) -> bool:
     """Exists and is not a zombie (a dead child waiting for its parent to notice)."""
-    return _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] != "Z"
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def session_members(sid: int) -> list[int]:
-    """Every live process whose session id is ``sid`` (fields: state ppid pgrp session)."""
+    """Every live process whose session id is ``sid``."""
     members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat_fields(int(entry))
-        if fields and int(fields[3]) == sid and fields[0] != "Z":
-            members.append(int(entry))
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if os.getsid(proc.pid) == sid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
     return members
 
 
 def processes_with_arg(fragment: str) -> set[int]:
     """Live processes whose command line contains ``fragment`` (e.g. a profile path)."""
     found = set()
-    needle = fragment.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmdline and _alive(int(entry)):
-            found.add(int(entry))
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []  # None: not ours to read, or gone
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and fragment in "\0".join(cmdline):
+            found.add(proc.pid)
     return found
 
 
 def crashpad_handlers() -> set[int]:
     """Chromium's crash handlers: started with setsid(), outside the driver's session."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{entry}/comm").read_text().startswith("chrome_crashpad"):
-                    found.add(int(entry))
-    return found
+    return {
+        proc.pid
+        for proc in psutil.process_iter(["name"])
+        if (proc.info["name"] or "").startswith("chrome_crashpad")
+    }
 
 
-def _rollup(pid: int, *fields: str) -> int:
+def _memory(pid: int) -> Any:
+    """smaps_rollup's sums (psutil reads them): pss and uss in bytes, or None."""
     try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0
-    total = 0
-    for name in fields:
-        match = re.search(rf"^{name}:\s+(\d+) kB", text, re.MULTILINE)
-        total += int(match.group(1)) if match else 0
-    return total
+        return psutil.Process(pid).memory_full_info()
+    except psutil.Error:
+        return None
 
 
 def pss_kib(pid: int) -> int:
     """Proportional set size of one process: shared pages are split among their users."""
-    return _rollup(pid, "Pss")
+    memory = _memory(pid)
+    return int(memory.pss) // 1024 if memory is not None else 0
 
 
 def uss_kib(pid: int) -> int:
-    """Pages only this process maps: what ending it frees."""
-    return _rollup(pid, "Private_Clean", "Private_Dirty")
+    """Pages only this process maps (Private_Clean + Private_Dirty): what ending it frees."""
+    memory = _memory(pid)
+    return int(memory.uss) // 1024 if memory is not None else 0
 
 
 def kill_session(sid: int, timeout: float = 5.0) -> None:
@@ -323,24 +302,24 @@ class Browser:
     def uss_mb(self) -> float:
         return sum(uss_kib(p) for p in self.chromium_pids()) / 1024
 
-    def driver_alive(self) -> bool:
-        return _alive(self.sid)
+    def driveris_running(self) -> bool:
+        return is_running(self.sid)
 
     def main_pid(self) -> int | None:
         """The browser process chromedriver started (its helpers are that one's children)."""
         for pid in self.chromium_pids():
-            fields = _stat_fields(pid)
-            if fields and int(fields[1]) == self.sid:
-                return pid
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).ppid() == self.sid:
+                    return pid
         return None
 
     def alive(self) -> bool:
         """Both chromedriver and the Chromium it started are running."""
-        if not self.driver_alive():
+        if not self.driveris_running():
             return False
         if self.chromium_pid is None:
             self.chromium_pid = self.main_pid()
-        return self.chromium_pid is not None and _alive(self.chromium_pid)
+        return self.chromium_pid is not None and is_running(self.chromium_pid)
 
     def kill(self) -> None:
         """Thread-safe and idempotent: may be called while another thread is inside Selenium."""
@@ -349,7 +328,7 @@ class Browser:
             _LIVE.discard(self)
         for pid in self.helpers:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                if _alive(pid):
+                if is_running(pid):
                     os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(self.sid, os.WNOHANG)

@@ -1,4 +1,4 @@
-"""The DDNS cycle, and the daemon component ``ddns`` that runs it.
+"""The DDNS cycle (the daemon component ``ddns``, gateway/ddns/component.py, runs it).
 
 One cycle: detect each due family's address; for providers that are not read back,
 compare with the address they last accepted (forcing a refresh every 25 days, as accounts
@@ -9,7 +9,6 @@ randomness and HTTP session injected; the component runs it in a thread.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -20,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.component import Context
+from gateway.backoff import Backoff
 from gateway.config import DdnsConfig
 from gateway.ddns.addresses import same_address
 from gateway.ddns.detect import IF_INET6, Detector
@@ -112,6 +111,14 @@ class Updater:
         self.monotonic = monotonic
         self.clock_synced = clock_synced
         self.rng = rng
+        # Network errors and 5xx: 30 s, doubling per failure in a row up to retry_max.
+        self.retry = Backoff(
+            RETRY_FIRST,
+            config.retry_max,
+            jitter="equal",
+            clock=monotonic,
+            rng=lambda: self.rng(),  # read late: a test may swap the random source
+        )
         self.hash = config_hash(config)
         self.target = self.provider.target()
         self.families: tuple[Family, ...] = tuple(
@@ -277,9 +284,8 @@ class Updater:
             wait = (failed.wait or RETRY_FIRST) * (1 + 0.1 * self.rng())
             status.next_check = now + wait
         else:
-            ceiling = min(RETRY_FIRST * 2 ** (status.failures - 1), self.config.retry_max)
-            # Full jitter over the upper half: never hammering, never in lockstep.
-            status.next_check = now + ceiling * (0.5 + 0.5 * self.rng())
+            # Equal jitter: never hammering, never in lockstep.
+            status.next_check = now + self.retry.wait(status.failures)
         wait_for = format_duration(status.next_check - now)
         return f"{LABEL[status.family]}: failed: {failed.message} (next try in {wait_for})"
 
@@ -310,51 +316,3 @@ class Updater:
 def _log_once(previous: str | None, message: str, level: int) -> None:
     """A problem is worth a warning when it starts, not on every retry."""
     log.log(level if message != previous else logging.DEBUG, "%s", message)
-
-
-class DdnsComponent:
-    """Runs ``Updater.cycle`` in a thread and publishes its outcome into the State."""
-
-    async def run(self, ctx: Context) -> None:
-        config = ctx.config.ddns
-        store = Store(ctx.paths.ddns_state)
-        updater = await asyncio.to_thread(Updater, config, store)
-        log.info(
-            "updating %s via %s (%s), User-Agent %r",
-            config.hostname,
-            config.provider,
-            " and ".join(LABEL[f] for f in updater.families),
-            updater.http.agent,
-        )
-        try:
-            while True:
-                await self._cycle(ctx, updater)
-                self._publish(ctx, updater)
-                delay = max(1.0, updater.next_wake() - time.time())
-                # Sleep in slices: ctx.sleep counts as progress for the watchdog.
-                while delay > 0:
-                    step = min(delay, 20.0)
-                    await ctx.sleep(step)
-                    delay -= step
-        finally:
-            updater.close()
-
-    async def _cycle(self, ctx: Context, updater: Updater) -> None:
-        task = asyncio.ensure_future(asyncio.to_thread(updater.cycle))
-        # If we are cancelled mid-cycle the thread still ends (every request has a
-        # timeout); its result, or error, is then nobody's business.
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        started = time.monotonic()
-        while not task.done():
-            await asyncio.wait({task}, timeout=10)
-            # Requests have timeouts, so a cycle ends; one that does not is wedged, and the
-            # watchdog should see it.
-            if time.monotonic() - started < CYCLE_LIMIT:
-                ctx.progress()
-        task.result()
-
-    def _publish(self, ctx: Context, updater: Updater) -> None:
-        health, message, brief = updater.health()
-        ctx.state.set_health(
-            ctx.name, health, message, brief=brief, records=updater.record_details()
-        )

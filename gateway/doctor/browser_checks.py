@@ -19,17 +19,19 @@ from gateway.browser.launch import (
 from gateway.doctor.env import SERVICE, Env, Unavailable
 from gateway.doctor.report import Finding, fail, ok, skip, warn
 from gateway.doctor.service_checks import daemon_snapshot
+from gateway.snapshot import Snapshot
+from gateway.vocabulary import RuntimeState
 
 SNAP_DROP_IN = f"/etc/systemd/system/{SERVICE}.service.d/10-site.conf"
-# States the keep-alive publishes only while it sees the notebook itself (gateway/state.py
-# RuntimeFacts): the profile is signed in.
+# States the keep-alive publishes only while it sees the notebook itself: the profile is
+# signed in.
 _SIGNED_IN_STATES = {
-    "connected",
-    "connecting",
-    "disconnected",
-    "dialog",
-    "gpu_limit",
-    "too_many_sessions",
+    RuntimeState.CONNECTED,
+    RuntimeState.CONNECTING,
+    RuntimeState.DISCONNECTED,
+    RuntimeState.DIALOG,
+    RuntimeState.GPU_LIMIT,
+    RuntimeState.TOO_MANY_SESSIONS,
 }
 
 
@@ -164,7 +166,7 @@ def check_profile(env: Env) -> Finding:
         return off
     login_fix = "run `colab-gateway login` and sign in to the Google account that owns the notebook"
     live = _live_runtime_states(env)
-    signed_out = sorted(name for name, state in live.items() if state == "signed_out")
+    signed_out = sorted(name for name, state in live.items() if state == RuntimeState.SIGNED_OUT)
     if signed_out:
         return fail(
             f"the browser shows Google's sign-in page for {', '.join(signed_out)}", login_fix
@@ -193,15 +195,15 @@ def check_profile(env: Env) -> Finding:
     return ok(f"the profile {profile} holds Google's sign-in cookies")
 
 
-def _live_runtime_states(env: Env) -> dict[str, str]:
-    snapshot = daemon_snapshot(env)
-    if not isinstance(snapshot, dict):
+def _live_runtime_states(env: Env) -> dict[str, RuntimeState]:
+    raw = daemon_snapshot(env)
+    if isinstance(raw, Exception):
         return {}
-    sessions = snapshot.get("sessions", {})
-    return {
-        str(name): str(session.get("runtime", {}).get("state", "unknown"))
-        for name, session in (sessions.items() if isinstance(sessions, dict) else [])
-    }
+    try:
+        snapshot = Snapshot.from_json(raw)
+    except ValueError:
+        return {}  # check_daemon names what is wrong with the daemon
+    return {name: session.runtime.state for name, session in snapshot.sessions.items()}
 
 
 def _cookie_mtime(profile: Path) -> float | None:

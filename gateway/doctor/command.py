@@ -78,7 +78,7 @@ def run_all(env: Env, problems: list[str], checks: tuple[Check, ...] = CHECKS) -
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from gateway.cli import paths_from
+    from gateway.cli_support import paths_from
     from gateway.secrets import register_secrets
 
     paths = paths_from(args)
@@ -98,7 +98,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from gateway.cli import add_path_options
+    from gateway.cli_support import add_path_options
 
     doctor = sub.add_parser(
         "doctor",

@@ -7,9 +7,11 @@ from typing import Any
 
 from gateway.doctor.env import SERVICE, Env
 from gateway.doctor.report import Finding, fail, ok, skip, warn
+from gateway.snapshot import Snapshot
 from gateway.status_server import query
 from gateway.tunnel import hostkeys
 from gateway.tunnel.keys import KeyStore, secret_name
+from gateway.vocabulary import Health
 
 
 def check_config(env: Env, problems: list[str]) -> Finding:
@@ -110,10 +112,15 @@ def check_daemon(env: Env) -> Finding:
     if isinstance(snapshot, Exception):
         reason = getattr(snapshot, "strerror", None) or str(snapshot)
         return fail(f"no answer on {socket_path}: {reason}", start)
-    health = str(snapshot.get("health"))
-    summary = str(snapshot.get("summary", ""))
-    text = f"running: {health} — {summary}"
-    if health == "ok":
+    try:
+        view = Snapshot.from_json(snapshot)
+    except ValueError as exc:
+        return fail(
+            f"{socket_path} answered a status this version cannot read ({exc})",
+            f"restart the service so that it runs this version: sudo systemctl restart {SERVICE}",
+        )
+    text = f"running: {view.health.value} — {view.summary}"
+    if view.health == Health.OK:
         return ok(text)
     fix = "`colab-gateway status` names the component and what it needs"
-    return fail(text, fix) if health == "failed" else warn(text, fix)
+    return fail(text, fix) if view.health == Health.FAILED else warn(text, fix)

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from gateway.sim import netns
+from gateway.sim.polling import free_port
 from gateway.sim.vm import SimNetwork, SimVM
 
 SESSION = "demo"
@@ -65,11 +67,11 @@ def missing_parts() -> list[str]:
             found = False
         if not found:
             missing.append(f"{what}: module {module} not found")
-    from gateway.components import all_specs
+    from gateway.registry import all_specs
 
     names = {spec.name for spec in all_specs()}
     missing += [
-        f"{what}: component {name!r} is not registered in gateway/components.py"
+        f"{what}: component {name!r} is not registered in gateway/registry.py"
         for name, what in REQUIRED_COMPONENTS.items()
         if name not in names
     ]
@@ -77,13 +79,6 @@ def missing_parts() -> list[str]:
         if shutil.which(program) is None:
             missing.append(f"program {program!r} is not installed (make system-deps)")
     return missing
-
-
-def free_port(host: str) -> int:
-    """A port free on ``host`` in the calling thread's namespace, found by binding port 0."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -432,14 +427,13 @@ daemon:
 
 def _comm(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
+        return psutil.Process(pid).name()
+    except psutil.Error:
         return ""
 
 
 def _ppid(pid: int) -> int:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
         return 0
-    return int(stat.rpartition(")")[2].split()[1])

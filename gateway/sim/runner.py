@@ -15,12 +15,14 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from gateway.browser.keepalive import BrowserKeeper, Worker
+from gateway.browser.component import BrowserKeeper
+from gateway.browser.keepalive import Worker
 from gateway.component import Context
 from gateway.config import BrowserConfig, Config, SessionConfig
 from gateway.paths import Paths
 from gateway.sim import SimColab
-from gateway.state import Command, RuntimeFacts, State
+from gateway.state import State
+from gateway.vocabulary import Command, RuntimeFacts
 
 
 class BrowserRunner:
@@ -87,7 +89,7 @@ class BrowserRunner:
         return self.runtime
 
     def post(self, command: Command) -> None:
-        self.state.post("browser", command)
+        self.state.post(command)
 
     def browser_pids(self) -> list[int]:
         worker_browser = self.worker().browser

@@ -31,6 +31,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+import psutil
+
 from gateway.sim import netns
 
 NAME_PREFIX = "cgsim"
@@ -136,7 +138,7 @@ def cleanup_stale() -> list[str]:
         if len(parts) < 3 or parts[0] != NAME_PREFIX or not parts[1].isdigit():
             continue
         owner = int(parts[1])
-        if owner == os.getpid() or Path(f"/proc/{owner}").exists():
+        if owner == os.getpid() or psutil.pid_exists(owner):
             continue
         netns.delete(entry.name)
         removed.append(entry.name)
@@ -487,17 +489,17 @@ class SimVM:
 
 
 def _zombie(pid: int) -> bool:
+    """Gone, or dead and not yet reaped."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
         return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def _comm(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
+        return psutil.Process(pid).name()
+    except psutil.Error:
         return ""
 
 

@@ -10,7 +10,7 @@ from gateway.config import EX_CONFIG
 
 
 def register_shell(sub: Any) -> None:
-    from gateway.cli import add_path_options
+    from gateway.cli_support import add_path_options
 
     parser = sub.add_parser(
         "shell",
@@ -22,7 +22,7 @@ def register_shell(sub: Any) -> None:
 
 
 def register_ssh_config(sub: Any) -> None:
-    from gateway.cli import add_path_options
+    from gateway.cli_support import add_path_options
 
     parser = sub.add_parser(
         "ssh-config",
@@ -44,14 +44,14 @@ def register_ssh_config(sub: Any) -> None:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    from gateway.cli import paths_from
-    from gateway.tmux import shell
+    from gateway.cli_support import paths_from
+    from gateway.tmux import pane_ssh
 
-    return shell.run(args.session, paths_from(args))
+    return pane_ssh.run(args.session, paths_from(args))
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:
-    from gateway.cli import paths_from
+    from gateway.cli_support import paths_from
     from gateway.config import ConfigError
     from gateway.tmux import sshconfig
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import yaml
 
 from gateway.config import Config, ConfigError, load_config
-from gateway.configschema import bind_document
+from gateway.known_hosts import pinned_keys
 from gateway.paths import Paths
+from gateway.yaml_binder import bind_document
 
 # What a terminal into the VM needs from the config; the rest is the daemon's business.
 _SSH_SECTIONS = ("sessions", "ssh")
@@ -51,23 +52,6 @@ def load_ssh_view(path: Path) -> Config:
 
 def alias(session: str) -> str:
     return f"{ALIAS_PREFIX}{session}"
-
-
-def pinned_keys(known_hosts: Path, port: int) -> list[str]:
-    """``TYPE BASE64`` of every key pinned for ``[localhost]:PORT``."""
-    wanted = f"[localhost]:{port}" if port != 22 else "localhost"
-    try:
-        text = known_hosts.read_text()
-    except FileNotFoundError:
-        return []
-    keys = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 3 or fields[0].startswith(("#", "@")):
-            continue
-        if wanted in fields[0].split(","):
-            keys.append(f"{fields[1]} {fields[2]}")
-    return keys
 
 
 def known_hosts_lines(config: Config, paths: Paths, sessions: list[str]) -> list[str]:

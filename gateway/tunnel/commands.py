@@ -21,7 +21,7 @@ EXIT_USAGE = 2
 
 
 def register(sub: Any) -> None:
-    from gateway.cli import add_path_options
+    from gateway.cli_support import add_path_options
 
     keys = sub.add_parser(
         "keys",
@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, KeyStore] | None:
-    from gateway.cli import load_or_report, paths_from
+    from gateway.cli_support import load_or_report, paths_from
 
     paths = paths_from(args)
     loaded = load_or_report(paths)

@@ -30,6 +30,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.backoff import Backoff
 from gateway.config import TunnelConfig
 from gateway.durations import format_duration
 from gateway.tunnel.known_sources import KnownSources
@@ -71,6 +72,9 @@ class Guard:
     ) -> None:
         self.config = config
         self.clock = clock
+        # penalty_min for the first failed login, doubling per repeat up to penalty_max;
+        # no jitter: a penalty is a sentence, not a retry.
+        self.penalty = Backoff(config.penalty_min, config.penalty_max, clock=clock)
         self.known = known if known is not None else KnownSources(None, config.known_sources_max)
         # The OS's generator, as sshd uses arc4random: a stranger cannot predict the drops.
         self.rng = rng if rng is not None else random.SystemRandom()
@@ -158,7 +162,7 @@ class Guard:
         strikes = 1
         if previous and now - max(previous.until, previous.last_strike) < self.config.penalty_max:
             strikes = previous.strikes + 1
-        duration = min(self.config.penalty_min * 2 ** min(strikes - 1, 30), self.config.penalty_max)
+        duration = self.penalty.delay(strikes)
         self.penalties[key] = _Penalty(strikes=strikes, until=now + duration, last_strike=now)
         self.refusals.log(
             f"{address}: {why}; refusing this source for {format_duration(duration)}"

@@ -11,12 +11,22 @@ VM brings a new key, and the Pi's ssh keeps checking strictly without ever seein
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 import asyncssh
 
-from gateway.atomic import atomic_write
+from gateway import known_hosts as known_hosts_file
+from gateway.known_hosts import host_pattern
+
+__all__ = [
+    "COMMAND",
+    "HostKeyError",
+    "host_pattern",
+    "key_line",
+    "parse_command",
+    "pin",
+    "pinned_fingerprint",
+]
 
 COMMAND = "register-hostkey"
 MAX_COMMAND_BYTES = 4096  # an RSA-4096 public key is ~750 bytes; nothing legitimate is larger
@@ -31,8 +41,6 @@ ALLOWED_TYPES = frozenset(
     }
 )
 _TOKEN = re.compile(r"^[A-Za-z0-9+/=@.-]+$")
-
-_write_lock = threading.Lock()
 
 
 class HostKeyError(ValueError):
@@ -73,10 +81,6 @@ def _rsa_bits(key: asyncssh.SSHKey) -> int:
     return int(size) if size is not None else 0
 
 
-def host_pattern(port: int) -> str:
-    return f"[localhost]:{port}"
-
-
 def key_line(key: asyncssh.SSHKey) -> str:
     """``type base64`` without the comment (a comment from the VM is not worth keeping)."""
     key_type, blob = key.export_public_key("openssh").decode().split()[:2]
@@ -85,36 +89,14 @@ def key_line(key: asyncssh.SSHKey) -> str:
 
 def pin(known_hosts: Path, ports: list[int], key: asyncssh.SSHKey) -> None:
     """Make ``key`` the only known key of ``[localhost]:<port>`` for each of ``ports``."""
-    patterns = {host_pattern(p) for p in ports}
-    with _write_lock:
-        try:
-            old = known_hosts.read_text().splitlines()
-        except FileNotFoundError:
-            old = []
-        kept = [line for line in old if not _names_any(line, patterns)]
-        new = [f"{host_pattern(p)} {key_line(key)}" for p in sorted(set(ports))]
-        known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(known_hosts, "\n".join(kept + new) + "\n", 0o644)
+    known_hosts_file.pin(known_hosts, ports, key_line(key))
 
 
 def pinned_fingerprint(known_hosts: Path, port: int) -> str | None:
     """The fingerprint of the key currently pinned for ``port``, if any."""
-    try:
-        lines = known_hosts.read_text().splitlines()
-    except FileNotFoundError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 3 and host_pattern(port) in fields[0].split(","):
-            try:
-                return asyncssh.import_public_key(" ".join(fields[1:3])).get_fingerprint()
-            except (asyncssh.KeyImportError, ValueError):
-                return None
+    for key in known_hosts_file.pinned_keys(known_hosts, port):
+        try:
+            return asyncssh.import_public_key(key).get_fingerprint()
+        except (asyncssh.KeyImportError, ValueError):
+            return None
     return None
-
-
-def _names_any(line: str, patterns: set[str]) -> bool:
-    fields = line.split()
-    if not fields or fields[0].startswith("#"):
-        return False
-    return any(name in patterns for name in fields[0].split(","))

@@ -1,0 +1,57 @@
+"""The CSS selectors and page texts by which the browser keep-alive reads Colab's notebook.
+
+Data only, so that the config can check ``browser.selectors`` names without importing the
+browser component; gateway/browser/colab_dom.py says how they are used and overridden.
+"""
+
+from __future__ import annotations
+
+DEFAULTS: dict[str, str] = {
+    # -- structures ------------------------------------------------------------------------
+    # connect/reconnect: host element -> its shadowRoot -> the button (tooltip = state)
+    "connect_host": "colab-connect-button",
+    "connect_button": "#connect",
+    "connect_tooltip_attr": "tooltiptext",
+    # generic dialogs (newest first; older Colab used mwc-dialog / paper-dialog)
+    "dialog": "md-dialog[open], mwc-dialog[open], paper-dialog[opened]",
+    "dialog_title": "[slot=headline], #title, h2",
+    "dialog_buttons": "md-text-button, md-filled-button, md-outlined-button, mwc-button, "
+    "paper-button, button",
+    "dialog_primary": "[slot=primaryAction], [dialogaction=ok], #ok",
+    # reCAPTCHA: host -> shadowRoot -> button host -> shadowRoot -> the clickable element
+    "recaptcha_host": "colab-recaptcha-dialog",
+    "recaptcha_button": "md-text-button",
+    "recaptcha_inner": "#button",
+    # cells: a running cell's run button shows a stop symbol in its shadowRoot
+    "run_button": "colab-run-button",
+    "running_marker": "#stopSymbolMask",
+    # The code editor is Monaco: its input is a 1-pixel `textarea.inputarea`; a bare
+    # `.inputarea` could also hit a container div around it, which cannot take the focus.
+    # Newer Monaco builds use an EditContext element instead.
+    "first_cell_editor": ".cell.code textarea.inputarea, .cell.code .native-edit-context, "
+    ".cell.code textarea",
+    "notebook_focus": ".notebook-cell-list, .notebook-content, #main-content, body",
+    # present on every loaded notebook page; its absence long after load = failed load
+    "page_marker": "#top-toolbar, colab-connect-button",
+    # an element whose attribute names the VM; real Colab has none (heuristic used then)
+    "vm_id": "[data-colab-vm-id]",
+    "vm_id_attr": "data-colab-vm-id",
+    # signed out: a URL pattern (regular expression) or a sign-in element
+    "signed_out_url": r"accounts\.google\.com|/ServiceLogin|/signin/",
+    "signed_out_element": "#sign-in-overlay, colab-sign-in-button",
+    # -- texts (case-insensitive substrings, '|' separates alternatives) ---------------------
+    "text_connected": "Connected to",
+    "text_gpu": "(GPU)|GPU backend",
+    "text_busy": "Waiting to finish the current execution",
+    "text_needs_connect": "Click to connect|Connect to a new runtime|Connect to a hosted runtime",
+    "text_connecting": "Connecting|Allocating|Initializing",
+    "text_runtime_disconnected": "Runtime disconnected",
+    "text_reconnect": "Reconnect",
+    "text_still_there": "Are you still there",
+    "text_gpu_limit": "Cannot connect to GPU backend|usage limits",
+    "text_connect_without_gpu": "Connect without GPU",
+    "text_too_many_sessions": "too many active sessions|Terminate other sessions",
+    "text_run_anyway": "Run anyway",
+    "text_close": "Close|Cancel|Dismiss",
+    "text_signed_out": "Sign in to continue|Sign in to use Colab",
+}

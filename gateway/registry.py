@@ -1,0 +1,49 @@
+"""Which components the daemon runs, and which part of the config each one depends on.
+
+This is the one place that wires components to the daemon; they never import each other.
+"""
+
+from __future__ import annotations
+
+from gateway.browser.component import BrowserKeeper
+from gateway.component import ComponentSpec
+from gateway.ddns.component import DdnsComponent
+from gateway.healer.component import Healer
+from gateway.tmux.component import TmuxKeeper
+from gateway.tunnel.component import TunnelComponent
+
+
+def all_specs() -> list[ComponentSpec]:
+    return [
+        ComponentSpec(
+            name="healer",
+            enabled=lambda c: True,
+            relevant=lambda c: (c.sessions, c.browser.rerun, c.browser.rerun_after),
+            factory=Healer,
+        ),
+        ComponentSpec(
+            name="tunnel",
+            enabled=lambda c: c.tunnel.enabled,
+            relevant=lambda c: (c.tunnel, c.sessions),
+            factory=TunnelComponent,
+        ),
+        ComponentSpec(
+            name="ddns",
+            enabled=lambda c: c.ddns.provider != "none",
+            relevant=lambda c: c.ddns,
+            factory=DdnsComponent,
+        ),
+        ComponentSpec(
+            name="tmux",
+            enabled=lambda c: c.tmux.enabled and bool(c.sessions),
+            # Its windows run `colab-gateway shell`, which reads ssh settings itself.
+            relevant=lambda c: (c.tmux, tuple(s.name for s in c.sessions)),
+            factory=TmuxKeeper,
+        ),
+        ComponentSpec(
+            name="browser",
+            enabled=lambda c: c.browser.enabled and bool(c.sessions),
+            relevant=lambda c: (c.sessions, c.browser),
+            factory=BrowserKeeper,
+        ),
+    ]
