@@ -183,7 +183,7 @@ def run_bare(url: str, window: float, tmp: Path) -> dict[str, Any]:
 def run_component(
     sim: Any, window: float, tmp: Path, quiet: bool, reload_every: float, config: dict[str, Any]
 ) -> dict[str, Any]:
-    from gateway.configschema import Duration
+    from gateway.config import Duration
     from gateway.sim.runner import BrowserRunner
 
     runner = BrowserRunner(
