@@ -12,6 +12,7 @@ from gateway.component import ComponentSpec, Context
 from gateway.config import Config
 from gateway.paths import Paths
 from gateway.state import Health, State
+from gateway.vocabulary import COMPONENT_RESTARTS
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Supervisor:
             # Full jitter keeps components that fail together from retrying in lockstep.
             wait = min(delay, self.backoff_max) * random.uniform(0.5, 1.0)
             self.state.set_health(spec.name, Health.FAILED, f"{reason}; restarting in {wait:.0f}s")
+            self.state.count(COMPONENT_RESTARTS, component=spec.name)
             if entry := self.running.get(spec.name):
                 entry.restarts += 1
                 entry.waiting_since = time.monotonic()
