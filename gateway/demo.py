@@ -147,7 +147,8 @@ def metrics_summary(text: str) -> list[str]:
             moved = family.type == "counter" and sample.name.endswith("_total") and sample.value
             if moved or family.name.removeprefix("colab_gateway_") in shown:
                 labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                lines.append(f"{sample.name}{{{labels}}} {sample.value:g}")
+                shown_labels = f"{{{labels}}}" if labels else ""
+                lines.append(f"{sample.name}{shown_labels} {sample.value:g}")
     return lines
 
 
