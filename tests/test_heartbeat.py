@@ -14,7 +14,7 @@ from support import StartDaemon, wait_until
 
 from gateway import logs
 from gateway.heartbeat.component import verdict
-from gateway.heartbeat.pinger import Ping, request_for
+from gateway.heartbeat.pinger import BACKLOG, Ping, Pinger, request_for
 from gateway.state import State
 from gateway.vocabulary import Health
 
@@ -68,6 +68,26 @@ def test_the_reason_is_one_redacted_line() -> None:
     assert ping == Ping("fail", "ddns degraded: provider said <redacted> is wrong")
     state.set_health("ddns", Health.OK, "published")
     assert verdict(state.view(), "heartbeat") == Ping("success")
+
+
+def test_a_stalled_ping_service_never_holds_up_the_sender(serve: object) -> None:
+    """send() only queues: with the service stuck on the first ping, twenty more sends
+    return, the oldest waiting pings give way, and the newest one arrives in the end."""
+    stalled: FakeServer = serve(lambda r: Reply(200, "OK", delay=30))  # type: ignore[operator]
+    results: list[tuple[Ping, str | None]] = []
+    pinger = Pinger(f"{stalled.url}/ping/u", 60, lambda p, problem: results.append((p, problem)))
+    try:
+        pinger.send(Ping("start"))
+        wait_until(lambda: stalled.received, 10, "the first ping, which stalls")
+        for n in range(20):
+            pinger.send(Ping("fail", f"reason {n}"))
+        stalled.release.set()  # the service answers again
+        wait_until(lambda: any(p.reason == "reason 19" for p, _ in results), 20, "the newest")
+    finally:
+        pinger.close()
+    fails = [r for r in stalled.received if r.path == "/ping/u/fail"]
+    assert len(fails) <= BACKLOG < 20
+    assert fails[-1].body == b"reason 19"
 
 
 def test_daemon_pings_start_fail_with_redacted_reason_then_success(

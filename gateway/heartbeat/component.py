@@ -42,6 +42,7 @@ class HeartbeatComponent:
 
     async def run(self, ctx: Context) -> None:
         config = ctx.config.healthcheck
+        logs.register_secret(config.url)  # whoever has the URL can ping: keep it out of logs
 
         def reported(ping: Ping, problem: str | None) -> None:  # the pinger's thread
             if problem and problem != self._last_problem:
