@@ -61,3 +61,16 @@ def test_a_colab_disconnect_moves_the_metrics(loop: LoopHarness) -> None:
     assert value(after, "colab_gateway_runtime_connected", session=SESSION) == 1
     # The textfile the harness configured holds the same metrics, for node_exporter.
     assert family_names(loop.metrics_textfile.read_text()) >= set(EXPECTED)
+
+
+def test_a_chromium_crash_counts_a_restart(loop: LoopHarness) -> None:
+    def restarts() -> float:
+        # Summed over reasons: whether a dead Chromium is noticed as "exited" or as a
+        # page that stopped answering depends on which call meets it first.
+        return sum(samples(loop.scrape()).get("colab_gateway_browser_restarts_total", {}).values())
+
+    before = restarts()
+    step = scenarios.chromium_killed(loop)
+    assert step.ok, step.detail
+    assert restarts() > before
+    assert value(loop.scrape(), "colab_gateway_runtime_connected", session=SESSION) == 1
