@@ -39,12 +39,17 @@ def verdict(snapshot: Snapshot, own_name: str) -> Ping:
 class HeartbeatComponent:
     def __init__(self) -> None:
         self._last_problem: str | None = None
+        # Set when the component stops: a ping still in flight then reports to nobody,
+        # instead of bringing a removed component back into the State.
+        self._stopped = False
 
     async def run(self, ctx: Context) -> None:
         config = ctx.config.healthcheck
         logs.register_secret(config.url)  # whoever has the URL can ping: keep it out of logs
 
         def reported(ping: Ping, problem: str | None) -> None:  # the pinger's thread
+            if self._stopped:
+                return
             if problem and problem != self._last_problem:
                 log.warning("heartbeat %s ping: %s", ping.kind, problem)
             self._last_problem = problem
@@ -77,4 +82,5 @@ class HeartbeatComponent:
                 wait = min(max(0.05, next_at - time.monotonic()), 20.0)
                 version = await ctx.state.wait_changed(version, timeout=wait)
         finally:
+            self._stopped = True
             pinger.close()

@@ -70,12 +70,8 @@ class Pinger:
                 with contextlib.suppress(queue.Empty):
                     self._queue.get_nowait()  # the oldest gives way: it is stale anyway
 
-    def close(self, timeout: float = 2.0) -> None:
-        self.send_stop()
-        self._thread.join(timeout)
-        self._http.close()
-
-    def send_stop(self) -> None:
+    def close(self) -> None:
+        """Stop after the ping in flight, if any; never waits for it (its timeout ends it)."""
         try:
             self._queue.put_nowait(None)
         except queue.Full:
@@ -96,3 +92,4 @@ class Pinger:
             except requests.RequestException as exc:
                 problem = f"cannot reach {self.host}: {type(exc).__name__}"
             self.on_result(ping, problem)
+        self._http.close()
