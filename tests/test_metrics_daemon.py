@@ -164,3 +164,24 @@ def test_metrics_of_the_running_daemon_follow_ddns_and_the_tunnel(
     with socket.socket() as s:  # nothing listens on the metrics port any more
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # scrapes left TIME_WAITs
         s.bind(("127.0.0.1", port))
+
+
+def test_a_reload_moves_the_metrics_to_the_new_address(
+    tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    first, second = free_port(), free_port()
+    base = "tunnel: {enabled: false}\nbrowser: {enabled: false}\ntmux: {enabled: false}\n"
+    daemon = start_daemon(base + f"metrics: {{listen: '127.0.0.1:{first}'}}\n")
+
+    def serves(port: int) -> bool:
+        try:
+            return "colab_gateway_up_seconds" in scrape(f"http://127.0.0.1:{port}/metrics")
+        except OSError:
+            return False
+
+    wait_until(lambda: serves(first), 30, "metrics on the first port")
+    daemon.config.write_text(base + f"metrics: {{listen: '127.0.0.1:{second}'}}\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: serves(second), 30, "metrics on the second port after the reload")
+    wait_until(lambda: not serves(first), 10, "the first port closed")
+    assert daemon.stop(15) == 0, daemon.output()

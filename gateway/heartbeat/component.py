@@ -12,6 +12,7 @@ import time
 
 from gateway import logs
 from gateway.component import Context
+from gateway.durations import format_duration
 from gateway.heartbeat.pinger import Ping, Pinger
 from gateway.snapshot import Snapshot
 from gateway.vocabulary import Health
@@ -59,7 +60,7 @@ class HeartbeatComponent:
                 ctx.state.set_health(ctx.name, Health.OK, every_text, brief="")
 
         pinger = Pinger(config.url, config.timeout, reported)
-        every_text = f"pinging {pinger.host} every {config.every:.0f}s"
+        every_text = f"pinging {pinger.host} every {format_duration(config.every)}"
         ctx.health(Health.OK, every_text, brief="")
         pinger.send(Ping("start"))
         try:
