@@ -4,6 +4,7 @@ every metric with its labels (read back with prometheus-client's parser), the te
 from __future__ import annotations
 
 import asyncio
+import errno
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from support import free_port, wait_until
 from gateway.component import Context
 from gateway.config import load_config_text
 from gateway.metrics.collector import StateCollector
-from gateway.metrics.component import MetricsComponent
+from gateway.metrics.component import MetricsComponent, textfile_problem
 from gateway.paths import Paths
 from gateway.state import State
 from gateway.vocabulary import (
@@ -150,3 +151,16 @@ def test_the_component_serves_http_and_writes_the_textfile(tmp_path: Path) -> No
         assert component.server is None  # stopped with the component: the port is free
 
     asyncio.run(main())
+
+
+def test_a_read_only_textfile_directory_says_how_to_allow_it() -> None:
+    """Under systemd, ProtectSystem=strict makes node_exporter's directory read-only."""
+    path = "/var/lib/prometheus/node-exporter/colab_gateway.prom"
+    problem = textfile_problem(path, OSError(errno.EROFS, "Read-only file system"))
+    assert problem == (
+        f"cannot write metrics.textfile={path}: Read-only file system; let the service write "
+        "there with a drop-in (systemctl edit colab-gateway): "
+        "[Service] ReadWritePaths=/var/lib/prometheus/node-exporter"
+    )
+    other = textfile_problem(path, OSError(errno.ENOSPC, "No space left on device"))
+    assert other.endswith(": No space left on device")

@@ -8,8 +8,10 @@ The HTTP server is prometheus_client's, in its own thread; each scrape reads a S
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import threading
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
@@ -70,7 +72,7 @@ class MetricsComponent:
             # In a thread: atomic_write fsyncs, which an SD card can take its time over.
             await asyncio.to_thread(atomic_write, path, generate_latest(registry), 0o644)
         except OSError as exc:
-            return f"cannot write metrics.textfile={path}: {exc.strerror or exc}"
+            return textfile_problem(path, exc)
         return None
 
     def stop(self) -> None:
@@ -80,3 +82,14 @@ class MetricsComponent:
             server.server_close()
             thread.join(5)
             self.server = None
+
+
+def textfile_problem(path: str, exc: OSError) -> str:
+    problem = f"cannot write metrics.textfile={path}: {exc.strerror or exc}"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        # The unit's ProtectSystem=strict makes most of / read-only for the service.
+        problem += (
+            "; let the service write there with a drop-in (systemctl edit colab-gateway): "
+            f"[Service] ReadWritePaths={Path(path).parent}"
+        )
+    return problem
