@@ -60,15 +60,19 @@ class SecretFile(Secret):
 
 @dataclass(frozen=True)
 class Problem:
+    """One mistake; ``line`` and ``column`` are None when it has no place in the text
+    (the file is missing, too big, not text)."""
+
     file: str
-    line: int
-    column: int
+    line: int | None
+    column: int | None
     message: str
     warning: bool = False
 
     def __str__(self) -> str:
         prefix = "warning: " if self.warning else ""
-        return f"{self.file}:{self.line}:{self.column}: {prefix}{self.message}"
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        return f"{where}: {prefix}{self.message}"
 
 
 class ConfigError(Exception):
@@ -77,6 +81,145 @@ class ConfigError(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+# What a config can hold, with room to spare; beyond these it is a mistake or an attack
+# (a YAML bomb, a device file) and must not cost the daemon its memory or its stack.
+# PyYAML's pure-Python composer takes ~10 s per MiB of dense flow YAML here (more on a Pi),
+# blocking the event loop during a reload; the example config is 7 KiB.
+MAX_CONFIG_BYTES = 256 << 10
+MAX_SECRET_BYTES = 64 << 10
+MAX_DEPTH = 32  # the schema itself is 5 levels deep
+MAX_VALUES = 100_000  # values bound, aliases counted each time they are used
+
+
+class Unreadable(Exception):
+    """A file that can't be a config or a secret; the message says why, without position.
+
+    ``wrong_file`` is True when the file is readable but can't be what was meant (a
+    directory, a device, far too big); False when reading it failed (permissions).
+    """
+
+    def __init__(self, message: str, wrong_file: bool = True) -> None:
+        super().__init__(message)
+        self.wrong_file = wrong_file
+
+
+def read_bounded(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
+    """The bytes of the regular file ``path``, refusing anything else or anything bigger.
+
+    Opened without blocking, so that a FIFO (or a device) is refused instead of hanging
+    or feeding us forever; FileNotFoundError is left to the caller, which knows what
+    the file is for.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise  # the caller knows what the file is for, and what to say
+    except OSError as exc:
+        raise Unreadable(f"cannot be read: {exc.strerror}", wrong_file=False) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Unreadable(f"is {_file_kind(info.st_mode)}, not a regular file")
+        if info.st_size > limit:
+            raise Unreadable(f"is {info.st_size} bytes, more than the {limit} allowed")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise Unreadable(f"cannot be read: {exc.strerror}", wrong_file=False) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew while we read
+        raise Unreadable(f"is more than the {limit} bytes allowed")
+    return data, info
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def decode_text(data: bytes, filename: str) -> str:
+    """UTF-8 text, or ConfigError placing the first byte that is not."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            raise ConfigError([Problem(filename, None, None, f"is {name} text: save it as UTF-8")])
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line, column = _position(data, nul)
+        raise ConfigError(
+            [
+                Problem(
+                    filename,
+                    line,
+                    column,
+                    "a NUL byte: this is binary, or UTF-16/UTF-32 text; save it as UTF-8",
+                )
+            ]
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _position(data, exc.start)
+        byte = data[exc.start]
+        raise ConfigError(
+            [Problem(filename, line, column, f"byte 0x{byte:02x} is not UTF-8: save it as UTF-8")]
+        ) from None
+
+
+_BOMS = [
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+]
+
+
+def _position(data: bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column (in characters) of byte ``offset``."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    column = len(data[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return data.count(b"\n", 0, offset) + 1, column
+
+
+class _TooMany(Exception):
+    def __init__(self, node: yaml.Node) -> None:
+        self.node = node
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's composer recurses once per nesting level: stop it long before Python's
+    stack does. (The parser and scanner keep explicit stacks and need no limit.)"""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested more than {MAX_DEPTH} levels deep (the settings need 5)",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def setting(
@@ -98,6 +241,7 @@ class _Binder:
     def __init__(self, filename: str) -> None:
         self.filename = filename
         self.problems: list[Problem] = []
+        self.budget = MAX_VALUES
         self.base_dir = Path(filename).resolve().parent if filename != "<string>" else Path.cwd()
 
     def problem(
@@ -110,6 +254,11 @@ class _Binder:
     # -- dispatch ----------------------------------------------------------------------------
 
     def bind(self, node: yaml.Node, tp: Any, path: str, meta: dict[str, Any]) -> Any:
+        # An alias is a reference: bound once per use, a few lines can stand for billions
+        # of values ("billion laughs"). Count every use, and give up past the limit.
+        self.budget -= 1
+        if self.budget < 0:
+            raise _TooMany(node)
         origin = typing.get_origin(tp)
         if origin in (Union, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -192,6 +341,10 @@ class _Binder:
             return _Invalid
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                # str() of a node is its whole subtree, aliases expanded: never build it.
+                self.problem(key_node, path, "keys must be plain names")
+                return _Invalid
             key = str(key_node.value)
             if key in out:
                 self.problem(key_node, f"{path}.{key}", "duplicate key")
@@ -269,31 +422,40 @@ class _Binder:
         secret_path = Path(os.path.expanduser(raw))
         if not secret_path.is_absolute():
             secret_path = self.base_dir / secret_path
+        shown = repr(str(secret_path))
         try:
-            info = secret_path.stat()
-            text = secret_path.read_text().strip()
+            data, info = read_bounded(secret_path, MAX_SECRET_BYTES)
+            text = data.decode("utf-8").strip()
         except FileNotFoundError:
             self.problem(
                 node,
                 path,
-                f"secret file {str(secret_path)!r} does not exist: create it "
+                f"secret file {shown} does not exist: create it "
                 "with the secret on one line, mode 0600",
             )
             return _Invalid
-        except OSError as exc:
-            self.problem(
-                node, path, f"cannot read secret file {str(secret_path)!r}: {exc.strerror}"
+        except Unreadable as exc:
+            advice = (
+                f": point {path} at a file holding the secret on one line "
+                f"(at most {MAX_SECRET_BYTES >> 10} KiB)"
+                if exc.wrong_file
+                else ""
             )
+            self.problem(node, path, f"secret file {shown} {exc}{advice}")
+            return _Invalid
+        except UnicodeDecodeError:
+            # Never quote the bytes: they are (part of) the secret.
+            self.problem(node, path, f"secret file {shown} is not UTF-8 text")
             return _Invalid
         if not text:
-            self.problem(node, path, f"secret file {str(secret_path)!r} is empty")
+            self.problem(node, path, f"secret file {shown} is empty")
             return _Invalid
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             mode = stat.S_IMODE(info.st_mode)
             self.problem(
                 node,
                 path,
-                f"secret file {str(secret_path)!r} is readable by group or "
+                f"secret file {shown} is readable by group or "
                 f"others (mode {mode:04o}): run chmod 600 {secret_path}",
                 warning=True,
             )
@@ -312,24 +474,50 @@ def bind_document(text: str, filename: str, cls: type) -> tuple[Any, list[Proble
     """Parse ``text`` and bind it to ``cls``; raise ConfigError listing every problem."""
     binder = _Binder(filename)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_BoundedLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
         reason = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(
             [Problem(filename, line, column, f"YAML syntax error: {reason}")]
         ) from None
+    except yaml.reader.ReaderError as exc:
+        line, column = _text_position(text, exc.position)
+        reason = f"character #x{exc.character:04x} is not allowed in YAML: {exc.reason}"
+        if isinstance(exc.character, bytes):
+            reason = f"not {exc.encoding} text: {exc.reason}"
+        raise ConfigError([Problem(filename, line, column, reason)]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem(filename, 1, 1, f"YAML error: {exc}")]) from None
+        raise ConfigError([Problem(filename, None, None, f"YAML error: {exc}")]) from None
+    except RecursionError:  # the depth limit should come first; never a traceback anyway
+        raise ConfigError([Problem(filename, None, None, "nested too deeply")]) from None
     if root is None:  # an empty file: every default
         start = yaml.Mark(filename, 0, 0, 0, "", 0)
         root = yaml.MappingNode("tag:yaml.org,2002:map", [], start, start)
-    result = binder.bind(root, cls, "", {})
+    try:
+        result = binder.bind(root, cls, "", {})
+    except _TooMany as exc:
+        binder.problem(
+            exc.node,
+            "",
+            f"more than {MAX_VALUES} values once aliases (*name) are expanded: "
+            "is this a YAML bomb? Write the settings out, or use fewer aliases",
+        )
+        raise ConfigError(binder.problems) from None
+    except RecursionError:
+        raise ConfigError([Problem(filename, None, None, "nested too deeply")]) from None
     errors = [p for p in binder.problems if not p.warning]
     if errors or result is _Invalid:
-        raise ConfigError(binder.problems or [Problem(filename, 1, 1, "invalid configuration")])
+        raise ConfigError(
+            binder.problems or [Problem(filename, None, None, "invalid configuration")]
+        )
     return result, [p for p in binder.problems if p.warning]
+
+
+def _text_position(text: str, index: int) -> tuple[int, int]:
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - line_start + 1
 
 
 def _is_null(node: yaml.Node) -> bool:
@@ -357,7 +545,11 @@ def _describe(node: yaml.Node) -> str:
 
 
 def _quote(node: yaml.Node) -> str:
-    return repr(node.value) if isinstance(node, yaml.ScalarNode) else _describe(node)
+    if not isinstance(node, yaml.ScalarNode):
+        return _describe(node)
+    value = str(node.value)
+    # A huge value would make a huge message; enough of it to recognise the line.
+    return repr(value) if len(value) <= 80 else repr(value[:60]) + f"... ({len(value)} chars)"
 
 
 def _type_name(tp: Any) -> str:

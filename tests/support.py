@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.sim.polling import free_port, wait_until
 
@@ -120,3 +121,36 @@ class Daemon:
 
 
 StartDaemon = Callable[..., Daemon]
+
+
+def wait_for_looks(runner: Any, looks: int = 1, timeout: float = 30.0) -> None:
+    """Return once the browser keep-alive (a gateway.sim.runner.BrowserRunner's) has taken
+    ``looks`` whole looks at its page that began after this call: each look reads the page
+    and does what it decided (clicks included) before it counts.
+
+    A test that asserts the keep-alive did *not* click must first let it have its chances:
+    a fixed sleep proves nothing when the worker is stalled. A look is the worker's real
+    ``_visit``, counted as it starts and as it ends.
+    """
+    worker = runner.worker()
+    counts: dict[str, int] | None = getattr(worker, "_looks_counted", None)
+    if counts is None:
+        counts = {"started": 0, "finished": 0}
+        visit = worker._visit
+
+        def counted(session: Any) -> None:
+            counts["started"] += 1
+            try:
+                visit(session)
+            finally:
+                counts["finished"] += 1
+
+        worker._visit = counted
+        worker._looks_counted = counts
+    # Looks run one after the other: the next to start is number started + 1.
+    target = counts["started"] + looks
+    deadline = time.monotonic() + timeout
+    while counts["finished"] < target:
+        assert time.monotonic() < deadline, f"{looks} look(s) at the page: not in {timeout}s"
+        assert not runner.task.done(), "the browser component stopped"
+        time.sleep(0.05)

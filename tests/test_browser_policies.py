@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_for_looks
 
 from gateway.browser.launch import is_running
 from gateway.configschema import Duration
@@ -58,7 +59,7 @@ def test_run_all_limit_and_gpu_wait(sim: SimColab, tmp_path: Path) -> None:
         sim.wait_for(lambda s: s.events("click", dialog="gpu_limit"), 5, "dialog closed")
         assert sim.events("click", dialog="gpu_limit")[-1]["button"] == "Close"
         connects = sim.count("click", target="connect")
-        time.sleep(2.0)
+        wait_for_looks(runner)
         assert sim.count("click", target="connect") == connects, "connect clicked while waiting"
         assert sim.runtime == "disconnected"
         assert "GPU usage limit" in facts.message and "10 min" in facts.message
@@ -74,7 +75,7 @@ def test_too_many_sessions_is_reported_and_not_retried(sim: SimColab, tmp_path: 
         facts = runner.wait(lambda r: r.runtime.state == "too_many_sessions" and r.runtime, 60)
         assert "Manage sessions" in facts.message
         sim.wait_for(lambda s: s.events("click", dialog="too_many_sessions"), 5, "closed")
-        time.sleep(2.0)
+        wait_for_looks(runner)
         assert sim.count("click", target="connect") == 1
         assert facts.screenshot and Path(facts.screenshot).exists()
     finally:
@@ -196,11 +197,11 @@ def test_rerun_asked_while_connecting_runs_once_connected(tmp_path: Path) -> Non
         try:
             runner.wait(lambda r: r.runtime.state == "connecting", 60, "connecting")
             runner.post(RerunBootstrap("colab", "test"))
-            time.sleep(1.0)
-            assert slow.runtime == "connecting" and slow.runs == []
             slow.wait_for(lambda s: s.runs == ["first"], 10, "the bootstrap ran after connect")
             first_run = slow.events("action", action="run")[0]["server_t"]
             connected = slow.events("action", action="connected")[0]["server_t"]
-            assert first_run > connected
+            assert first_run > connected, "ran while connecting"
+            wait_for_looks(runner)
+            assert slow.runs == ["first"], "ran more than once"
         finally:
             runner.stop()

@@ -3,11 +3,11 @@ and a clean stop: real headless Chromium against the simulated Colab page."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_for_looks
 
 from gateway.browser.launch import is_running, processes_with_arg
 from gateway.configschema import Duration
@@ -64,7 +64,7 @@ def test_sign_out_redirect_is_reported_and_recovers_after_sign_in(
         assert health == "degraded"
         assert "Google sign-in needed: run colab-gateway login" in message
         assert facts.screenshot and Path(facts.screenshot).exists()
-        time.sleep(1.0)
+        wait_for_looks(keeper)
         assert sim.count("click") == clicks, "nothing is clicked on the sign-in page"
         # signed in again (colab-gateway login): the next reload finds the notebook
         sim.sign_in()

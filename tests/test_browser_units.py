@@ -45,6 +45,33 @@ def test_arguments_always_use_basic_password_store_and_lean_flags(tmp_path: Path
     assert "--password-store=basic" in headed and "--headless=new" not in headed
 
 
+# (driver, browser) as each install method puts them: Debian's chromium-driver package,
+# Ubuntu's chromium snap, and Raspberry Pi OS (chromium-browser renamed chromium in Bookworm).
+INSTALL_METHODS = {
+    "debian": ("/usr/bin/chromedriver", "/usr/bin/chromium"),
+    "snap": ("/snap/bin/chromium.chromedriver", "/snap/bin/chromium"),
+    "raspberry-pi-os": ("/usr/bin/chromedriver", "/usr/bin/chromium-browser"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(INSTALL_METHODS))
+def test_launch_arguments_per_install_method(tmp_path: Path, method: str) -> None:
+    driver, chromium = INSTALL_METHODS[method]
+    profile = launch.profile_dir(BrowserConfig(), tmp_path, chromium)
+    options = launch.chrome_options(BrowserConfig(), driver, chromium, profile, "agent")
+    capabilities = options.to_capabilities()["goog:chromeOptions"]
+    if method == "snap":
+        # The confined driver may not execute /snap/bin/chromium and starts its own.
+        assert "binary" not in capabilities and options.binary_location == ""
+        assert profile == Path.home() / "snap/chromium/common/colab-gateway-profile"
+    else:
+        assert capabilities["binary"] == chromium
+        assert profile == tmp_path / "chromium-profile"
+    assert not any(v == "/snap/bin/chromium" for v in capabilities.values())
+    assert f"--user-data-dir={profile}" in capabilities["args"]
+    assert "--headless=new" in capabilities["args"]
+
+
 def test_profile_dir_default_and_configured(tmp_path: Path) -> None:
     assert launch.profile_dir(BrowserConfig(), tmp_path) == tmp_path / "chromium-profile"
     assert launch.profile_dir(BrowserConfig(profile_dir="/srv/p"), tmp_path) == Path("/srv/p")
@@ -193,8 +220,11 @@ def test_placeholder_notebook_starts_no_browser(tmp_path: Path) -> None:
         task = asyncio.create_task(
             keeper.run(Context("browser", Config(sessions=[placeholder]), paths, state))
         )
-        await asyncio.sleep(1.0)
         status = state.component("browser")
+        for _ in range(500):  # bounded: 10 s for the worker to judge its sessions
+            if status.health.value != "starting":
+                break
+            await asyncio.sleep(0.02)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         assert keeper.worker is not None

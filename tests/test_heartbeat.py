@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from support import StartDaemon, wait_until
 
-from gateway import logs
 from gateway.heartbeat.component import verdict
 from gateway.heartbeat.pinger import BACKLOG, Ping, Pinger, request_for
+from gateway.secrets import register_secret
 from gateway.state import State
 from gateway.vocabulary import Health
 
@@ -59,7 +59,7 @@ def test_uptime_kuma_push_urls() -> None:
 
 
 def test_the_reason_is_one_redacted_line() -> None:
-    logs.register_secret("hunter2-secret")
+    register_secret("hunter2-secret")
     state = State()
     state.set_health("heartbeat", Health.DEGRADED, "own trouble is not reported")
     state.set_health("healer", Health.OK, "watching")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncssh
 import pytest
 from support import wait_until
 
@@ -228,3 +230,43 @@ def test_namespaces_of_a_dead_harness_are_cleaned_up(tmp_path: Path) -> None:
     removed = cleanup_stale()
     assert sorted(removed) == sorted(names)
     assert not any(netns.exists(n) for n in names)
+
+
+def test_the_cell_names_the_vms_own_sshd_on_its_port_and_leaves_it_running(vm: SimVM) -> None:
+    """The VM's sshd (not the cell's: its own config, no pid file) holds port 22, as one the
+    user started would: the real cell, run by python3 inside the VM, says what holds the
+    port and which setting moves the cell's sshd, and starts no tunnel loop."""
+    from gateway.tunnel.bootstrap import BootstrapParams, render_cell
+    from gateway.tunnel.keys import secret_value
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    params = BootstrapParams(
+        endpoint_host=netns.PI_ADDRESS,
+        endpoint_port=10022,
+        username="colab",
+        endpoint_hostkey=key.export_public_key("openssh").decode().strip(),
+        forwards={20022: 22},
+        pi_public_key="",
+        session="colab",
+    )
+    secret = secret_value(key.export_private_key("openssh").decode())
+    cell = vm.run_cell(
+        render_cell(params, "colab"),
+        secrets={"colab_gateway_colab": secret},
+        env={"GW_INSTALL": "0"},
+    )
+    assert cell.wait(60) != 0
+    log = (vm.logs_dir / f"cell-{vm.generation}.log").read_text()
+    errors = [line for line in log.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, log
+    assert re.fullmatch(
+        r"colab-gateway: ERROR: port 22 on this VM is taken by sshd \(pid \d+: "
+        r"sshd: /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config.*\); stop it, or give the VM's "
+        r"sshd another port: forwards\.ssh\.colab of session 'colab' in the gateway's config, "
+        r"then run the cell `colab-gateway snippet colab` prints",
+        errors[0],
+    ), errors[0]
+    assert "(one-line form)" in log
+    assert keyscan(vm) == vm.host_key(), "the VM's own sshd is left running"
+    assert not (vm.root_home / ".colab-gateway" / "tunnel.pid").exists()
+    assert not vm.tunnel_pids()

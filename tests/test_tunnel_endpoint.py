@@ -1012,3 +1012,24 @@ def test_sntrup761_is_offered_only_with_liboqs() -> None:
     assert (SNTRUP in kex_algorithms()) == sntrup_available
     assert kex_algorithms()[0] == MLKEM
     assert "curve25519-sha256" in kex_algorithms()
+
+
+def test_the_vm_host_key_is_pinned_when_the_colab_ssh_port_is_not_22(
+    tmp_path: Path, pi_key: Path, vms: list[ColabVM]
+) -> None:
+    """docs/tunnel.md tells a user whose VM port 22 is taken to change forwards.ssh.colab:
+    the Pi must still pin the VM's key for the ssh forward, or tmux cannot log in."""
+    local = free_port()
+    config = make_config(tmp_path, forwards={"ssh": (2222, local)})
+    with running_endpoint(config, tmp_path / "state") as r:
+        vm = make_vm(tmp_path, r, config, pi_key=pi_key)
+        vms.append(vm)
+        done = vm.run_bootstrap()
+        assert done.returncode == 0, done.stderr
+        r.wait_for(lambda f: f["up"] and f["hostkey_fingerprint"])
+        assert r.known_hosts.read_text().splitlines() == [
+            f"[localhost]:{local} " + " ".join(Path(f"{vm.hostkey}.pub").read_text().split()[:2])
+        ]
+        result = pi_ssh(local, r.known_hosts, pi_key, "echo", "pinned")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "pinned\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import stat
@@ -200,6 +201,7 @@ PARAMS = BootstrapParams(
     endpoint_hostkey=f"ssh-ed25519 {KEY_X}",
     forwards={20022: 22, 16006: 6006},
     pi_public_key=f"ssh-ed25519 {KEY_Y} pi@home",
+    session="colab",
 )
 
 
@@ -208,7 +210,10 @@ def test_the_script_is_valid_bash_with_the_gateway_values_as_defaults(tmp_path: 
     (tmp_path / "s.sh").write_text(script)
     subprocess.run(["bash", "-n", str(tmp_path / "s.sh")], check=True)
     assert "GW_ENDPOINT_HOST=home.example.net" in script
-    assert "GW_FORWARDS='20022:22 16006:6006'" in script
+    # The ssh forward's Colab port is the sshd's: "sshd" follows GW_SSHD_PORT.
+    assert "GW_FORWARDS='20022:sshd 16006:6006'" in script
+    assert "GW_SSHD_PORT=22\n" in script
+    assert "GW_SESSION=colab\n" in script and "GW_SECRET=colab_gateway_colab\n" in script
     assert (
         "'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZQ3bAfZrRf0y2aR7Q2b2kP0m1tY9d6hG4uJk5R3l2y pi@home'"
         in script
@@ -229,6 +234,7 @@ def test_the_cell_compiles_and_the_notebook_is_nbformat_4() -> None:
     compile(cell, "<cell>", "exec")
     assert "SECRET = 'colab_gateway_colab'" in cell
     assert "INLINE_TUNNEL_KEY = None" in cell
+    assert "the one line `colab-gateway keys --private colab`" in cell
     import nbformat
 
     text = render_notebook(cell, "colab")
@@ -268,6 +274,7 @@ def test_params_say_what_to_do_when_the_pi_key_or_the_address_is_missing(tmp_pat
     params = params_for(config, config.sessions[0], store, host="203.0.113.5")
     assert (params.endpoint_host, params.endpoint_port) == ("203.0.113.5", 443)
     assert params.forwards == {20022: 22}
+    assert (params.session, params.sshd_port) == ("colab", 22)
 
 
 # -- CLI -------------------------------------------------------------------------------------------
@@ -291,14 +298,20 @@ def test_cli_keys_snippet_and_notebook(tmp_path: Path, capsys) -> None:
     assert main(["keys", *common, "--rotate", "nope"]) == 2
     assert "no session named 'nope'" in capsys.readouterr().err
 
+    # One line, nothing else: the Colab secret's value, the key file in base64.
     assert main(["keys", *common, "--private", "colab"]) == 0
-    assert capsys.readouterr().out.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.endswith("\n")
+    assert out.startswith("openssh-base64:")
+    key_text = base64.b64decode(out.strip().removeprefix("openssh-base64:"), validate=True).decode()
+    assert key_text == KeyStore(tmp_path / "state" / "keys").tunnel_private_text("colab")
+    assert key_text.startswith("-----BEGIN OPENSSH PRIVATE KEY-----\n")
 
     assert main(["snippet", *common]) == 0
     cell = capsys.readouterr().out
     compile(cell, "<cell>", "exec")
     assert "GW_ENDPOINT_HOST=home.example.net" in cell and "GW_ENDPOINT_PORT=443" in cell
-    assert "PRIVATE KEY" not in cell
+    assert out.strip() not in cell and key_text.splitlines()[1] not in cell  # no key inside
 
     assert main(["snippet", *common, "--shell"]) == 0
     script = capsys.readouterr().out
@@ -310,4 +323,5 @@ def test_cli_keys_snippet_and_notebook(tmp_path: Path, capsys) -> None:
     assert "contains the tunnel private key" in capsys.readouterr().err
     assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
     notebook = json.loads(out_file.read_text())
-    assert "PRIVATE KEY" in "".join(notebook["cells"][0]["source"])
+    source = "".join(notebook["cells"][0]["source"])
+    assert "INLINE_TUNNEL_KEY = '''" + out.strip() + "'''" in source  # the one-line form

@@ -91,7 +91,10 @@ class RunningEndpoint:
 
 
 @contextlib.contextmanager
-def running_endpoint(config: Config, state_dir: Path) -> Iterator[RunningEndpoint]:
+def running_endpoint(
+    config: Config, state_dir: Path, **endpoint_options: Any
+) -> Iterator[RunningEndpoint]:
+    """The endpoint on its own loop in a thread; ``endpoint_options`` go to Endpoint()."""
     keys = KeyStore(state_dir / "keys")
     keys.ensure([s.name for s in config.sessions])
     known_hosts = state_dir / "known_hosts"
@@ -102,7 +105,7 @@ def running_endpoint(config: Config, state_dir: Path) -> Iterator[RunningEndpoin
     def on_change(session: str) -> None:
         events.append((time.monotonic(), session, holder["e"].facts(session)))
 
-    endpoint = Endpoint(config, keys, known_hosts, on_change)
+    endpoint = Endpoint(config, keys, known_hosts, on_change, **endpoint_options)
     holder["e"] = endpoint
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -204,6 +207,8 @@ def make_vm(
         endpoint_hostkey=" ".join(running.keys.host_info().public.split()[:2]),
         forwards={f.local: f.colab for f in sess.forwards.values()},
         pi_public_key="\n".join([pi_pub, *extra_keys]),
+        session=session,
+        sshd_port=sess.forwards["ssh"].colab,  # as bootstrap.params_for renders it
     )
     sshd_port = free_port()
     env = {

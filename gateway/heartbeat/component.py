@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import time
 
-from gateway import logs
 from gateway.component import Context
 from gateway.durations import format_duration
 from gateway.heartbeat.pinger import Ping, Pinger
+from gateway.secrets import redact, register_secret
 from gateway.snapshot import Snapshot
 from gateway.vocabulary import Health
 
@@ -31,7 +31,7 @@ def verdict(snapshot: Snapshot, own_name: str) -> Ping:
     ]
     if not unwell:
         return Ping("success")
-    reason = " ".join(logs.redact("; ".join(unwell)).split())  # one line
+    reason = " ".join(redact("; ".join(unwell)).split())  # one line
     if len(reason) > REASON_MAX:
         reason = reason[: REASON_MAX - 1] + "…"
     return Ping("fail", reason)
@@ -46,7 +46,7 @@ class HeartbeatComponent:
 
     async def run(self, ctx: Context) -> None:
         config = ctx.config.healthcheck
-        logs.register_secret(config.url)  # whoever has the URL can ping: keep it out of logs
+        register_secret(config.url)  # whoever has the URL can ping: keep it out of logs
 
         def reported(ping: Ping, problem: str | None) -> None:  # the pinger's thread
             if self._stopped:
