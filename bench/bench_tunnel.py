@@ -17,7 +17,7 @@ target and the Pi-side client are small Python processes (threads doing blocking
 calls with large buffers, far faster than either server).
 
 - cpu:      CPU seconds (user + system) per GB forwarded over the upload and download,
-            of each server's whole process tree from /proc/PID/stat: the daemon, and
+            of each server's whole process tree (psutil, from /proc/PID/stat): the daemon, and
             sshd's listener with its per-connection processes (see tree_cpu_seconds).
 
 Ends with  RESULT upload_ratio=… download_ratio=… rtt_p50_ratio=… rtt_p99_ratio=…
@@ -44,19 +44,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.sim.polling import free_port  # noqa: E402
 from gateway.tunnel.keys import KeyStore  # noqa: E402
 
 CHUNK = 256 * 1024
 SSHD = "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the Colab-side target ---------------------------------------------------------------------
@@ -131,33 +128,6 @@ def relay_server(port: int, target: int) -> None:
 # -- the Pi-side measurements ------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields 3… of /proc/PID/stat (after the command name, which may hold spaces and ')')."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # gone between listing and reading
-        return None
-    return text.rsplit(")", 1)[1].split()
-
-
-def process_tree(root: int) -> dict[int, list[str]]:
-    """``root`` and all its live descendants, each with its /proc/PID/stat fields."""
-    stats = {
-        int(e.name): fields
-        for e in Path("/proc").iterdir()
-        if e.name.isdigit() and (fields := _stat_fields(int(e.name))) is not None
-    }
-    tree = {root: stats[root]} if root in stats else {}
-    grew = True
-    while grew:
-        grew = False
-        for pid, fields in stats.items():
-            if int(fields[1]) in tree and pid not in tree:  # fields[1]: the parent's pid
-                tree[pid] = fields
-                grew = True
-    return tree
-
-
 def tree_cpu_seconds(root: int) -> tuple[float, float, int]:
     """CPU seconds (user, system) used so far by ``root`` and its descendants, and how
     many processes the tree has now.
@@ -169,12 +139,20 @@ def tree_cpu_seconds(root: int) -> tuple[float, float, int]:
     parent's cutime/cstime, so the sum only grows. (A process reparented out of the tree
     would be lost; neither server does that.)
     """
-    tree = process_tree(root)
-    # utime, stime, cutime, cstime: fields 14-17 of proc_pid_stat(5), 11-14 here.
-    user = sum(int(fields[11]) + int(fields[13]) for fields in tree.values())
-    system = sum(int(fields[12]) + int(fields[14]) for fields in tree.values())
-    tick = os.sysconf("SC_CLK_TCK")
-    return user / tick, system / tick, len(tree)
+    try:
+        top = psutil.Process(root)
+        tree = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return 0.0, 0.0, 0
+    user = system = 0.0
+    alive = 0
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):  # gone between listing and reading
+            times = proc.cpu_times()  # /proc/PID/stat's utime, stime, cutime, cstime
+            user += times.user + times.children_user
+            system += times.system + times.children_system
+            alive += 1
+    return user, system, alive
 
 
 def upload(port: int, seconds: float) -> tuple[float, int]:

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
     from gateway import demo
-    from gateway.browser import login
+    from gateway.browser import commands as browser_commands
     from gateway.ddns.commands import register as register_ddns
     from gateway.doctor import command as doctor
     from gateway.tmux.commands import register_shell, register_ssh_config
@@ -109,7 +109,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
         register_ddns,
         register_shell,
         register_ssh_config,
-        login.register,
+        browser_commands.register,
         demo.register,
         doctor.register,
     ]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.colab_selectors import DEFAULTS as SELECTOR_DEFAULTS
-from gateway.configschema import (
+from gateway.yaml_binder import (
     MAX_CONFIG_BYTES,
     ConfigError,
     Duration,

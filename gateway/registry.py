@@ -5,7 +5,7 @@ This is the one place that wires components to the daemon; they never import eac
 
 from __future__ import annotations
 
-from gateway.browser.keepalive import BrowserKeeper
+from gateway.browser.component import BrowserKeeper
 from gateway.component import ComponentSpec
 from gateway.ddns.component import DdnsComponent
 from gateway.healer.component import Healer

@@ -18,7 +18,7 @@ import threading
 from typing import Any, TextIO, cast
 from urllib.parse import quote, quote_plus
 
-from gateway.configschema import Secret
+from gateway.yaml_binder import Secret
 
 MARK = "<redacted>"
 # Shorter values would scrub ordinary words; no real token is this short.

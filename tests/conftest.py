@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import helpers
 import pytest
-from support import MINIMAL_CONFIG, REPO, Daemon, NotifySocket, StartDaemon
+from helpers import MINIMAL_CONFIG, Daemon, NotifySocket, StartDaemon
 
 # -- scheduling under pytest-xdist (`make test`: -n 2 --dist loadscope) ----------------------
 #
@@ -34,9 +30,9 @@ from support import MINIMAL_CONFIG, REPO, Daemon, NotifySocket, StartDaemon
 # below 21 s. The remaining modules keep their random order.
 LONGEST_FIRST = (
     "tests/test_deploy.py",
-    "tests/test_browser_policies.py",
-    "tests/test_browser_reload.py",
-    "tests/test_tunnel_endpoint.py",
+    "tests/browser/test_policies.py",
+    "tests/browser/test_reload.py",
+    "tests/tunnel/test_endpoint.py",
     "tests/test_e2e.py",
 )
 
@@ -69,54 +65,15 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
         env: dict[str, str] | None = None,
         config_path: Path | None = None,
     ) -> Daemon:
-        config = config_path or tmp_path / "config.yaml"
-        if config_path is None:
-            config.write_text(config_text)
-        state_dir, runtime_dir = tmp_path / "state", tmp_path / "run"
-        log = tmp_path / f"daemon-{len(started)}.log"
-        full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",)}
-        full_env.update({"TMUX_TMPDIR": str(tmp_path)})
-        full_env.update(env or {})
-        with log.open("w") as log_file:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gateway",
-                    "run",
-                    "-c",
-                    str(config),
-                    "--state-dir",
-                    str(state_dir),
-                    "--runtime-dir",
-                    str(runtime_dir),
-                ],
-                env=full_env,
-                # A file, not a pipe: a chatty daemon must never block on a full pipe.
-                stderr=log_file,
-                stdout=subprocess.DEVNULL,
-                text=True,
-                cwd=REPO,
-                # Its own process group, so teardown can end Chromium and ssh children too.
-                start_new_session=True,
-            )
-        daemon = Daemon(proc, config, state_dir, runtime_dir, log)
+        daemon = helpers.start_daemon(
+            tmp_path,
+            config_text,
+            env=env,
+            config_path=config_path,
+            log=tmp_path / f"daemon-{len(started)}.log",
+        )
         started.append(daemon)
         return daemon
 
     yield start
-    for daemon in started:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(daemon.proc.pid, signal.SIGKILL)  # whatever it left behind
-    if started:
-        # A config with tmux enabled makes the daemon start a tmux server on this socket
-        # directory; it outlives the daemon by design, so end it here.
-        subprocess.run(
-            ["tmux", "kill-server"],
-            env={**os.environ, "TMUX_TMPDIR": str(tmp_path)},
-            capture_output=True,
-            timeout=10,
-        )
+    helpers.end_daemons(started, tmp_path)

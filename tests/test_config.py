@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import EX_CONFIG, ConfigError, load_config, load_config_text
-from gateway.configschema import SecretFile
+from gateway.config import EX_CONFIG, ConfigError, SecretFile, load_config, load_config_text
 from gateway.durations import format_duration, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import REPO
+from helpers import REPO
 
 
 def run_logging(tmp_path: Path, journal: bool) -> str:

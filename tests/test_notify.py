@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import MINIMAL_CONFIG, NotifySocket, StartDaemon
+from helpers import MINIMAL_CONFIG, NotifySocket, StartDaemon
 
 from gateway.component import ComponentSpec, Context
 from gateway.config import load_config_text

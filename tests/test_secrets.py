@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
-from support import MINIMAL_CONFIG, REPO, NotifySocket
+from helpers import MINIMAL_CONFIG, REPO, NotifySocket
 
 from gateway import logs
 from gateway.browser.evidence import Evidence

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from support import MINIMAL_CONFIG, REPO, StartDaemon
+from helpers import MINIMAL_CONFIG, REPO, StartDaemon
 
 
 def status(runtime_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:

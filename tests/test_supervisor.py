@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
-from support import MINIMAL_CONFIG
+from helpers import MINIMAL_CONFIG
 
 from gateway import supervisor as supervisor_module
 from gateway.component import ComponentSpec, Context

@@ -1,7 +1,8 @@
-"""The ``browser`` component: keeps every session's notebook connected.
+"""The browser keep-alive's thread (``Worker``): keeps every session's notebook connected.
 
-All Selenium work happens in one thread this component owns; the event loop only hands it
-commands (``rerun`` from the healer) and watches that it stays alive. The thread:
+All Selenium work happens in this one thread, which the ``browser`` component
+(gateway/browser/component.py) owns; the event loop only hands it commands
+(``RerunBootstrap`` from the healer) and watches that it stays alive. The thread:
 
 1. starts Chromium (``launch.py``) and opens each session's notebook in its own window;
 2. waits, inside the page, for the DOM to change (a MutationObserver, so a disconnect is
@@ -18,7 +19,6 @@ commands (``rerun`` from the healer) and watches that it stays alive. The thread
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import queue
@@ -43,7 +43,7 @@ from gateway.browser.page_state import (
 )
 from gateway.browser.rerun import RerunOutcome, run_all, run_bootstrap
 from gateway.component import Context
-from gateway.config import BrowserConfig, Config
+from gateway.config import Config
 from gateway.vocabulary import (
     BROWSER_PSS,
     BROWSER_RESTARTS,
@@ -88,18 +88,6 @@ class _Session:
     canary_reported: tuple[str, ...] = ()  # the missing selectors last saved as evidence
 
 
-def settings_from(config: BrowserConfig) -> Settings:
-    return Settings(
-        on_gpu_limit=config.on_gpu_limit,
-        limit_wait=config.limit_wait,
-        recaptcha_max=config.recaptcha_max,
-        recaptcha_window=config.recaptcha_window,
-        page_timeout=config.page_timeout,
-        connect_timeout=config.connect_timeout,
-        reload_every=config.reload_every,
-    )
-
-
 class Worker:
     """The thread that owns the browser. Everything here may block."""
 
@@ -121,7 +109,7 @@ class Worker:
             _Session(
                 s.name,
                 s.notebook_url,
-                SessionMachine(self.sel, settings_from(config.browser)),
+                SessionMachine(self.sel, Settings(config.browser)),
                 Canary(load_names(config.browser.rerun)),
             )
             for s in config.sessions
@@ -573,48 +561,6 @@ class Worker:
             self.ctx.health(Health.DEGRADED, "; ".join(problems), brief="")
         else:
             self.ctx.health(Health.OK, "keeping the notebook connected", brief="")
-
-
-class BrowserKeeper:
-    """The component. Its coroutine relays commands and watches the worker thread."""
-
-    worker: Worker | None = None  # for tests and the demo, which look at the browser
-
-    async def run(self, ctx: Context) -> None:
-        worker = self.worker = Worker(ctx)
-        worker.start()
-        # Every Selenium call is bounded by page_timeout (a page load, a script): a thread
-        # silent for longer is stuck; killing Chromium frees it, else we crash and the
-        # supervisor starts the component afresh.
-        hang_limit = float(ctx.config.browser.page_timeout) + 2 * HTTP_GRACE
-        killed = False
-        try:
-            while True:
-                command = await ctx.next_command(timeout=1.0)
-                if command is not None:
-                    worker.commands.put(command)
-                if not worker.thread.is_alive():
-                    raise RuntimeError(f"browser thread ended: {worker.crash!r}")
-                stale = time.monotonic() - worker.beat_at
-                if stale > 2 * hang_limit:
-                    # killing Chromium did not free the thread: let the supervisor restart us
-                    raise RuntimeError(f"browser thread wedged for {stale:.0f}s")
-                if stale > hang_limit and not killed:
-                    # Selenium is stuck (a hung page or driver): killing Chromium makes its
-                    # call fail, and the thread restarts the browser.
-                    log.warning("browser thread silent for %.0fs: killing Chromium", stale)
-                    worker.kill_browser()
-                    killed = True
-                elif stale <= hang_limit:
-                    killed = False
-        finally:
-            # Within the daemon's shutdown_timeout (8 s by default): a polite quit first,
-            # then the kill; launch.py's exit hook is the last resort.
-            worker.stopping.set()
-            await asyncio.to_thread(worker.thread.join, 3.0)
-            if worker.thread.is_alive():
-                worker.kill_browser()
-                await asyncio.to_thread(worker.thread.join, 3.0)
 
 
 def _connected(session: _Session) -> bool:
