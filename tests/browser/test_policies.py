@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import free_port, wait_for_looks
 
@@ -177,8 +178,9 @@ def test_headed_under_xvfb(sim: SimColab, tmp_path: Path) -> None:
         assert browser is not None and browser.display and browser.xvfb is not None
         xvfb = browser.xvfb
         assert "HeadlessChrome" not in sim.events("load")[0]["ua"]
-        cmdline = Path(f"/proc/{browser.chromium_pid}/cmdline").read_bytes()
-        assert b"--headless" not in cmdline
+        assert browser.chromium_pid is not None
+        cmdline = psutil.Process(browser.chromium_pid).cmdline()
+        assert not any(arg.startswith("--headless") for arg in cmdline)
     finally:
         runner.stop()
     assert xvfb.poll() is not None, "Xvfb outlived the browser"

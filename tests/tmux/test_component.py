@@ -165,7 +165,7 @@ def test_ctrl_c_and_typing_on_the_waiting_screen_change_nothing(rig: Rig) -> Non
     tmux("send-keys", "-t", window, "-l", "typed-while-waiting")
     tmux("send-keys", "-t", window, "Enter")
     # Two redraws of the screen later, the same process still waits and showed nothing.
-    wait_for_text(pane, "tunnel not up yet since the daemon started", 5)
+    wait_for_text(pane, "tunnel not up yet (the daemon started", 5)
     screen = wait_for_redraws(window, 2)
     assert "waiting for the Colab tunnel" in screen
     assert "typed-while-waiting" not in screen

@@ -33,7 +33,7 @@ def test_runtime_connected_tunnel_down_for_40s() -> None:
 def test_tunnel_never_up_and_no_browser() -> None:
     snap = snapshot(("tunnel",), tunnel={"up": False, "since": None}, runtime={"state": "unknown"})
     assert waiting_line(snap, "colab", NOW) == (
-        "waiting for the Colab tunnel — tunnel not up yet since the daemon started 5m ago"
+        "waiting for the Colab tunnel — tunnel not up yet (the daemon started 5m ago)"
     )
 
 

@@ -13,11 +13,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
+from helpers import wait_until
 from helpers.tunnel import (
     ColabVM,
     RunningEndpoint,
@@ -52,17 +53,11 @@ UPDATE_ERROR = (
 
 def _kill_everything_under(root: Path) -> None:
     """Whatever these tests started and left (sshd -f <tmp>/…, loops with GW_DIR, stubs)."""
-    marker = str(root).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker in cmdline:
+    marker = str(root)
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid != os.getpid() and marker in "\0".join(proc.info["cmdline"] or []):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGKILL)
+                os.kill(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -85,17 +80,12 @@ def loops(gw_dir: Path) -> list[int]:
     """Pids of the tunnel loops of ``gw_dir``: process-group leaders whose last arguments
     are ``colab-gateway-tunnel-loop GW_DIR LOOP_ID``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            pgid = int((entry / "stat").read_text().rpartition(")")[2].split()[2])
-        except (OSError, IndexError, ValueError):
-            continue
-        mark = [b"colab-gateway-tunnel-loop", str(gw_dir).encode()]
-        if args[-4:-2] == mark and pgid == int(entry.name):
-            found.append(pgid)
+    mark = ["colab-gateway-tunnel-loop", str(gw_dir)]
+    for proc in psutil.process_iter(["cmdline"]):
+        args = proc.info["cmdline"] or []
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if args[-3:-1] == mark and os.getpgid(proc.pid) == proc.pid:
+                found.append(proc.pid)
     return found
 
 
@@ -106,20 +96,11 @@ def tunnel_clients(port: int) -> int:
     return int(out.stdout.strip() or 0)
 
 
-def wait_until(what: str, predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
         return False
-    return state not in ("Z", "X")
 
 
 def fingerprint(public_key_file: Path) -> str:
@@ -460,7 +441,7 @@ def test_an_sshd_the_package_install_started_on_the_port_is_replaced_by_the_cell
             f"(pid {package_sshd}) on port {vm.sshd_port}"
         ) in lines(done.stdout)
         assert "sshd started" in done.stdout
-        wait_until("the package's sshd is gone", lambda: not alive(package_sshd))
+        wait_until(lambda: not alive(package_sshd), 15, "the package's sshd is gone")
         assert_tunnel_serves(r, config, pi_key, vm)
 
 
@@ -482,7 +463,7 @@ def test_a_port_held_by_another_program_is_named_and_no_loop_is_left(
         # The cell's sshd is gone (the VM's processes were killed) and the user's own
         # service now listens on its port.
         os.kill(int((vm.dir / "sshd.pid").read_text()), signal.SIGTERM)
-        wait_until("the port is free", lambda: _port_free(vm.sshd_port))
+        wait_until(lambda: _port_free(vm.sshd_port), 15, "the port is free")
         listener = subprocess.Popen(
             [sys.executable, "-c", LISTENER, str(vm.sshd_port), str(tmp_path)],
             stdout=subprocess.PIPE,
@@ -500,9 +481,9 @@ def test_a_port_held_by_another_program_is_named_and_no_loop_is_left(
                 f"prints (stopped the tunnel loop of an earlier run, pid {first_loop})\n",
             )
             # No dead loop: nothing redials into the other program's port.
-            wait_until("the old loop is gone", lambda: not alive(first_loop))
+            wait_until(lambda: not alive(first_loop), 15, "the old loop is gone")
             assert loops(vm.dir) == []
-            wait_until("its ssh is gone", lambda: tunnel_clients(ssh_port(config)) == 0)
+            wait_until(lambda: tunnel_clients(ssh_port(config)) == 0, 15, "its ssh is gone")
             r.wait_for(lambda f: not f["up"])
             assert listener.poll() is None, "the other program is left alone"
         finally:
@@ -567,6 +548,6 @@ def test_the_cells_own_sshd_is_reused_and_exactly_one_loop_remains(
         assert new_loop != loop and int((vm.dir / "tunnel.pid").read_text()) == new_loop
         assert int((vm.dir / "sshd.pid").read_text()) == sshd
         assert_tunnel_serves(r, config, pi_key, vm)
-        wait_until("one tunnel client", lambda: tunnel_clients(port) == 1)
+        wait_until(lambda: tunnel_clients(port) == 1, 15, "one tunnel client")
         r.wait_for(lambda f: f["connections"] == 1)
         assert loops(vm.dir) == [new_loop]
