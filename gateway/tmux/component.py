@@ -23,6 +23,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -83,6 +84,19 @@ def _die_with_parent() -> None:
     than wait on the channel forever (systemd would reap it, a test or a shell won't)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def attach_command(session: str, uid: int | None = None) -> str:
+    """What a person types to attach. The server runs as this daemon's user: under the
+    role's dedicated system user (no login, uid < 1000) that means through sudo."""
+    uid = os.getuid() if uid is None else uid
+    if uid == 0 or uid >= 1000:
+        return f"tmux attach -t {session}"
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    return f"sudo -u {shlex.quote(user)} tmux attach -t {session}"
 
 
 class TmuxKeeper:
@@ -303,7 +317,7 @@ class TmuxKeeper:
             return
         ctx.health(
             Health.OK,
-            f"tmux session {name} has window(s) {windows}; attach with: tmux attach -t {name}",
+            f"tmux session {name} has window(s) {windows}; attach with: {attach_command(name)}",
             brief="",
             tmux_session=name,
             windows=wanted,

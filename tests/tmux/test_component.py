@@ -379,3 +379,17 @@ def test_a_window_that_dies_at_once_is_retried_with_a_growing_pause(rig: Rig) ->
         10,
         "the keeper to report ok again",
     )
+
+
+def test_the_attach_hint_goes_through_sudo_for_a_dedicated_service_user() -> None:
+    """The role's default runs the tmux server as a system user without a login: a plain
+    `tmux attach` from the person's own account would find no server."""
+    import pwd
+
+    from gateway.tmux.component import attach_command
+
+    assert attach_command("colab", uid=0) == "tmux attach -t colab"
+    assert attach_command("colab", uid=1000) == "tmux attach -t colab"
+    system_uid = 1  # "daemon" on Debian and Ubuntu
+    user = pwd.getpwuid(system_uid).pw_name
+    assert attach_command("colab", uid=system_uid) == f"sudo -u {user} tmux attach -t colab"
