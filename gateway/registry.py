@@ -10,6 +10,8 @@ from gateway.browser.component import BrowserKeeper
 from gateway.component import ComponentSpec
 from gateway.ddns.component import DdnsComponent
 from gateway.healer.component import Healer
+from gateway.heartbeat.component import HeartbeatComponent
+from gateway.metrics.component import MetricsComponent
 from gateway.tmux.component import TmuxKeeper
 from gateway.tunnel.component import TunnelComponent
 
@@ -46,6 +48,18 @@ def all_specs() -> list[ComponentSpec]:
             enabled=lambda c: c.browser.enabled and bool(c.sessions),
             relevant=lambda c: (c.sessions, c.browser),
             factory=BrowserKeeper,
+        ),
+        ComponentSpec(
+            name="metrics",
+            enabled=lambda c: c.metrics.enabled,
+            relevant=lambda c: c.metrics,
+            factory=MetricsComponent,
+        ),
+        ComponentSpec(
+            name="heartbeat",
+            enabled=lambda c: bool(c.healthcheck.url),
+            relevant=lambda c: c.healthcheck,
+            factory=HeartbeatComponent,
         ),
         ComponentSpec(
             name="alerts",

@@ -22,6 +22,8 @@ COMPONENTS = (
     "gateway.tmux",
     "gateway.ddns",
     "gateway.healer",
+    "gateway.metrics",
+    "gateway.heartbeat",
     "gateway.alerts",
 )
 # What wires components together or drives them from outside; nothing below may import it.

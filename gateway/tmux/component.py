@@ -160,13 +160,21 @@ class TmuxKeeper:
         if session in self._not_before:
             return self._not_before[session]
         created = self._created_at.get(session)
-        if created is None or now - created >= QUICK_EXIT:
+        if created is None:
+            return now
+        if now - created >= QUICK_EXIT:
             self._quick_deaths.pop(session, None)
+            log.info(
+                "window %s closed %.1fs after it was created; recreating it", session, now - created
+            )
             return now
         # Gone right after it was made. Once may be the user's hand; again is a crash
         # loop: try again with a growing pause instead of spinning.
         deaths = self._quick_deaths[session] = self._quick_deaths.get(session, 0) + 1
         if deaths < 2:
+            log.info(
+                "window %s closed %.1fs after it was created; recreating it", session, now - created
+            )
             return now
         delay = self._respawn.delay(deaths - 1)
         self._not_before[session] = now + delay
