@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
     from gateway import demo
+    from gateway.alerts import commands as alerts_commands
     from gateway.browser import commands as browser_commands
     from gateway.ddns.commands import register as register_ddns
     from gateway.doctor import command as doctor
@@ -112,6 +113,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
         browser_commands.register,
         demo.register,
         doctor.register,
+        alerts_commands.register,
     ]
 
 

@@ -402,6 +402,51 @@ class SshConfig:
     authorized_keys: list[str] = setting(factory=list, check=_public_key)
 
 
+NOTIFY_EVENTS = (
+    "human_needed",
+    "runtime_lost",
+    "tunnel_down",
+    "vm_reset",
+    "ddns_stopped",
+    "daemon_restarted",
+)
+NotifyEvent = Literal[
+    "human_needed", "runtime_lost", "tunnel_down", "vm_reset", "ddns_stopped", "daemon_restarted"
+]
+
+
+def _apprise_url(value: Secret) -> None:
+    # Only the shape is checked here (apprise itself is imported by the component): the
+    # value is a secret, so the message quotes its scheme at most.
+    scheme, sep, rest = value.reveal().partition("://")
+    if not sep or not rest or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*$", scheme):
+        raise ValueError(
+            "is not an apprise URL (SERVICE://...): write e.g. ntfy://ntfy.sh/my-topic or "
+            "json://host:port/path; https://github.com/caronc/apprise/wiki lists the services"
+        )
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Where a person hears that something needs them (gateway/alerts, docs/notifications.md)."""
+
+    urls: list[Secret] = setting(factory=list, check=_apprise_url)  # tokens live in URLs
+    urls_file: SecretFile | None = None  # more URLs, one a line
+    events: list[NotifyEvent] = setting(factory=lambda: list(NOTIFY_EVENTS))
+    # runtime_lost and tunnel_down wait this long before anyone is told.
+    tunnel_down_after: Duration = setting(Duration(600), min=10, max=86400)
+    repeat_after: Duration = setting(Duration(21600), min=60)
+
+    def all_urls(self) -> list[str]:
+        lines = self.urls_file.reveal().splitlines() if self.urls_file else []
+        from_file = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        return [u.reveal() for u in self.urls] + from_file
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.all_urls()) and bool(self.events)
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -462,6 +507,7 @@ class Config:
     ddns: DdnsConfig = setting(factory=DdnsConfig)
     tmux: TmuxConfig = setting(factory=TmuxConfig)
     ssh: SshConfig = setting(factory=SshConfig)
+    notify: NotifyConfig = setting(factory=NotifyConfig)
     daemon: DaemonConfig = setting(factory=DaemonConfig)
     metrics: MetricsConfig = setting(factory=MetricsConfig)
     healthcheck: HealthcheckConfig = setting(factory=HealthcheckConfig)

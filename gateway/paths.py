@@ -74,6 +74,11 @@ class Paths:
     def ddns_state(self) -> Path:
         return self.state_dir / "ddns.json"
 
+    @property
+    def run_marker(self) -> Path:
+        """Whether the last run of the daemon ended cleanly (gateway/alerts/run_marker.py)."""
+        return self.state_dir / "last-run.json"
+
     def ensure(self) -> None:
         """Create the state and runtime directories, private to the service user."""
         for directory in (self.state_dir, self.runtime_dir):

@@ -5,6 +5,7 @@ This is the one place that wires components to the daemon; they never import eac
 
 from __future__ import annotations
 
+from gateway.alerts.component import AlertsComponent
 from gateway.browser.component import BrowserKeeper
 from gateway.component import ComponentSpec
 from gateway.ddns.component import DdnsComponent
@@ -59,5 +60,12 @@ def all_specs() -> list[ComponentSpec]:
             enabled=lambda c: bool(c.healthcheck.url),
             relevant=lambda c: c.healthcheck,
             factory=HeartbeatComponent,
+        ),
+        ComponentSpec(
+            name="alerts",
+            enabled=lambda c: c.notify.enabled,
+            # What the Watcher reads besides the State (on_gpu_limit: wait is a human's job).
+            relevant=lambda c: (c.notify, c.browser.on_gpu_limit),
+            factory=AlertsComponent,
         ),
     ]

@@ -64,6 +64,9 @@ def register_secrets(config: object) -> None:
     def walk(value: object) -> None:
         if isinstance(value, Secret):
             register_secret(value.reveal())
+            # A file of several secrets (notify.urls_file: one URL a line) hides each one.
+            for line in value.reveal().splitlines():
+                register_secret(line.strip())
         elif hasattr(value, "__dataclass_fields__"):
             for name in value.__dataclass_fields__:
                 walk(getattr(value, name))

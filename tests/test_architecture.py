@@ -24,6 +24,7 @@ COMPONENTS = (
     "gateway.healer",
     "gateway.metrics",
     "gateway.heartbeat",
+    "gateway.alerts",
 )
 # What wires components together or drives them from outside; nothing below may import it.
 OUTSIDE = (

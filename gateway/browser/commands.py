@@ -125,8 +125,11 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def register(subparsers: Any) -> None:
+    """``colab-gateway login``, and ``colab-gateway view`` (gateway/browser/view_command.py)."""
+    from gateway.browser.view_command import register_view
     from gateway.cli_support import add_path_options
 
+    register_view(subparsers)
     parser = subparsers.add_parser(
         "login",
         help="sign the browser profile into Google in a normal Chromium (once)",

@@ -14,7 +14,10 @@ All Selenium work happens in this one thread, which the ``browser`` component
    element missing from the page is a fact about Colab's markup, reported with the
    ``browser.selectors`` key to override (``rerun.py`` tries the fallbacks, ``canary.py``
    checks the page's structures on every load);
-5. steps aside while ``colab-gateway login`` uses the profile (``login.PAUSE_FILE``).
+5. steps aside while ``colab-gateway login`` uses the profile (``login.PAUSE_FILE``);
+6. hands a session's page to a person while ``colab-gateway view`` asks
+   (``view_request.py``): it serves the view page (``view_server.py``), carries out the
+   person's clicks and keys, and makes none of its own until the person is done.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.backoff import Backoff
-from gateway.browser import colab_dom, login
+from gateway.browser import colab_dom, login, view_request
 from gateway.browser.canary import Canary, load_names
 from gateway.browser.evidence import Evidence
 from gateway.browser.launch import Browser, BrowserNotFound, launch
@@ -42,6 +45,7 @@ from gateway.browser.page_state import (
     classify,
 )
 from gateway.browser.rerun import RerunOutcome, run_all, run_bootstrap
+from gateway.browser.view_server import Op, ViewServer
 from gateway.component import Context
 from gateway.config import Config
 from gateway.vocabulary import (
@@ -63,6 +67,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 2.0, 120.0
 HEALTHY_RUN = 300.0  # a browser that ran this long resets the restart backoff
 MEMORY_CHECK_EVERY = 30.0
 SETTLE_POLL = 0.25
+VIEW_OP_WAIT = 0.2  # while a person is in control: how often the thread looks up
 HTTP_GRACE = 10.0  # beyond page_timeout, how long chromedriver may take to answer
 MULTI_SESSION_SLICE = 1.0  # with several windows, watch each this long in turn
 MAX_FAILED_LOOKS = 20  # failed looks at a page in a row (0.5 s apart): a hung page
@@ -118,6 +123,7 @@ class Worker:
         self.evidence = Evidence(ctx.paths.screenshots_dir, config.browser.screenshots_keep)
         self._memory_checked = 0.0
         self._failures = 0
+        self.viewing: ViewServer | None = None  # while a person is in control (for tests)
 
     @property
     def config(self) -> Config:
@@ -237,6 +243,10 @@ class Worker:
                 return
             if not browser.alive():
                 raise BrowserDied("Chromium or chromedriver exited")
+            request = self._view_requested()
+            if request is not None:
+                self._hand_over(browser, request)
+                continue
             self._check_memory(browser)
             for session in self.sessions:
                 self._visit_tolerant(session)
@@ -416,6 +426,91 @@ class Worker:
             time.sleep(0.1)
         log.warning("%s: the reload did not finish within the page timeout", session.name)
 
+    # -- a person in control (colab-gateway view) --------------------------------------------
+
+    def _view_requested(self) -> view_request.ViewRequest | None:
+        request = view_request.read(self.ctx.paths.runtime_dir)
+        if request is None:
+            return None
+        if not any(s.name == request.session for s in self.sessions):
+            log.warning("view asked for unknown session %r: ignored", request.session)
+            view_request.remove(self.ctx.paths.runtime_dir, request)
+            return None
+        return request
+
+    def _hand_over(self, browser: Browser, request: view_request.ViewRequest) -> None:
+        """Serve the view page and do what the person does, and nothing else, until they
+        are done (the Done button, or the command ended)."""
+        runtime_dir = self.ctx.paths.runtime_dir
+        session = next(s for s in self.sessions if s.name == request.session)
+        try:
+            server = ViewServer(request)
+        except OSError as exc:
+            log.warning("cannot serve the view on 127.0.0.1:%d: %s", request.port, exc)
+            view_request.remove(runtime_dir, request)
+            return
+        server.start()
+        self.viewing = server
+        message = "a person is in control (colab-gateway view): the keep-alive does not click"
+        self.ctx.state.update_runtime(session.name, state=RuntimeState.PAUSED, message=message)
+        self.ctx.health(
+            Health.DEGRADED, f"{session.name}: {message}", brief="a person is in control"
+        )
+        try:
+            while not self.stopping.is_set() and not server.done.is_set():
+                self.beat()
+                if view_request.read(runtime_dir) != request:
+                    break
+                if not browser.alive():
+                    raise BrowserDied("Chromium or chromedriver exited")
+                try:
+                    op = server.ops.get(timeout=VIEW_OP_WAIT)
+                except queue.Empty:
+                    continue
+                self._select(session)
+                self._view_op(op)
+        finally:
+            server.stop()
+            self.viewing = None
+            view_request.remove(runtime_dir, request)
+            session.changes = -1  # look at the page afresh: the person may have changed it
+            log.info(
+                "%s: the person is done (%d clicks, %d keys); keeping the notebook again",
+                session.name,
+                server.clicks,
+                server.keys,
+            )
+
+    def _view_op(self, op: Op) -> None:
+        driver = self.browser_driver()
+        try:
+            if op.kind == "screenshot":
+                op.result.set_result(driver.get_screenshot_as_png())
+                return
+            if op.kind == "click":
+                point = {"x": op.args["x"], "y": op.args["y"]}
+                # Input.dispatchMouseEvent: a trusted click, as a person's is.
+                driver.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": "mouseMoved", **point})
+                for kind in ("mousePressed", "mouseReleased"):
+                    driver.execute_cdp_cmd(
+                        "Input.dispatchMouseEvent",
+                        {"type": kind, "button": "left", "clickCount": 1, **point},
+                    )
+            elif op.kind == "text":
+                driver.execute_cdp_cmd("Input.insertText", {"text": op.args["text"]})
+            elif op.kind == "key":
+                from selenium.webdriver.common.action_chains import ActionChains
+
+                key = _view_key_map().get(op.args["key"])
+                if key is None:
+                    raise ValueError(f"key {op.args['key']!r} is not passed on")
+                ActionChains(driver).send_keys(key).perform()
+            else:
+                raise ValueError(f"unknown view operation {op.kind!r}")
+            op.result.set_result(True)
+        except Exception as exc:  # the person's request fails, not the keep-alive
+            op.result.set_exception(exc)
+
     # -- commands ---------------------------------------------------------------------------
 
     def _handle_commands(self) -> None:
@@ -561,6 +656,22 @@ class Worker:
             self.ctx.health(Health.DEGRADED, "; ".join(problems), brief="")
         else:
             self.ctx.health(Health.OK, "keeping the notebook connected", brief="")
+
+
+def _view_key_map() -> dict[str, str]:
+    from selenium.webdriver.common.keys import Keys
+
+    return {
+        "Enter": Keys.ENTER,
+        "Tab": Keys.TAB,
+        "Escape": Keys.ESCAPE,
+        "Backspace": Keys.BACKSPACE,
+        "ArrowUp": Keys.ARROW_UP,
+        "ArrowDown": Keys.ARROW_DOWN,
+        "ArrowLeft": Keys.ARROW_LEFT,
+        "ArrowRight": Keys.ARROW_RIGHT,
+        " ": Keys.SPACE,
+    }
 
 
 def _connected(session: _Session) -> bool:

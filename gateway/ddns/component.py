@@ -59,5 +59,10 @@ class DdnsComponent:
     def _publish(self, ctx: Context, updater: Updater) -> None:
         health, message, brief = updater.health()
         ctx.state.set_health(
-            ctx.name, health, message, brief=brief, records=updater.record_details()
+            ctx.name,
+            health,
+            message,
+            brief=brief,
+            records=updater.record_details(),
+            stopped=updater.stop_message(),  # a fatal answer: the alerts component tells
         )

@@ -315,6 +315,11 @@ class Updater:
         brief = f"ddns {self.config.hostname}={addresses}"
         return Health.OK, f"{self.config.hostname} points at {addresses}", brief
 
+    def stop_message(self) -> str | None:
+        """What the provider said when it ordered updates to stop; None if it did not."""
+        stop = self.store.stop_for(self.hash)
+        return stop.message if stop is not None else None
+
     def record_details(self) -> list[dict[str, Any]]:
         return [s.as_dict() for s in self.records.values()]
 

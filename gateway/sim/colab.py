@@ -49,7 +49,8 @@ clicks in a cell run it.
 Event types the page posts: ``load`` (url, ua, variant), ``click`` (target: connect |
 dialog | recaptcha | run_button, button, cell, trusted), ``key`` (key, ctrl, cell),
 ``pointer`` (trusted clicks),
-``shown`` (what: disconnected | connected | dialog | recaptcha | vm_id), ``beforeunload``.
+``shown`` (what: disconnected | connected | dialog | dialog_layout (with each button's
+centre in viewport pixels) | recaptcha | vm_id), ``beforeunload``.
 The server adds ``action`` events for what it did with them (``connect_while_connected``
 flags a click on Connect while already connected, which real Colab answers by opening the
 resources panel).

@@ -162,3 +162,32 @@ def test_component_publishes_status_per_record(tmp_path: Path, serve: Serve, ech
     assert record["next_check"] - record["last_check"] == 300
     assert record["last_change"] == record["last_check"]
     assert len(server.received) == 1
+
+
+def test_component_publishes_a_fatal_stop_for_the_alerts(
+    tmp_path: Path, serve: Serve, echo: Echo
+) -> None:
+    server = serve(lambda r: Reply(200, "badauth"))
+    config = load_config(write_config(tmp_path, server, echo)).config
+    paths = Paths(tmp_path / "config.yaml", tmp_path / "state", tmp_path / "run")
+    paths.state_dir.mkdir()
+
+    async def scenario() -> dict[str, Any]:
+        state = State()
+        state.attach(asyncio.get_running_loop())
+        ctx = Context("ddns", config, paths, state)
+        task = asyncio.create_task(DdnsComponent().run(ctx))
+        version = -1
+        try:
+            for _ in range(100):
+                version = await state.wait_changed(version, timeout=0.2)
+                if state.component("ddns").details.get("stopped"):
+                    break
+            return state.snapshot()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    ddns = asyncio.run(scenario())["components"]["ddns"]
+    assert "badauth" in ddns["details"]["stopped"]
+    assert ddns["health"] == "degraded"

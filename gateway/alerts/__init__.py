@@ -1,0 +1,1 @@
+"""Notifications: a person hears when a person is needed (docs/notifications.md)."""

@@ -1,0 +1,88 @@
+"""The daemon component ``alerts``: tells a person, through apprise, what needs them.
+
+It only reads the State: on every change it hands a Snapshot to the ``Watcher``
+(events.py), which decides from the facts; what is to be sent goes to the ``Sender``
+(sender.py), whose thread does the network work. Its own status says whether sending works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from gateway.alerts import run_marker
+from gateway.alerts.events import Watcher
+from gateway.alerts.sender import Sender
+from gateway.component import Context
+from gateway.durations import format_duration
+from gateway.vocabulary import Health
+
+log = logging.getLogger("gateway.alerts")
+
+IDLE_WAKE = 20.0  # at least this often: progress for the watchdog, and time-based events
+
+
+class AlertsComponent:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock  # tests move it; the daemon uses the wall clock
+        self.sender: Sender | None = None  # for tests, which look at its queues
+
+    async def run(self, ctx: Context) -> None:
+        config = ctx.config
+        state = ctx.state
+        marker = ctx.paths.run_marker
+        sender = self.sender = await asyncio.to_thread(
+            Sender, config.notify.all_urls(), on_change=lambda: self._publish(ctx)
+        )
+        watcher = Watcher(
+            config, host=socket.gethostname(), view_command=lambda s: f"colab-gateway view {s}"
+        )
+        sender.start()
+        started_at = state.started_at
+        try:
+            previous = await asyncio.to_thread(run_marker.unclean_predecessor, marker, started_at)
+            await asyncio.to_thread(run_marker.write, marker, started_at, clean=False)
+            if previous is not None:
+                now = self.clock()
+                lived = format_duration(max(0.0, started_at - previous.started_at))
+                for alert in watcher.happened(
+                    "daemon_restarted",
+                    "colab-gateway restarted: its previous run did not stop cleanly (a "
+                    "crash, a watchdog kill or a power cut)",
+                    f"read why in journalctl -u colab-gateway (the previous run started "
+                    f"{lived} before this one)",
+                    previous.started_at,
+                    now,
+                ):
+                    sender.put(alert)
+            version = -1
+            while True:
+                now = self.clock()
+                for alert in watcher.evaluate(state.view(now), now):
+                    log.info("notifying: %s", alert.title)
+                    sender.put(alert)
+                self._publish(ctx)
+                wait = IDLE_WAKE
+                if watcher.next_due is not None:
+                    wait = min(wait, max(0.05, watcher.next_due - now))
+                version = await state.wait_changed(version, timeout=wait)
+                ctx.progress()
+        except asyncio.CancelledError:
+            # Stopped on purpose (shutdown or reload): the next start is no "restart".
+            run_marker.write(marker, started_at, clean=True)
+            raise
+        finally:
+            await asyncio.to_thread(sender.stop)
+
+    def _publish(self, ctx: Context) -> None:
+        sender = self.sender
+        if sender is None:
+            return
+        ok, message, details = sender.status()
+        ctx.state.set_health(
+            ctx.name, Health.OK if ok else Health.DEGRADED, message, brief="", **details
+        )
+        ctx.progress()
