@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and the demo use: the real programs, never mocks.
-SYSTEM_PACKAGES := chromium chromium-driver tmux openssh-client openssh-server \
+SYSTEM_PACKAGES := chromium chromium-driver tmux openssh-client openssh-server rsync \
 	iproute2 procps debootstrap systemd-container xvfb
 PYTEST_ARGS ?=
 

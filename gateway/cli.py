@@ -100,6 +100,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
     from gateway.browser import login
     from gateway.ddns.commands import register as register_ddns
     from gateway.doctor import command as doctor
+    from gateway.sync import commands as sync_commands
     from gateway.tmux.commands import register_shell, register_ssh_config
     from gateway.tunnel import commands as tunnel_commands
 
@@ -111,6 +112,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
         login.register,
         demo.register,
         doctor.register,
+        sync_commands.register,
     ]
 
 

@@ -9,6 +9,7 @@ from gateway.browser.keepalive import BrowserKeeper
 from gateway.component import ComponentSpec
 from gateway.ddns.component import DdnsComponent
 from gateway.healer.component import Healer
+from gateway.sync.component import SyncComponent
 from gateway.tmux.component import TmuxKeeper
 from gateway.tunnel.component import TunnelComponent
 
@@ -39,6 +40,13 @@ def all_specs() -> list[ComponentSpec]:
             # Its windows run `colab-gateway shell`, which reads ssh settings itself.
             relevant=lambda c: (c.tmux, tuple(s.name for s in c.sessions)),
             factory=TmuxKeeper,
+        ),
+        ComponentSpec(
+            name="sync",
+            enabled=lambda c: c.tunnel.enabled and any(s.sync.enabled for s in c.sessions),
+            # It logs into the VMs as ssh.identity through the sessions' forwards.
+            relevant=lambda c: (c.sessions, c.sync, c.ssh),
+            factory=SyncComponent,
         ),
         ComponentSpec(
             name="browser",

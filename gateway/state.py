@@ -24,6 +24,7 @@ from gateway.vocabulary import (
     RuntimeFacts,
     RuntimeState,
     SessionState,
+    SyncFacts,
     TunnelFacts,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "RuntimeState",
     "SessionState",
     "State",
+    "SyncFacts",
     "TunnelFacts",
 ]
 
@@ -181,6 +183,11 @@ class State:
             if "state" in facts and facts["state"] != runtime.state:
                 runtime.since = time.time()
             if _assign(runtime, facts):
+                self._bump()
+
+    def update_sync(self, session: str, **facts: Any) -> None:
+        with self._lock:
+            if _assign(self.session(session).sync, facts):
                 self._bump()
 
     def drop_sessions_except(self, names: set[str]) -> None:

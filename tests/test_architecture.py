@@ -16,7 +16,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
 
 # Each runs in the daemon on its own and talks to the others only through the State.
-COMPONENTS = ("gateway.tunnel", "gateway.browser", "gateway.tmux", "gateway.ddns", "gateway.healer")
+COMPONENTS = (
+    "gateway.tunnel",
+    "gateway.browser",
+    "gateway.tmux",
+    "gateway.ddns",
+    "gateway.healer",
+    "gateway.sync",
+)
 # What wires components together or drives them from outside; nothing below may import it.
 OUTSIDE = (
     "gateway.cli",

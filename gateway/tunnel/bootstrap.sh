@@ -38,6 +38,13 @@ if [ ! -x "$GW_SSHD" ]; then
     { apt-get update -qq && apt-get install -y -qq --no-install-recommends openssh-server; } \
         >"$GW_DIR/apt.log" 2>&1 || die "apt-get install openssh-server failed; see $GW_DIR/apt.log"
 fi
+# rsync: the gateway's sync (sessions[].sync) pulls the session's files from the VM with it.
+if ! command -v rsync >/dev/null 2>&1 && [ "$GW_INSTALL" = 1 ]; then
+    say "installing rsync…"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends rsync; } \
+        >>"$GW_DIR/apt.log" 2>&1 || say "apt-get install rsync failed (sync will report it); see $GW_DIR/apt.log"
+fi
 if [ ! -s "$GW_SSHD_HOSTKEY" ]; then
     mkdir -p "$(dirname "$GW_SSHD_HOSTKEY")"
     ssh-keygen -q -t ed25519 -N '' -C "colab-vm" -f "$GW_SSHD_HOSTKEY"
