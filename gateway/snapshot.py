@@ -207,6 +207,7 @@ def _session(name: str, value: object) -> SessionState:
             message=_text(runtime.get("message"), f"{where}.runtime.message"),
             screenshot=_optional_text(runtime.get("screenshot"), f"{where}.runtime.screenshot"),
             last_rerun=_optional_number(runtime.get("last_rerun"), f"{where}.runtime.last_rerun"),
+            dialog_at=_optional_number(runtime.get("dialog_at"), f"{where}.runtime.dialog_at"),
         ),
         sync=_sync(_mapping(raw.get("sync", {}), f"{where}.sync"), f"{where}.sync"),
     )
@@ -230,6 +231,7 @@ def _sync(raw: Mapping[str, Any], where: str) -> SyncFacts:
         last_pull_at=_optional_number(raw.get("last_pull_at"), f"{where}.last_pull_at"),
         last_pull_bytes=_count(raw.get("last_pull_bytes", 0), f"{where}.last_pull_bytes"),
         last_pull_seconds=_number(raw.get("last_pull_seconds", 0.0), f"{where}.last_pull_seconds"),
+        last_pull_reason=_text(raw.get("last_pull_reason"), f"{where}.last_pull_reason"),
         problem=_text(raw.get("problem"), f"{where}.problem"),
         restore=_enum(RestoreState, raw.get("restore", "idle"), f"{where}.restore"),
         restore_snapshot=_optional_text(raw.get("restore_snapshot"), f"{where}.restore_snapshot"),

@@ -182,6 +182,8 @@ class State:
                 facts["state"] = RuntimeState(facts["state"])  # ValueError for a made-up one
             if "state" in facts and facts["state"] != runtime.state:
                 runtime.since = time.time()
+                if facts["state"] == RuntimeState.DIALOG:
+                    runtime.dialog_at = runtime.since
             if _assign(runtime, facts):
                 self._bump()
 

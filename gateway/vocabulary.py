@@ -85,6 +85,10 @@ class RuntimeFacts:
     message: str = ""
     screenshot: str | None = None
     last_rerun: float | None = None
+    # Wall clock a dialog last appeared on the page (``state`` became DIALOG): a sign that
+    # Colab may end the runtime soon. Kept after the dialog is answered, so that a reader
+    # that looks only now and then still sees that one came.
+    dialog_at: float | None = None
 
 
 class RestoreState(str, Enum):
@@ -114,6 +118,7 @@ class SyncFacts:
     last_pull_at: float | None = None  # wall clock a pull last completed
     last_pull_bytes: int = 0  # size of the tree it pulled
     last_pull_seconds: float = 0.0
+    last_pull_reason: str = ""  # every, colab-gateway sync --now, Colab shows a dialog
     problem: str = ""  # why the last pull was refused or failed; empty when it worked
     restore: RestoreState = RestoreState.IDLE
     restore_snapshot: str | None = None

@@ -137,7 +137,8 @@ def test_a_pull_interrupted_by_a_reset_leaves_the_previous_snapshot_newest(
     assert step.ok, step.detail + _daemon_log(loop)
     assert store.newest() == before
     assert not (store.files(before) / "root/work/big.bin").exists()
-    assert "failed" in _sync(loop).get("problem", "") or _sync(loop).get("problem") == ""
+    # The cut pull is reported as such (rsync lost its ssh connection).
+    assert "rsync exit" in _sync(loop)["problem"]
     # The new VM got the previous snapshot's files, and not the torn pull.
     assert loop.pane_run("cat /root/work/hello.txt").startswith("written in")
     assert loop.pane_run("ls /root/work/big.bin 2>&1 | grep -c 'No such'") == "1"
@@ -213,3 +214,42 @@ def test_snapshots_beyond_keep_are_removed_oldest_first(loop: LoopHarness) -> No
     listing = loop.cli("sync", SESSION)
     assert "3 snapshot(s) (keep 3)" in listing
     assert Path(store.root).is_dir()
+
+
+def test_a_dialog_on_the_page_brings_one_more_pull(loop: LoopHarness) -> None:
+    loop.wait("the sync is ready for the VM", lambda: _ready(loop), 60)
+    before = _sync(loop).get("last_pull_at") or 0.0
+    loop.sim.show_dialog("still_there")  # "Are you still there?": Colab may end it soon
+    loop.wait(
+        "a pull after the dialog",
+        lambda: (_sync(loop).get("last_pull_at") or 0.0) > before,
+        60,
+    )
+    assert _sync(loop)["last_pull_reason"] == "Colab shows a dialog"
+
+
+def test_resume_in_the_window_runs_there_once_per_vm(loop: LoopHarness) -> None:
+    assert loop.vm is not None
+    window = SYNC.replace(
+        "command: 'echo ran >> /root/resumed.txt', where: background",
+        "command: 'echo resumed-in-window | tee -a /root/resumed.txt', where: window",
+    )
+    assert window != SYNC
+    loop.sync_yaml = window
+    _reload(loop, TOP)
+    try:
+        loop.wait("the sync is ready for the VM", lambda: _ready(loop), 60)
+        _pull_now(loop)
+        step = scenarios.vm_reset(loop)
+        assert step.ok, step.detail + _daemon_log(loop)
+        resumed = loop.vm.root_home / "resumed.txt"
+        loop.wait("resume.command ran in the window", resumed.exists, 20)
+        assert resumed.read_text() == "resumed-in-window\n"
+        assert "resumed-in-window" in loop.pane_text()
+        assert _sync(loop)["resume_window_for"] == loop.vm.host_key_fingerprint()
+        step = scenarios.tunnel_killed(loop)  # the window reconnects: no second run
+        assert step.ok, step.detail + _daemon_log(loop)
+        assert loop.pane_run("cat /root/resumed.txt") == "resumed-in-window"
+    finally:
+        loop.sync_yaml = SYNC
+        _reload(loop, TOP)

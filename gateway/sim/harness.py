@@ -375,6 +375,10 @@ daemon:
         return result
 
     @property
+    def session(self) -> str:
+        return SESSION
+
+    @property
     def pane(self) -> str:
         return f"{TMUX_SESSION}:{SESSION}"
 

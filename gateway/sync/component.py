@@ -24,12 +24,13 @@ from gateway.atomic import atomic_write
 from gateway.backoff import Backoff
 from gateway.component import Context
 from gateway.config import SessionConfig
+from gateway.durations import format_duration
 from gateway.sizes import format_size
 from gateway.sync import pull as pulling
 from gateway.sync.rsync import Remote
 from gateway.sync.snapshots import SnapshotStore
 from gateway.vm_ssh import VM_LOGIN, ssh_options
-from gateway.vocabulary import Health, RestoreState, RuntimeState, SyncNow
+from gateway.vocabulary import Health, RestoreState, SyncNow
 
 log = logging.getLogger("gateway.sync")
 
@@ -121,17 +122,11 @@ class SessionSync:
         await self.publish_store()
         self.publish(ready_for=None, restore=RestoreState.IDLE, pulling=False, problem="")
         version = -1
-        last_runtime = RuntimeState.UNKNOWN
         while True:
             facts = self.ctx.state.view().sessions.get(self.name)
             now = time.monotonic()
             if facts is not None:
                 tunnel = facts.tunnel
-                runtime = facts.runtime.state
-                if runtime != last_runtime and runtime == RuntimeState.DIALOG:
-                    # A dialog on the page: Colab may be about to end the runtime.
-                    self.pull_requested = self.pull_requested or "Colab shows a dialog"
-                last_runtime = runtime
                 vm = tunnel.hostkey_fingerprint if tunnel.up else None
                 if vm is not None and vm != self.ready_for and now >= self.restore_not_before:
                     await self.arrive(vm)
@@ -140,9 +135,29 @@ class SessionSync:
                     and vm == self.ready_for
                     and (self.pull_requested or now >= self.next_pull)
                 ):
-                    await self.pull(vm, self.pull_requested or "every")
+                    await self.pull(
+                        vm, self.pull_requested or f"every {format_duration(self.sync.every)}"
+                    )
             version = await self.ctx.state.wait_changed(version, LOOK_EVERY)
             self.ctx.progress()
+
+    async def watch_for_the_end(self) -> None:
+        """Ask for one more pull when Colab shows signs of ending the runtime: a dialog on
+        the page ("Are you still there?"), as the browser keep-alive reports it
+        (``runtime.dialog_at``: kept after the dialog is answered, so none is missed while
+        a pull runs)."""
+        version = -1
+        seen: float | None = None
+        first = True
+        while True:
+            version = await self.ctx.state.wait_changed(version, LOOK_EVERY)
+            facts = self.ctx.state.view().sessions.get(self.name)
+            dialog_at = facts.runtime.dialog_at if facts is not None else None
+            if dialog_at is not None and dialog_at != seen and not first:
+                log.info("session %s: Colab shows a dialog; one more pull", self.name)
+                self.pull_requested = self.pull_requested or "Colab shows a dialog"
+                self.ctx.state.wake()
+            seen, first = dialog_at, False
 
     async def arrive(self, vm: str) -> None:
         """A VM is reachable that we have not made ready: restore into it if it is new."""
@@ -261,6 +276,7 @@ class SessionSync:
             last_pull_at=time.time(),
             last_pull_bytes=info.bytes,
             last_pull_seconds=info.seconds,
+            last_pull_reason=reason,
         )
         await self.publish_store()
         self.ctx.health(Health.OK, "keeping sessions' files", brief="")
@@ -271,6 +287,7 @@ class SyncComponent:
         sessions = {s.name: SessionSync(ctx, s) for s in ctx.config.sessions if s.sync.enabled}
         ctx.health(Health.OK, f"keeping the files of {', '.join(sessions)}", brief="")
         tasks = [asyncio.ensure_future(s.run()) for s in sessions.values()]
+        tasks += [asyncio.ensure_future(s.watch_for_the_end()) for s in sessions.values()]
         try:
             while True:
                 for task in tasks:
