@@ -116,7 +116,7 @@ def report(snapshot: Snapshot) -> str:
             lines.append(f"    Colab host key {tunnel.hostkey_fingerprint}")
         if session.sync.enabled:
             sync = session.sync
-            lines.append(f"    sync: {sync_words(sync)}; restore {sync.restore.value}")
+            lines.append(f"    {sync_words(sync)}; restore {sync.restore.value}")
             if sync.restore_message and sync.restore != RestoreState.FAILED:
                 lines.append(f"    restore: {sync.restore_message}")
         if runtime.screenshot:

@@ -206,15 +206,20 @@ class SessionSync:
         self.remember_vm(vm)
         message = f"snapshot {newest} restored in {took:.1f}s"
         log.info("session %s: %s", self.name, message)
-        self.make_ready(vm, RestoreState.DONE, message)
-        if self.sync.resume.command and self.sync.resume.where == "window":
-            self.publish(resume_window_for=vm)
+        window = bool(self.sync.resume.command) and self.sync.resume.where == "window"
+        self.make_ready(vm, RestoreState.DONE, message, resume_in_window=window)
 
-    def make_ready(self, vm: str, state: RestoreState, message: str) -> None:
+    def make_ready(
+        self, vm: str, state: RestoreState, message: str, *, resume_in_window: bool = False
+    ) -> None:
         self.ready_for = vm
         # Pull soon, not at once: the VM just came up with what it had.
         self.next_pull = time.monotonic() + self.sync.every
-        self.publish(ready_for=vm, restore=state, restore_message=message)
+        # One update: the pane must see "ready" and "run resume in the window" together.
+        facts: dict[str, object] = {"ready_for": vm, "restore": state, "restore_message": message}
+        if resume_in_window:
+            facts["resume_window_for"] = vm
+        self.publish(**facts)
         self.ctx.health(Health.OK, "keeping sessions' files", brief="")
 
     async def run_resume(self, command: str) -> None:
