@@ -232,6 +232,7 @@ def _sync(raw: Mapping[str, Any], where: str) -> SyncFacts:
         last_pull_bytes=_count(raw.get("last_pull_bytes", 0), f"{where}.last_pull_bytes"),
         last_pull_seconds=_number(raw.get("last_pull_seconds", 0.0), f"{where}.last_pull_seconds"),
         last_pull_reason=_text(raw.get("last_pull_reason"), f"{where}.last_pull_reason"),
+        last_attempt_at=_optional_number(raw.get("last_attempt_at"), f"{where}.last_attempt_at"),
         problem=_text(raw.get("problem"), f"{where}.problem"),
         restore=_enum(RestoreState, raw.get("restore", "idle"), f"{where}.restore"),
         restore_snapshot=_optional_text(raw.get("restore_snapshot"), f"{where}.restore_snapshot"),

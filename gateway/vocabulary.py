@@ -119,6 +119,9 @@ class SyncFacts:
     last_pull_bytes: int = 0  # size of the tree it pulled
     last_pull_seconds: float = 0.0
     last_pull_reason: str = ""  # every, colab-gateway sync --now, Colab shows a dialog
+    # Wall clock the last pull that ended (done, refused or failed) had started: a pull
+    # asked for at T is over once this is >= T and ``pulling`` is false.
+    last_attempt_at: float | None = None
     problem: str = ""  # why the last pull was refused or failed; empty when it worked
     restore: RestoreState = RestoreState.IDLE
     restore_snapshot: str | None = None

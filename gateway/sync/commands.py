@@ -145,7 +145,12 @@ def _pull_now(paths: Any, session: str) -> int:
         if facts is None:
             continue
         sync = facts.sync
-        if sync.last_pull_at is not None and sync.last_pull_at >= asked and not sync.pulling:
+        if sync.last_attempt_at is None or sync.last_attempt_at < asked or sync.pulling:
+            if not facts.tunnel.up:
+                print(f"waiting: the tunnel of {session} is down", flush=True)
+                time.sleep(5)
+            continue  # the pull asked for has not ended yet
+        if not sync.problem:
             from gateway.sizes import format_size
 
             print(
@@ -153,13 +158,9 @@ def _pull_now(paths: Any, session: str) -> int:
                 f"into snapshot {sync.newest}"
             )
             return EXIT_OK
-        if sync.problem and not sync.pulling:
-            print(f"colab-gateway: pull of {session} did not happen: {sync.problem}",
-                  file=sys.stderr)  # fmt: skip
-            return EXIT_FAILED
-        if not facts.tunnel.up:
-            print(f"waiting: the tunnel of {session} is down", flush=True)
-            time.sleep(5)
+        print(f"colab-gateway: pull of {session} did not happen: {sync.problem}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
     print(f"colab-gateway: no pull of {session} within {NOW_TIMEOUT:.0f}s", file=sys.stderr)
     return EXIT_FAILED
 

@@ -257,6 +257,7 @@ class SessionSync:
             vm=vm,
         )
         self.publish(pulling=True)
+        started = time.time()
         log.debug("session %s: pull (%s)", self.name, reason)
         try:
             info = await self.busy(pulling.pull(self.store, remote_for(self.ctx, self.name), plan))
@@ -265,7 +266,7 @@ class SessionSync:
             message = str(exc)
             log.warning("session %s: pull %s: %s", self.name,
                         "refused" if refused else "failed", message)  # fmt: skip
-            self.publish(pulling=False, problem=message)
+            self.publish(pulling=False, problem=message, last_attempt_at=started)
             self.ctx.health(Health.DEGRADED, f"session {self.name}: pull: {message}")
             return
         removed = await asyncio.to_thread(self.store.prune, self.sync.keep)
@@ -279,6 +280,7 @@ class SessionSync:
             pulling=False,
             problem="",
             last_pull_at=time.time(),
+            last_attempt_at=started,
             last_pull_bytes=info.bytes,
             last_pull_seconds=info.seconds,
             last_pull_reason=reason,
