@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 SYSTEM_PACKAGES := chromium chromium-driver tmux openssh-client openssh-server rsync \
 	iproute2 procps debootstrap systemd-container xvfb
 PYTEST_ARGS ?=
+# Test workers. Most tests wait on real programs (Chromium, sshd, tmux, a booting machine)
+# rather than compute, so two workers fit the 2-core machine CI runs on.
+TEST_WORKERS ?= 2
 
 .PHONY: help venv system-deps deps test lint format demo bench bench-tunnel bench-browser \
 	bench-recovery bench-tmux bench-sync clean
@@ -39,8 +42,15 @@ system-deps:
 
 deps: venv system-deps
 
+# In parallel (pytest-xdist): loadscope gives each test module to one worker (see
+# tests/conftest.py: what a module's tests share, and the longest modules, the deploy test
+# first, handed out first); --no-loadscope-reorder keeps the order conftest.py chose. In a
+# random order (pytest-random-order, per module; the header shows the seed, to repeat it:
+# PYTEST_ARGS=--random-order-seed=N). One pytest run: its summary line ("N passed in …")
+# is the last line, and its exit status is make's.
 test: deps
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --random-order \
+		$(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check gateway tests bench

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from gateway.browser.launch import Browser, find_chromedriver, find_chromium, session_members
-from gateway.configschema import Duration
+from gateway.config import Duration
 from gateway.sim import SimColab
 from gateway.sim.runner import BrowserRunner
 

@@ -1,6 +1,6 @@
 """How fast the tmux window is back in the VM after the tunnel returns.
 
-Against real tmux, sshd and the daemon (the tunnel played by tests/tunnel_switch_daemon.py):
+Against real tmux, sshd and the daemon (the tunnel played by tests/helpers/tunnel_switch_daemon.py):
 each round publishes the tunnel up and measures until ssh runs in the pane and until the
 remote shell is on screen, then sends the tunnel down and ends the shell. The alternative
 it is compared with is the usual hand-made keeper, `while :; do ssh …; sleep 5; done`, in a
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from tmux_testkit import (
+from helpers.tmux import (
     READY_MARK,
     Daemon,
     Sshd,

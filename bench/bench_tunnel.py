@@ -16,8 +16,13 @@ The endpoint runs as the real daemon (``colab-gateway run``) in its own process;
 target and the Pi-side client are small Python processes (threads doing blocking socket
 calls with large buffers, far faster than either server).
 
+- cpu:      CPU seconds (user + system) per GB forwarded over the upload and download,
+            of each server's whole process tree (psutil, from /proc/PID/stat): the daemon, and
+            sshd's listener with its per-connection processes (see tree_cpu_seconds).
+
 Ends with  RESULT upload_ratio=… download_ratio=… rtt_p50_ratio=… rtt_p99_ratio=…
-(endpoint ÷ OpenSSH, default negotiation; throughput: higher is better, RTT: lower).
+cpu_per_gb_ratio=… (endpoint ÷ OpenSSH, default negotiation; throughput: higher is better,
+RTT and CPU: lower) and cpu_per_gb_ratio_same_cipher=… (the forced-cipher comparison).
 """
 
 from __future__ import annotations
@@ -39,19 +44,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.sim.polling import free_port  # noqa: E402
 from gateway.tunnel.keys import KeyStore  # noqa: E402
 
 CHUNK = 256 * 1024
 SSHD = "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the Colab-side target ---------------------------------------------------------------------
@@ -126,13 +128,35 @@ def relay_server(port: int, target: int) -> None:
 # -- the Pi-side measurements ------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (the figure load on the machine spares)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def tree_cpu_seconds(root: int) -> tuple[float, float, int]:
+    """CPU seconds (user, system) used so far by ``root`` and its descendants, and how
+    many processes the tree has now.
+
+    For each live process of the tree: its own utime + stime (all threads) plus cutime +
+    cstime, the times of the children it has already waited for. sshd forks per connection
+    (a privileged monitor and the unprivileged process that does the crypto), so those
+    count while they run; a child that exits between two readings moves its time into its
+    parent's cutime/cstime, so the sum only grows. (A process reparented out of the tree
+    would be lost; neither server does that.)
+    """
+    try:
+        top = psutil.Process(root)
+        tree = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return 0.0, 0.0, 0
+    user = system = 0.0
+    alive = 0
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):  # gone between listing and reading
+            times = proc.cpu_times()  # /proc/PID/stat's utime, stime, cutime, cstime
+            user += times.user + times.children_user
+            system += times.system + times.children_system
+            alive += 1
+    return user, system, alive
 
 
-def upload(port: int, seconds: float) -> float:
+def upload(port: int, seconds: float) -> tuple[float, int]:
+    """MB/s and bytes the target received."""
     payload = memoryview(os.urandom(CHUNK))
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(b"U")
@@ -142,7 +166,7 @@ def upload(port: int, seconds: float) -> float:
         s.shutdown(socket.SHUT_WR)
         total = struct.unpack("!Q", _recv_exact(s, 8))[0]
         elapsed = time.perf_counter() - start
-    return total / elapsed / 1e6
+    return total / elapsed / 1e6, total
 
 
 def download(port: int, nbytes: int) -> float:
@@ -196,6 +220,7 @@ class Servers:
         self.local = {"endpoint": free_port(), "openssh": free_port()}
         self.profile = profile
         self.tunnel_extra = ""
+        self.endpoint_env: dict[str, str] = {}
 
     def start(self) -> None:
         self._spawn(
@@ -262,6 +287,7 @@ class Servers:
         ]
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
+        env.update(self.endpoint_env)
         proc = subprocess.Popen(
             daemon,
             cwd=ROOT,
@@ -297,7 +323,7 @@ class Servers:
             """)
         )
         Path("/run/sshd").mkdir(exist_ok=True)
-        self._spawn([SSHD, "-D", "-e", "-f", str(d / "sshd_config")])
+        self.sshd = self._spawn([SSHD, "-D", "-e", "-f", str(d / "sshd_config")])
         self.sshd_host = (d / "host.pub").read_text().split()
 
     @contextlib.contextmanager
@@ -388,47 +414,69 @@ def _wait_free(port: int, timeout: float = 10) -> None:
                 time.sleep(0.05)
 
 
-def measure(
-    servers: Servers, cipher: str | None, args: argparse.Namespace
-) -> dict[str, dict[str, float]]:
-    results: dict[str, dict[str, list[float]]] = {
-        w: {"up": [], "down": [], "p50": [], "p99": []} for w in ("endpoint", "openssh")
+Results = dict[str, dict[str, list[float]]]
+
+
+def measure(servers: Servers, cipher: str | None, args: argparse.Namespace) -> Results:
+    """Per side, one value per trial of: upload and download MB/s, RTT p50/p99 µs, and CPU
+    seconds per GB forwarded (server process tree, over the upload and download)."""
+    results: Results = {
+        w: {"up": [], "down": [], "p50": [], "p99": [], "cpu": [], "sys": [], "procs": []}
+        for w in ("endpoint", "openssh")
     }
-    cpu_per_gb: list[float] = []
+    roots = {"endpoint": servers.daemon.pid, "openssh": servers.sshd.pid}
     for trial in range(args.trials):
         order = ("endpoint", "openssh") if trial % 2 == 0 else ("openssh", "endpoint")
         for which in order:
             with servers.tunnel(which, cipher) as port:
                 upload(port, 0.3)  # warm up the path (and TCP windows)
-                cpu = cpu_seconds(servers.daemon.pid)
-                up = upload(port, args.seconds)
-                results[which]["up"].append(up)
-                results[which]["down"].append(download(port, args.download_mb * 1_000_000))
-                if which == "endpoint":
-                    moved = up * args.seconds + args.download_mb  # MB, near enough
-                    cpu_per_gb.append((cpu_seconds(servers.daemon.pid) - cpu) / moved * 1000)
+                user_before, sys_before, procs = tree_cpu_seconds(roots[which])
+                up, up_bytes = upload(port, args.seconds)
+                down_bytes = args.download_mb * 1_000_000
+                down = download(port, down_bytes)
+                user_after, sys_after, _ = tree_cpu_seconds(roots[which])
+                r = results[which]
+                r["up"].append(up)
+                r["down"].append(down)
+                gb = (up_bytes + down_bytes) / 1e9
+                r["cpu"].append((user_after - user_before + sys_after - sys_before) / gb)
+                r["sys"].append((sys_after - sys_before) / gb)
+                r["procs"].append(procs)
                 p50, p99 = rtt(port, args.rtt_count)
-                results[which]["p50"].append(p50)
-                results[which]["p99"].append(p99)
-    print(f"  endpoint CPU: {statistics.median(cpu_per_gb):.2f} s per GB forwarded")
-    return {w: {k: statistics.median(v) for k, v in r.items()} for w, r in results.items()}
+                r["p50"].append(p50)
+                r["p99"].append(p99)
+    return results
 
 
-def report(title: str, res: dict[str, dict[str, float]]) -> dict[str, float]:
-    e, o = res["endpoint"], res["openssh"]
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}–{max(values):.2f}"
+
+
+def report(title: str, res: Results) -> dict[str, float]:
+    med = {w: {k: statistics.median(v) for k, v in r.items()} for w, r in res.items()}
+    e, o = med["endpoint"], med["openssh"]
     print(f"\n{title}")
     print(
-        f"  {'':10} {'upload MB/s':>12} {'download MB/s':>14} {'rtt p50 µs':>11} {'rtt p99 µs':>11}"
+        f"  {'':10} {'upload MB/s':>12} {'download MB/s':>14} {'rtt p50 µs':>11} "
+        f"{'rtt p99 µs':>11} {'CPU s/GB':>9} {'(all trials)':>12} {'of it sys':>9} "
+        f"{'processes':>9}"
     )
     for name, r in (("endpoint", e), ("openssh", o)):
-        print(f"  {name:10} {r['up']:12.1f} {r['down']:14.1f} {r['p50']:11.0f} {r['p99']:11.0f}")
+        print(
+            f"  {name:10} {r['up']:12.1f} {r['down']:14.1f} {r['p50']:11.0f} {r['p99']:11.0f} "
+            f"{r['cpu']:9.2f} {_spread(res[name]['cpu']):>12} {r['sys']:9.2f} {r['procs']:9.0f}"
+        )
+    # Trial i of each side ran back to back, so their ratio shares the machine's load.
+    paired = [a / b for a, b in zip(res["endpoint"]["cpu"], res["openssh"]["cpu"], strict=True)]
     ratios = {
         "upload_ratio": e["up"] / o["up"],
         "download_ratio": e["down"] / o["down"],
         "rtt_p50_ratio": e["p50"] / o["p50"],
         "rtt_p99_ratio": e["p99"] / o["p99"],
+        "cpu_per_gb_ratio": e["cpu"] / o["cpu"],
     }
     print("  ratios   " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
+    print(f"  cpu_per_gb_ratio of each trial pair: {', '.join(f'{x:.2f}' for x in paired)}")
     return ratios
 
 
@@ -451,6 +499,13 @@ def main() -> int:
         metavar="YAML",
         help="extra tunnel: settings for the endpoint, e.g. 'max_packet: 65536'",
     )
+    parser.add_argument(
+        "--endpoint-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for the daemon, e.g. OPENSSL_ia32cap=~0x200000200000000 (no AES-NI)",
+    )
     args = parser.parse_args()
     if not shutil.which("ssh") or not Path(SSHD).exists():
         print("needs openssh-client and openssh-server (make system-deps)", file=sys.stderr)
@@ -461,6 +516,7 @@ def main() -> int:
         servers.tunnel_extra = "\n              ".join(
             part.strip() for part in args.endpoint_tunnel.split(";") if part.strip()
         )
+        servers.endpoint_env = dict(item.split("=", 1) for item in args.endpoint_env)
         try:
             servers.start()
             default = report(
@@ -473,7 +529,10 @@ def main() -> int:
                 f"sockets: rtt p50 {floor[0]:.0f} µs, p99 {floor[1]:.0f} µs"
             )
             if not args.only_default:
-                report(f"same cipher forced: {args.cipher}", measure(servers, args.cipher, args))
+                same = report(
+                    f"same cipher forced: {args.cipher}", measure(servers, args.cipher, args)
+                )
+                default["cpu_per_gb_ratio_same_cipher"] = same["cpu_per_gb_ratio"]
         finally:
             servers.stop()
     print(f"\n(took {time.monotonic() - started:.0f}s on {os.cpu_count()} CPUs)")

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway import __version__, logs, status_line
+from gateway import __version__, logs, secrets, status_line
 from gateway.cli_support import add_path_options, load_or_report, paths_from
 from gateway.config import EX_CONFIG
 from gateway.snapshot import Snapshot
@@ -32,12 +32,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.daemon import Gateway
     from gateway.registry import all_specs
+    from gateway.secrets import register_secrets
 
     paths = paths_from(args)
     loaded = load_or_report(paths)
     if loaded is None:
         return EX_CONFIG
-    logs.register_secrets(loaded)
+    register_secrets(loaded)
     logs.setup(args.log_level or loaded.config.daemon.log_level)
     gateway = Gateway(loaded, paths, all_specs())
     return asyncio.run(gateway.serve())
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their component (keys, snippet, shell, ddns, …)."""
     from gateway import demo
-    from gateway.browser import login
+    from gateway.browser import commands as browser_commands
     from gateway.ddns.commands import register as register_ddns
     from gateway.doctor import command as doctor
     from gateway.sync import commands as sync_commands
@@ -109,7 +110,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
         register_ddns,
         register_shell,
         register_ssh_config,
-        login.register,
+        browser_commands.register,
         demo.register,
         doctor.register,
         sync_commands.register,
@@ -117,6 +118,9 @@ def extra_commands() -> list[Callable[[Any], None]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Commands print what providers and the daemon answered: no secret may come with it.
+    # The streams redact what is registered at the time of each write.
+    secrets.redact_standard_streams()
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:

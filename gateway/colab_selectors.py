@@ -25,7 +25,11 @@ DEFAULTS: dict[str, str] = {
     # cells: a running cell's run button shows a stop symbol in its shadowRoot
     "run_button": "colab-run-button",
     "running_marker": "#stopSymbolMask",
-    "first_cell_editor": ".cell.code .inputarea, .cell.code textarea",
+    # The code editor is Monaco: its input is a 1-pixel `textarea.inputarea`; a bare
+    # `.inputarea` could also hit a container div around it, which cannot take the focus.
+    # Newer Monaco builds use an EditContext element instead.
+    "first_cell_editor": ".cell.code textarea.inputarea, .cell.code .native-edit-context, "
+    ".cell.code textarea",
     "notebook_focus": ".notebook-cell-list, .notebook-content, #main-content, body",
     # present on every loaded notebook page; its absence long after load = failed load
     "page_marker": "#top-toolbar, colab-connect-button",

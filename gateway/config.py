@@ -14,16 +14,20 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.colab_selectors import DEFAULTS as SELECTOR_DEFAULTS
-from gateway.configschema import (
+from gateway.sizes import parse_size
+from gateway.yaml_binder import (
+    MAX_CONFIG_BYTES,
     ConfigError,
     Duration,
     Problem,
     Secret,
     SecretFile,
+    Unreadable,
     bind_document,
+    decode_text,
+    read_bounded,
     setting,
 )
-from gateway.sizes import parse_size
 
 __all__ = ["Config", "ConfigError", "Duration", "Problem", "Secret", "SecretFile", "load_config"]
 
@@ -72,7 +76,6 @@ TUNNEL_CIPHERS = (
     "aes192-ctr",
     "aes256-ctr",
 )
-DEFAULT_TUNNEL_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 def _cipher(value: str) -> None:
@@ -199,16 +202,24 @@ class TunnelConfig:
     exempt_networks: list[str] = setting(factory=lambda: ["127.0.0.0/8", "::1/128"], check=_network)
     keepalive_interval: Duration = setting(Duration(15), min=1, max=3600)
     keepalive_count_max: int = setting(3, min=1, max=100)
-    # Offered ciphers; the client picks the first of its own list that is here. AES-GCM
-    # only by default: one cryptography call per packet (chacha20-poly1305 takes four in
-    # asyncssh), and immune to Terrapin without relying on strict kex.
-    ciphers: list[str] = setting(factory=lambda: list(DEFAULT_TUNNEL_CIPHERS), check=_cipher)
+    # Offered ciphers; the client picks the first of its own list that is here. Unset: the
+    # endpoint chooses for the CPU it runs on (gateway/tunnel/cipher_choice.py): AES-GCM
+    # only with AES instructions, chacha20-poly1305 first without (Pi 3/4).
+    ciphers: list[str] | None = setting(None, check=_cipher)
     # Flow control of each forwarded connection: the receive window and the largest SSH
     # packet the endpoint accepts. Larger means fewer packets per byte, i.e. less Python.
     window: int = setting(8 * 1024 * 1024, min=65536, max=64 * 1024 * 1024)
     max_packet: int = setting(131072, min=4096, max=131072)
 
     def check(self) -> list[tuple[str, str]]:
+        if self.ciphers == []:
+            return [
+                (
+                    "ciphers",
+                    "is an empty list, which no client can connect with: name at least one, "
+                    "or remove the key to let the endpoint choose for its CPU",
+                )
+            ]
         start = self.random_drop_start
         if start is not None and start > self.max_unauthenticated:
             return [
@@ -247,6 +258,9 @@ class BrowserConfig:
     display: Literal["none", "xvfb"] = "none"
     reload_every: Duration = setting(Duration(1800), min=60)
     rerun: Literal["bootstrap", "all", "never"] = "bootstrap"
+    # rerun: bootstrap, when neither the first cell's editor nor its run button is found:
+    # press Run all instead (it runs every cell of the notebook, hence off by default)
+    rerun_fallback_all: bool = False
     rerun_after: Duration = setting(Duration(180), min=10)
     max_reruns_per_hour: int = setting(4, min=1, max=60)
     on_gpu_limit: Literal["connect_without_gpu", "wait"] = "connect_without_gpu"
@@ -514,26 +528,32 @@ class LoadedConfig:
 
 
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
-    """Read and validate ``path``; raise ConfigError with every problem found."""
+    """Read and validate ``path``; raise ConfigError with every problem found.
+
+    Nothing in the file can make this raise anything else: a config is read by a daemon
+    that must keep running (SIGHUP) or exit 78 (start), never with a traceback.
+    """
     config_path = Path(path)
+    name = str(config_path)
     try:
-        text = config_path.read_text()
+        data, _ = read_bounded(config_path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(
             [
                 Problem(
-                    str(config_path),
-                    1,
-                    1,
+                    name,
+                    None,
+                    None,
                     "config file does not exist: copy config.example.yaml there and edit it",
                 )
             ]
         ) from None
-    except OSError as exc:
-        raise ConfigError(
-            [Problem(str(config_path), 1, 1, f"cannot read config file: {exc.strerror}")]
-        ) from None
-    return load_config_text(text, str(config_path))
+    except Unreadable as exc:
+        message = str(exc)
+        if exc.wrong_file:
+            message += f": the config is a YAML file of at most {MAX_CONFIG_BYTES >> 10} KiB"
+        raise ConfigError([Problem(name, None, None, message)]) from None
+    return load_config_text(decode_text(data, name), name)
 
 
 def load_config_text(text: str, filename: str = "<string>") -> LoadedConfig:

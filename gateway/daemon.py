@@ -12,12 +12,16 @@ from gateway.component import ComponentSpec
 from gateway.config import ConfigError, LoadedConfig, load_config
 from gateway.notify import Notifier
 from gateway.paths import Paths
+from gateway.secrets import register_secrets
 from gateway.state import Health, State
 from gateway.status_server import StatusServer
 from gateway.supervisor import Supervisor
 
 log = logging.getLogger("gateway")
 
+# Not a component: the entry in the status that says a reload was refused, until the next
+# good one.
+CONFIG_STATUS = "config"
 IDLE_TICK = 30.0  # the longest the main loop sleeps when nothing happens and no watchdog
 
 
@@ -80,7 +84,7 @@ class Gateway:
             while not self.should_exit.is_set():
                 if self.reload_requested:
                     self.reload_requested = False
-                    self.reload()
+                    await self.reload()
                 self.tick()
                 period = self.notifier.watchdog_period
                 timeout = min(period, IDLE_TICK) if period else IDLE_TICK
@@ -114,22 +118,39 @@ class Gateway:
             self.notifier.watchdog()
             self._last_ping = now
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         self.notifier.reloading()
         log.info("reloading %s", self.paths.config)
         try:
-            loaded = load_config(self.paths.config)
+            # In a thread: a big file takes PyYAML seconds, and the tunnel must keep
+            # serving meanwhile.
+            loaded = await asyncio.to_thread(load_config, self.paths.config)
         except ConfigError as exc:
             log.error("new config rejected, keeping the running one:\n%s", exc)
+            errors = [p for p in exc.problems if not p.warning] or exc.problems
+            self._config_rejected([str(p) for p in errors])
+        except Exception as exc:  # a loader bug must not take the running service down
+            log.exception("new config rejected, keeping the running one")
+            self._config_rejected([f"{self.paths.config}: {type(exc).__name__}: {exc}"])
         else:
             for warning in loaded.warnings:
                 log.warning("%s", warning)
-            logs.register_secrets(loaded)
+            register_secrets(loaded)
             logs.set_level(loaded.config.daemon.log_level)
             self.loaded = loaded
+            self.state.remove_component(CONFIG_STATUS)
             self._sync_sessions()
             self.supervisor.apply(loaded.config)
         self.notifier.ready()
+
+    def _config_rejected(self, problems: list[str]) -> None:
+        """Say in the status (and so the STATUS line) why the new config is not in use."""
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        self.state.set_health(
+            CONFIG_STATUS,
+            Health.DEGRADED,
+            f"new config rejected, still running the previous one: {problems[0]}{more}",
+        )
 
     async def shutdown(self) -> None:
         self.notifier.stopping()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 
-from gateway.config import LoadedConfig, Secret
+# The registry lives in gateway.secrets, shared with every other way out; these names stay
+# here for the code that scrubs its own secrets (a provider's token, say).
+from gateway.secrets import redact, register_secret
 
-_SECRETS: set[str] = set()
-_SECRETS_LOCK = threading.Lock()
+__all__ = ["redact", "register_secret", "set_level", "setup"]
 
 # syslog priorities, which journald takes from a "<N>" prefix on each line
 _PRIORITY = {
@@ -20,40 +20,6 @@ _PRIORITY = {
     logging.ERROR: 3,
     logging.CRITICAL: 2,
 }
-
-
-def register_secret(value: str) -> None:
-    """Never print ``value``: every log line is scrubbed of it."""
-    if len(value) >= 4:
-        with _SECRETS_LOCK:
-            _SECRETS.add(value)
-
-
-def register_secrets(loaded: LoadedConfig) -> None:
-    """Scrub every secret of the config from all log lines from now on."""
-
-    def walk(value: object) -> None:
-        if isinstance(value, Secret):
-            register_secret(value.reveal())
-        elif hasattr(value, "__dataclass_fields__"):
-            for name in value.__dataclass_fields__:
-                walk(getattr(value, name))
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk(item)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-
-    walk(loaded.config)
-
-
-def redact(text: str) -> str:
-    with _SECRETS_LOCK:
-        secrets = sorted(_SECRETS, key=len, reverse=True)
-    for secret in secrets:
-        text = text.replace(secret, "<redacted>")
-    return text
 
 
 class _Formatter(logging.Formatter):

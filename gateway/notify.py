@@ -7,6 +7,8 @@ import os
 
 import sdnotify
 
+from gateway.secrets import redact
+
 log = logging.getLogger(__name__)
 
 
@@ -56,8 +58,11 @@ class Notifier:
         self.send("READY=1")
 
     def status(self, text: str) -> None:
-        """Send STATUS= only when it changed: systemd keeps the last one."""
-        line = text.replace("\n", " ")
+        """Send STATUS= only when it changed: systemd keeps the last one.
+
+        Any local user reads it (``systemctl status``), so no secret may be in it.
+        """
+        line = redact(text.replace("\n", " "))
         if line != self._last_status:
             self._last_status = line
             self.send(f"STATUS={line}")

@@ -5,8 +5,11 @@ This is the one place that wires components to the daemon; they never import eac
 
 from __future__ import annotations
 
-from gateway.browser.keepalive import BrowserKeeper
+from dataclasses import replace
+
+from gateway.browser.component import BrowserKeeper
 from gateway.component import ComponentSpec
+from gateway.config import Config, SessionConfig, SyncConfig
 from gateway.ddns.component import DdnsComponent
 from gateway.healer.component import Healer
 from gateway.sync.component import SyncComponent
@@ -14,18 +17,25 @@ from gateway.tmux.component import TmuxKeeper
 from gateway.tunnel.component import TunnelComponent
 
 
+def _sessions_but_sync(c: Config) -> tuple[SessionConfig, ...]:
+    """The sessions as the components other than sync see them: a change of
+    ``sessions[].sync`` must not restart the tunnel (dropping the VM's connection) nor
+    the browser."""
+    return tuple(replace(s, sync=SyncConfig()) for s in c.sessions)
+
+
 def all_specs() -> list[ComponentSpec]:
     return [
         ComponentSpec(
             name="healer",
             enabled=lambda c: True,
-            relevant=lambda c: (c.sessions, c.browser.rerun, c.browser.rerun_after),
+            relevant=lambda c: (_sessions_but_sync(c), c.browser.rerun, c.browser.rerun_after),
             factory=Healer,
         ),
         ComponentSpec(
             name="tunnel",
             enabled=lambda c: c.tunnel.enabled,
-            relevant=lambda c: (c.tunnel, c.sessions),
+            relevant=lambda c: (c.tunnel, _sessions_but_sync(c)),
             factory=TunnelComponent,
         ),
         ComponentSpec(
@@ -51,7 +61,7 @@ def all_specs() -> list[ComponentSpec]:
         ComponentSpec(
             name="browser",
             enabled=lambda c: c.browser.enabled and bool(c.sessions),
-            relevant=lambda c: (c.sessions, c.browser),
+            relevant=lambda c: (_sessions_but_sync(c), c.browser),
             factory=BrowserKeeper,
         ),
     ]

@@ -37,8 +37,9 @@ def session_facts(
         elif tunnel.since:
             facts.append(f"tunnel down {format_duration(now - tunnel.since)}")
         else:
-            started = format_duration(now - snapshot.started_at)
-            facts.append(f"tunnel not up yet since the daemon started {started} ago")
+            # No clock in it: the STATUS line is sent when the text changes, and must then
+            # still equal what the status socket says.
+            facts.append("tunnel not up yet")
     if snapshot.runs("browser"):
         runtime = session.runtime
         gpu = " (GPU)" if runtime.gpu else ""

@@ -11,6 +11,7 @@ import socket
 import time
 from pathlib import Path
 
+from gateway.secrets import redact
 from gateway.state import State
 from gateway.vocabulary import SyncNow
 
@@ -58,7 +59,7 @@ class StatusServer:
         version = -1
         while not writer.is_closing():
             version = self.state.version
-            writer.write(json.dumps(self.state.snapshot()).encode() + b"\n")
+            writer.write(_line(self.state.snapshot()))
             await writer.drain()
             await self.state.wait_changed(version, WATCH_HEARTBEAT)
 
@@ -95,7 +96,7 @@ class StatusServer:
                 reply = self.sync_now(argument.strip())
             else:
                 reply = {"error": f"unknown request {request[:40]!r}; try 'status'"}
-            writer.write(json.dumps(reply).encode() + b"\n")
+            writer.write(_line(reply))
             await writer.drain()
         except (asyncio.TimeoutError, ConnectionError, BrokenPipeError):
             pass
@@ -103,6 +104,13 @@ class StatusServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+def _line(reply: dict[str, object]) -> bytes:
+    """One JSON line, scrubbed of secrets: messages quote what peers answered, and a
+    provider's answer may echo its token. Redacting the JSON text also catches a secret
+    in its JSON-escaped form."""
+    return redact(json.dumps(reply)).encode() + b"\n"
 
 
 def query(path: Path, timeout: float = 5.0, request: str = "status") -> dict[str, object]:

@@ -1,4 +1,8 @@
-"""Starts components, restarts the ones that crash (with backoff), stops them all."""
+"""Starts components, restarts the ones that crash (with backoff), stops them all.
+
+The clock, the random source and the wait are injected (as in gateway/ddns/updater.py), so
+that a test can check the backoff's exact waits without waiting them out.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,10 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from gateway.backoff import Backoff
 from gateway.component import ComponentSpec, Context
 from gateway.config import Config
 from gateway.paths import Paths
@@ -30,10 +36,22 @@ class _Running:
 
 
 class Supervisor:
-    def __init__(self, state: State, paths: Paths, specs: list[ComponentSpec]) -> None:
+    def __init__(
+        self,
+        state: State,
+        paths: Paths,
+        specs: list[ComponentSpec],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.state = state
         self.paths = paths
         self.specs = specs
+        self.monotonic = monotonic
+        self.rng = rng
+        self.sleep = sleep
         # Hard references to the component tasks: asyncio keeps only weak ones.
         self.running: dict[str, _Running] = {}
         self.backoff_max = 300.0
@@ -68,9 +86,18 @@ class Supervisor:
         self.state.remove_component(entry.spec.name)
 
     async def _keep_running(self, spec: ComponentSpec, ctx: Context) -> None:
-        delay = BACKOFF_FIRST
+        # 1 s after the first crash, doubling up to daemon.restart_backoff_max. Equal jitter
+        # (half fixed, half random) keeps components that fail together from retrying in
+        # lockstep.
+        backoff = Backoff(
+            BACKOFF_FIRST,
+            self.backoff_max,
+            jitter="equal",
+            clock=self.monotonic,
+            rng=lambda: self.rng(),
+        )
         while True:
-            started = time.monotonic()
+            started = self.monotonic()
             entry = self.running.get(spec.name)
             if entry:
                 entry.waiting_since = None
@@ -82,21 +109,20 @@ class Supervisor:
             except Exception as exc:  # any crash of a component is survivable by design
                 reason = f"{type(exc).__name__}: {exc}"
                 log.error("%s crashed: %s", spec.name, reason, exc_info=exc)
-            if time.monotonic() - started >= HEALTHY_RUN:
-                delay = BACKOFF_FIRST
-            # Full jitter keeps components that fail together from retrying in lockstep.
-            wait = min(delay, self.backoff_max) * random.uniform(0.5, 1.0)
+            if self.monotonic() - started >= HEALTHY_RUN:
+                backoff.reset()
+            backoff.ceiling = self.backoff_max  # a reload may have changed it
+            wait = backoff.failure()
             self.state.set_health(spec.name, Health.FAILED, f"{reason}; restarting in {wait:.0f}s")
             if entry := self.running.get(spec.name):
                 entry.restarts += 1
-                entry.waiting_since = time.monotonic()
+                entry.waiting_since = self.monotonic()
             log.info("%s: restarting in %.1fs", spec.name, wait)
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, self.backoff_max)
+            await self.sleep(wait)
 
     def stalled(self, limit: float) -> list[str]:
         """Components running but showing no progress for ``limit`` seconds."""
-        now = time.monotonic()
+        now = time.monotonic()  # the State's clock, which stamps progress_at
         out = []
         for name, entry in self.running.items():
             if entry.waiting_since is not None:

@@ -86,11 +86,21 @@ def test_the_graph_is_read() -> None:
     """The rules below would pass on an empty graph: prove it holds the known edges."""
     graph = _graph(typing_only=True)
     assert "gateway.vocabulary" in graph["gateway.healer.component"]
-    assert "gateway.browser.login" in graph["gateway.cli"]  # an import inside a function
+    assert "gateway.browser.commands" in graph["gateway.cli"]  # an import inside a function
     assert "gateway.snapshot" in graph["gateway.status_line"]  # under TYPE_CHECKING
     assert "gateway.snapshot" not in _graph(typing_only=False)["gateway.status_line"]
     assert all(_under(c, ("gateway",)) for c in COMPONENTS)
     assert {_under(m, COMPONENTS) for m in MODULES} >= set(COMPONENTS)
+
+
+def test_each_component_package_holds_its_component() -> None:
+    """The layout the README shows: a component lives in <package>/component.py."""
+    for component in COMPONENTS:
+        package = PACKAGE / component.removeprefix("gateway.")
+        assert (package / "component.py").is_file(), f"{component} has no component.py"
+    assert {"gateway.browser.commands", "gateway.ddns.commands", "gateway.tmux.commands"} <= set(
+        MODULES
+    )
 
 
 def test_components_never_import_each_other_nor_the_cli_daemon_or_demo() -> None:

@@ -74,8 +74,16 @@ for i in range(100_000):
     atomic_write(target, a if i % 2 else b)
 """
     for attempt in range(12):  # bounded: a dozen kills at different moments
+        target.write_bytes(a)
         proc = subprocess.Popen([sys.executable, "-c", script])
-        time.sleep(0.3 + attempt * 0.05)
+        # Kill only once it is writing (its first write puts b in place), then at a
+        # different moment of the write loop each time; a kill before the first write
+        # would prove nothing.
+        deadline = time.monotonic() + 20
+        while target.read_bytes() != b:
+            assert proc.poll() is None and time.monotonic() < deadline, "never wrote"
+            time.sleep(0.01)
+        time.sleep(attempt * 0.013)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         assert target.read_bytes() in (a, b)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support import FakeClock
+from helpers import FakeClock
 
 from gateway.backoff import Backoff
 

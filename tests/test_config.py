@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from gateway.config import EX_CONFIG, ConfigError, load_config, load_config_text
-from gateway.configschema import SecretFile
+from gateway.config import EX_CONFIG, ConfigError, SecretFile, load_config, load_config_text
 from gateway.durations import format_duration, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,3 +236,170 @@ def test_durations(text: str, seconds: float) -> None:
 
 def test_duration_formatting() -> None:
     assert [format_duration(s) for s in (7, 200, 7980, 90000)] == ["7s", "3m20s", "2h13m", "1d1h"]
+
+
+# -- files that are not a config at all: never a traceback, always exit 78 ------------------
+
+# The loader must not need more: a bomb or /dev/zero must fail as a message, not by
+# exhausting the test machine.
+MEMORY_LIMIT = 2 << 30
+
+
+def _limited() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def run_bounded(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """The real CLI, with a memory cap and a deadline: a hang or a blow-up is a failure."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+            preexec_fn=_limited,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"colab-gateway {' '.join(args)} hung for {timeout}s") from exc
+
+
+def laughs(levels: int = 9) -> str:
+    """Billion laughs: nine lines that stand for 9**9 strings once the aliases expand."""
+    lines = ["lol0: &lol0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"lol{i}: &lol{i} [" + ", ".join([f"*lol{i - 1}"] * 9) + "]")
+    return "".join(f"  {line}\n" for line in lines)
+
+
+def _aliased_sessions() -> str:
+    # Quadratic through the schema: 350 uses of one session with 350 forwards.
+    forwards = ", ".join(f"f{i}: {{colab: 22, local: {20000 + i}}}" for i in range(350))
+    session = "&s {name: colab, notebook_url: 'https://x/', forwards: {ssh: {colab: 22, "
+    session += f"local: 30000}}, {forwards}}}}}"
+    return f"sessions:\n  - {session}\n" + "  - *s\n" * 349
+
+
+BAD_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "utf-16": (
+        lambda d: _write(d, "tunnel: {enabled: false}\n".encode("utf-16")),
+        "{f}: is UTF-16 text: save it as UTF-8",
+    ),
+    "binary": (
+        lambda d: _write(d, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))),
+        "{f}:3:1: a NUL byte: this is binary, or UTF-16/UTF-32 text; save it as UTF-8",
+    ),
+    "invalid-utf-8": (
+        lambda d: _write(d, b"tunnel:\n  listen: caf\xe9\n"),
+        "{f}:2:14: byte 0xe9 is not UTF-8: save it as UTF-8",
+    ),
+    "control-character": (
+        lambda d: _write(d, b"tunnel:\n  listen: a\x07b\n"),
+        "{f}:2:12: character #x0007 is not allowed in YAML",
+    ),
+    "deep-nesting": (
+        lambda d: _write(d, b"[" * 100_000 + b"]" * 100_000),
+        "{f}:1:33: YAML syntax error: nested more than 32 levels deep",
+    ),
+    "deep-block-nesting": (
+        lambda d: _write(d, "".join(f"{' ' * i}k{i}:\n" for i in range(500)).encode()),
+        "{f}:32:32: YAML syntax error: nested more than 32 levels deep",
+    ),
+    "billion-laughs-key": (
+        lambda d: _write(
+            d, f"x-lol:\n{laughs()}browser:\n  selectors:\n    ? *lol9\n    : x\n".encode()
+        ),
+        # An alias has no position of its own: the anchored value is shown.
+        "{f}:11:9: browser.selectors: keys must be plain names",
+    ),
+    "aliases-past-the-bound": (
+        lambda d: _write(d, _aliased_sessions().encode()),
+        "once aliases (*name) are expanded: is this a YAML bomb?",
+    ),
+    "huge": (
+        lambda d: _write(d, b"# padding\n" * 200_000),
+        "{f}: is 2000000 bytes, more than the 262144 allowed: the config is a YAML file",
+    ),
+    "dev-zero": (lambda d: Path("/dev/zero"), "{f}: is a character device, not a regular file"),
+    "fifo": (lambda d: _fifo(d / "config.yaml"), "{f}: is a FIFO (named pipe), not a regular"),
+    "directory": (lambda d: d, "{f}: is a directory, not a regular file"),
+}
+
+
+def _write(directory: Path, data: bytes) -> Path:
+    path = directory / "config.yaml"
+    path.write_bytes(data)
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_file_that_is_no_config_gives_a_message_and_78(
+    tmp_path: Path, case: str, command: str
+) -> None:
+    make, expected = BAD_FILES[case]
+    path = make(tmp_path)
+    extra = ["--state-dir", str(tmp_path / "s"), "--runtime-dir", str(tmp_path / "r")]
+    result = run_bounded(command, "-c", str(path), *(extra if command == "run" else []))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == EX_CONFIG, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith(f"{path}:") for line in lines), lines
+    assert all(len(line) < 400 for line in lines), "messages, not a dump of the file"
+    wanted = expected.format(f=path)
+    if wanted.startswith(str(path)):
+        assert any(line.startswith(wanted) for line in lines), lines
+    else:
+        assert any(wanted in line for line in lines), lines
+
+
+SECRET_CONFIG = (
+    "tmux: {enabled: false}\nbrowser: {enabled: false}\n"
+    "ddns:\n  provider: duckdns\n  hostname: home\n  duckdns:\n    token_file: {secret}\n"
+)
+
+BAD_SECRETS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "dev-zero": (lambda d: Path("/dev/zero"), "is a character device, not a regular file"),
+    "fifo": (lambda d: _fifo(d / "token"), "is a FIFO (named pipe), not a regular file"),
+    "directory": (lambda d: d / "tokens", "is a directory, not a regular file"),
+    "over-64-kib": (
+        lambda d: _secret(d, b"x" * (64 * 1024 + 1)),
+        "is 65537 bytes, more than the 65536 allowed",
+    ),
+    "not-utf-8": (lambda d: _secret(d, b"tok\xff\xfeen\n"), "is not UTF-8 text"),
+}
+
+
+def _secret(directory: Path, data: bytes) -> Path:
+    path = directory / "token"
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize("case", list(BAD_SECRETS))
+def test_a_secret_file_must_be_a_small_regular_file(tmp_path: Path, case: str) -> None:
+    (tmp_path / "tokens").mkdir()
+    make, expected = BAD_SECRETS[case]
+    secret = make(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(SECRET_CONFIG.replace("{secret}", str(secret)))
+    result = run_bounded("check-config", "-c", str(config))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == EX_CONFIG, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"{config}:7:17: ddns.duckdns.token_file: secret file '{secret}' ")
+    assert expected in line, line
+    assert "\\xff" not in line and "'tok" not in line, "the secret is never quoted"
+
+
+def test_a_secret_file_of_64_kib_is_accepted(tmp_path: Path) -> None:
+    secret = _secret(tmp_path, b"y" * (64 * 1024 - 1) + b"\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(SECRET_CONFIG.replace("{secret}", str(secret)))
+    assert load_config(config).config.ddns.duckdns.token_file == SecretFile("y" * (64 * 1024 - 1))

@@ -2,9 +2,12 @@
 
 A Debian 12 root made by debootstrap (cached as a tarball in CACHE_DIR between runs) boots
 with systemd inside systemd-nspawn, sharing this host's network. Its sshd listens on a
-free loopback port; the playbook installs a wheel built from this working tree. The tests
-below run in order against that one machine; the machine is powered off and its root
-removed afterwards, whether they pass or fail.
+free loopback port. The machine's python3 is removed before the run (as if it were too old,
+like Ubuntu 20.04's 3.8, for ansible-core 2.20+): the role must bring one itself. The
+playbook runs with the role's defaults for the package source (a wheel it builds from this
+working tree and installs by hash) and with a virtualenv outside /opt. The tests below share
+that one machine, each leaving it as deployed, so any order works; the machine is powered
+off and its root removed afterwards, whether they pass or fail.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -27,14 +31,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("COLAB_GATEWAY_TEST_CACHE", "/var/cache/colab-gateway-tests"))
 SUITE = "bookworm"
 # What a Raspberry Pi OS Lite image has that matters here: systemd, sshd, sudo, python3.
 INCLUDE = "systemd,systemd-sysv,dbus,openssh-server,python3,sudo,ca-certificates,iproute2"
-LOGIN_USER = "pi"  # the machine's login user, and so the service user
+LOGIN_USER = "pi"  # the machine's login user, whom Ansible logs in as
+SERVICE_USER = "colab-gateway"  # the role's default: a dedicated system user
+AS_SERVICE = f"sudo -u {SERVICE_USER}"
 TMUX_SESSION = "colab"
+# Not the role's default (/opt/colab-gateway): the unit must follow it.
+VENV = "/srv/colab-gateway/venv"
+# Everything that makes python3 on a Debian 12 root.
+PYTHON_PACKAGES = (
+    "python3",
+    "python3-minimal",
+    "python3.11",
+    "python3.11-minimal",
+    "libpython3-stdlib",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+)
 BOOT_TIMEOUT = 120.0
 PLAYBOOK_TIMEOUT = 1200.0
 
@@ -50,12 +69,6 @@ def _missing_prerequisite() -> str | None:
     if not (Path(sys.executable).parent / "ansible-playbook").exists():
         return "needs ansible-playbook in the venv (pip install -e '.[test]')"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---- the cached root ---------------------------------------------------------------
@@ -362,6 +375,19 @@ def _prepare_root(machine: Machine) -> None:
     copy_apt_sources(root)
     copy_ca_certificates(root)
     copy_pip_config(root)
+    remove_python(root)
+
+
+def remove_python(root: Path) -> None:
+    """No python3 at all: the first thing the role runs must not need one."""
+    subprocess.run(
+        ["chroot", str(root), "apt-get", "purge", "-y", "-q", *PYTHON_PACKAGES],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    left = sorted(str(p) for p in (root / "usr/bin").glob("python*"))
+    assert not left, f"python is still in the machine: {left}"
 
 
 # ---- the playbook --------------------------------------------------------------------
@@ -418,21 +444,10 @@ def changed_tasks(output: str) -> list[str]:
     return names
 
 
-def build_wheel(dest: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(REPO)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (wheel,) = dest.glob("colab_gateway-*.whl")
-    return wheel
-
-
 @pytest.fixture(scope="module")
 def deployed(machine: Machine, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     workdir = tmp_path_factory.mktemp("ansible")
-    wheel = build_wheel(workdir / "dist")
+    assert machine.run("command -v python3 python3.11", check=False).stdout == ""
     tunnel_port = free_port()
     inventory = workdir / "inventory.yml"
     inventory.write_text(
@@ -452,8 +467,9 @@ def deployed(machine: Machine, tmp_path_factory: pytest.TempPathFactory) -> Depl
                         }
                     },
                     "vars": {
-                        "colab_gateway_package_source": "wheel",
-                        "colab_gateway_wheel": str(wheel),
+                        # The package source is the role's default: a wheel it builds
+                        # from this checkout on the controller.
+                        "colab_gateway_venv": VENV,
                         # The role installs Chromium, its driver and Xvfb (headed mode)...
                         "colab_gateway_browser_enabled": True,
                         "colab_gateway_browser_headless": False,
@@ -501,12 +517,12 @@ def main_pid(machine: Machine) -> int:
 def tmux_server(machine: Machine) -> tuple[str, str]:
     """(server pid, creation time of the session) of the service user's default socket."""
     out = machine.run(
-        f"tmux display-message -p -t {TMUX_SESSION} '#{{pid}} #{{session_created}}'"
+        f"{AS_SERVICE} tmux display-message -p -t {TMUX_SESSION} '#{{pid}} #{{session_created}}'"
     ).stdout.split()
     return out[0], out[1]
 
 
-# ---- the assertions, in order ----------------------------------------------------------
+# ---- the assertions, in any order ------------------------------------------------------
 
 
 def test_service_is_active(deployed: Deployment) -> None:
@@ -527,12 +543,97 @@ def test_units_verify_and_report_exposure(deployed: Deployment) -> None:
     assert level, security[-2000:]
     print(f"systemd-analyze security colab-gateway.service: {level.group(1)}")
     assert float(level.group(1)) <= 3.0, security
+    tmux = m.run("sudo systemd-analyze security --no-pager colab-gateway-tmux.service").stdout
+    tmux_level = re.search(r"exposure level for colab-gateway-tmux\.service: ([\d.]+)", tmux)
+    assert tmux_level, tmux[-2000:]
+    print(f"systemd-analyze security colab-gateway-tmux.service: {tmux_level.group(1)}")
+    assert float(tmux_level.group(1)) <= 5.0, tmux
+
+
+def test_the_role_brought_its_own_python(deployed: Deployment) -> None:
+    """python3 was gone before the run (the fixture checks); the role installed one >= 3.10
+    without a module, and made the virtualenv with it."""
+    m = deployed.machine
+    version = m.run("python3 -c 'import sys; print(*sys.version_info[:2])'").stdout.split()
+    assert tuple(map(int, version)) >= (3, 10)
+    made_by = m.run(f"cat {VENV}/colab-gateway-python.txt").stdout.split()
+    assert made_by[0] == m.run("command -v python3").stdout.strip()
+
+
+def test_the_unit_runs_the_configured_virtualenv(deployed: Deployment) -> None:
+    m = deployed.machine
+    exec_start = m.run("systemctl show -p ExecStart --value colab-gateway").stdout
+    assert f"path={VENV}/bin/colab-gateway" in exec_start, exec_start
+    assert m.run("test -e /opt/colab-gateway", check=False).returncode == 1
+    cmdline = m.run(f"tr '\\0' ' ' < /proc/{main_pid(m)}/cmdline").stdout
+    assert f"{VENV}/bin/" in cmdline, cmdline
+    assert m.run("readlink /usr/local/bin/colab-gateway").stdout.strip() == (
+        f"{VENV}/bin/colab-gateway"
+    )
+
+
+def test_the_checkouts_wheel_is_installed_by_its_hash(deployed: Deployment) -> None:
+    """The default package source: a wheel built from this checkout, pinned by sha256."""
+    m = deployed.machine
+    pin = m.run("cat /opt/colab-gateway-dist/requirements.txt").stdout
+    match = re.fullmatch(r"colab-gateway @ file://(\S+\.whl) --hash=sha256:([0-9a-f]{64})\n", pin)
+    assert match, pin
+    wheel, digest = match.groups()
+    assert m.run(f"sha256sum {wheel}").stdout.split()[0] == digest
+    direct_url = m.run(
+        f"cat {VENV}/lib/python3*/site-packages/colab_gateway-*.dist-info/direct_url.json"
+    ).stdout
+    assert json.loads(direct_url)["url"] == f"file://{wheel}"
+    # The same modules as this checkout: compare one file byte for byte.
+    installed = m.run(f"cat {VENV}/lib/python3*/site-packages/gateway/browser/launch.py").stdout
+    assert installed == (REPO / "gateway/browser/launch.py").read_text()
+
+
+def test_a_dedicated_user_keeps_both_sandboxes(deployed: Deployment) -> None:
+    """The default service user is a system user without sudo: the tmux server keeps its
+    sandbox (no_new_privs, seccomp) and both units remove its IPC objects once both stop."""
+    m = deployed.machine
+    uid = int(m.run(f"id -u {SERVICE_USER}").stdout)
+    assert uid < 1000
+    sudo = m.run(f"sudo sudo -l -U {SERVICE_USER} 2>&1", check=False).stdout
+    assert "is not allowed to run sudo" in sudo, sudo
+    for unit in ("colab-gateway", "colab-gateway-tmux"):
+        assert m.run(f"systemctl show -p RemoveIPC --value {unit}").stdout.strip() == "yes"
+    tmux_pid = m.run("systemctl show -p MainPID --value colab-gateway-tmux").stdout.strip()
+    tmux = proc_status(m, tmux_pid)
+    assert tmux["NoNewPrivs"] == "1", tmux
+    assert (
+        m.run(
+            "test -e /etc/systemd/system/colab-gateway-tmux.service.d/20-login-user.conf",
+            check=False,
+        ).returncode
+        == 1
+    )
+
+
+def test_ssh_runs_in_the_sandboxed_tmux_server(deployed: Deployment) -> None:
+    """A window of the hardened tmux server runs ssh: it reaches this machine's sshd (and is
+    refused, having no key there) and records the host key in the user's home."""
+    m = deployed.machine
+    out, known = "/tmp/cgw-ssh-probe.out", f"/home/{SERVICE_USER}/cgw-probe-known-hosts"
+    ssh = (
+        f"ssh -F none -o BatchMode=yes -o StrictHostKeyChecking=accept-new "
+        f"-o UserKnownHostsFile={known} -p {m.ssh_port} nobody@127.0.0.1 true"
+    )
+    window = f"{ssh} 2>{out}; echo rc=$? >>{out}"
+    m.run(f"{AS_SERVICE} tmux new-window -d -t {TMUX_SESSION}: {shlex.quote(window)}")
+    deadline = time.monotonic() + 30
+    while "rc=" not in (text := m.run(f"sudo cat {out}", check=False).stdout):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.5)
+    assert "Permission denied (publickey)" in text and "rc=255" in text, text
+    assert "ssh-ed25519" in m.run(f"sudo cat {known}").stdout
 
 
 def test_status_line_matches_the_daemon(deployed: Deployment) -> None:
     m = deployed.machine
     # As the service user, with no flags: the default paths reach the service's socket.
-    result = m.run("colab-gateway status --json", check=False)
+    result = m.run(f"{AS_SERVICE} colab-gateway status --json", check=False)
     assert result.returncode in (0, 1), result.stderr  # 3 would mean "not running"
     summary = json.loads(result.stdout)["summary"]
     assert summary
@@ -541,16 +642,16 @@ def test_status_line_matches_the_daemon(deployed: Deployment) -> None:
     assert status, shown
     assert status.group(1) == summary
     print(f"STATUS line: {status.group(1)}")
-    human = m.run("colab-gateway status", check=False)
+    human = m.run(f"{AS_SERVICE} colab-gateway status", check=False)
     assert human.stdout.startswith("colab-gateway: "), human.stdout
 
 
 def test_tmux_session_exists_for_the_service_user(deployed: Deployment) -> None:
     m = deployed.machine
     owner = m.run(f"ps -o user= -p {tmux_server(m)[0]}").stdout.strip()
-    assert owner == LOGIN_USER
-    # A plain `tmux attach` reaches it: the default socket, no -L/-S.
-    assert m.run(f"tmux has-session -t {TMUX_SESSION}", check=False).returncode == 0
+    assert owner == SERVICE_USER
+    # `sudo -u colab-gateway tmux attach` reaches it: the default socket, no -L/-S.
+    assert m.run(f"{AS_SERVICE} tmux has-session -t {TMUX_SESSION}", check=False).returncode == 0
 
 
 def test_endpoint_port_listens(deployed: Deployment) -> None:
@@ -587,18 +688,24 @@ def test_changed_variable_reloads_without_a_restart(deployed: Deployment) -> Non
     pid = main_pid(m)
     journal = "journalctl -u colab-gateway -o cat --no-pager | grep -c 'reloading /etc'"
     reloads = int(m.run(f"sudo {journal}", check=False).stdout.strip() or 0)
-    result = deployed.play("-e", "colab_gateway_log_level=debug")
-    assert result.returncode == 0, result.stdout[-6000:]
-    assert changed_tasks(result.stdout) == [
-        "TASK [colab_gateway : Write the configuration]",
-        "RUNNING HANDLER [colab_gateway : Reload colab-gateway]",
-    ], result.stdout[-6000:]
-    assert "log_level: debug" in m.run("sudo cat /etc/colab-gateway/config.yaml").stdout
-    assert main_pid(m) == pid
-    deadline = time.monotonic() + 30
-    while int(m.run(f"sudo {journal}", check=False).stdout.strip() or 0) == reloads:
-        assert time.monotonic() < deadline, "the daemon never logged the reload"
-        time.sleep(0.5)
+    try:
+        result = deployed.play("-e", "colab_gateway_log_level=debug")
+        assert result.returncode == 0, result.stdout[-6000:]
+        assert changed_tasks(result.stdout) == [
+            "TASK [colab_gateway : Write the configuration]",
+            "RUNNING HANDLER [colab_gateway : Reload colab-gateway]",
+        ], result.stdout[-6000:]
+        assert "log_level: debug" in m.run("sudo cat /etc/colab-gateway/config.yaml").stdout
+        assert main_pid(m) == pid
+        deadline = time.monotonic() + 30
+        while int(m.run(f"sudo {journal}", check=False).stdout.strip() or 0) == reloads:
+            assert time.monotonic() < deadline, "the daemon never logged the reload"
+            time.sleep(0.5)
+    finally:
+        # Back to the inventory's own values, so that the tests after this one (in any
+        # order: test_second_run_changes_nothing) find the machine as deployed.
+        restored = deployed.play()
+        assert restored.returncode == 0, restored.stdout[-6000:]
 
 
 def test_broken_config_fails_validation_and_leaves_the_service(deployed: Deployment) -> None:
@@ -614,6 +721,99 @@ def test_broken_config_fails_validation_and_leaves_the_service(deployed: Deploym
     assert m.run("sudo sha256sum /etc/colab-gateway/config.yaml").stdout == config_before
     assert main_pid(m) == pid
     assert m.run("systemctl is-active colab-gateway").stdout.strip() == "active"
+
+
+def test_another_python_makes_the_virtualenv_again(deployed: Deployment) -> None:
+    """A virtualenv made by another Python (what a new colab_gateway_python_version or a
+    switch between system and uv leaves behind) is made again, and the service restarts."""
+    m = deployed.machine
+    pid = main_pid(m)
+    marker = f"{VENV}/colab-gateway-python.txt"
+    m.run(f"echo /opt/cgw-python/cpython-3.10/bin/python3 3.10.0 | sudo tee {marker}")
+    m.run(f"sudo touch {VENV}/left-by-the-old-python")
+    result = deployed.play()
+    assert result.returncode == 0, result.stdout[-6000:]
+    changed = changed_tasks(result.stdout)
+    assert "TASK [colab_gateway : Remove a virtualenv another Python made]" in changed, changed
+    assert m.run(f"test -e {VENV}/left-by-the-old-python", check=False).returncode == 1
+    assert m.run(f"cat {marker}").stdout.split()[0] == m.run("command -v python3").stdout.strip()
+    wait_active(m, "colab-gateway")
+    assert main_pid(m) != pid
+
+
+SUID_PROBE = "/usr/local/bin/cgw-suid-id"
+SNAP_DROP_IN = "/etc/systemd/system/colab-gateway.service.d/20-snap-chromium.conf"
+PROBE_DROP_IN = "/etc/systemd/system/colab-gateway.service.d/90-suid-probe.conf"
+# The service's main process, replaced by a shell that starts the setuid-root helper
+# (a copy of id(1)) and reports the effective uid the helper ran with.
+SUID_PROBE_UNIT = f"""[Service]
+Type=simple
+WatchdogSec=0
+ExecStart=
+ExecStart=/bin/sh -c '{SUID_PROBE} -u > /run/colab-gateway/euid; exec sleep infinity'
+"""
+
+
+def proc_status(m: Machine, pid: int | str) -> dict[str, str]:
+    text = m.run(f"cat /proc/{pid}/status").stdout
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+
+
+def restart_and_wait(m: Machine) -> int:
+    m.run("sudo systemctl daemon-reload && sudo systemctl restart colab-gateway")
+    wait_active(m, "colab-gateway")
+    return main_pid(m)
+
+
+def probe_euid(m: Machine) -> tuple[str, str]:
+    """(euid of the setuid helper, NoNewPrivs of the main process that started it)."""
+    unit = shlex.quote(SUID_PROBE_UNIT)
+    m.run(f"sudo rm -f /run/colab-gateway/euid && printf %s {unit} | sudo tee {PROBE_DROP_IN}")
+    pid = restart_and_wait(m)
+    deadline = time.monotonic() + 30
+    while (euid := m.run("sudo cat /run/colab-gateway/euid", check=False).stdout.strip()) == "":
+        assert time.monotonic() < deadline, "the probe never wrote its euid"
+        time.sleep(0.5)
+    return euid, proc_status(m, pid)["NoNewPrivs"]
+
+
+def exposure(m: Machine) -> float:
+    out = m.run("sudo systemd-analyze security --no-pager colab-gateway.service").stdout
+    level = re.search(r"Overall exposure level for colab-gateway\.service: ([\d.]+)", out)
+    assert level, out[-2000:]
+    return float(level.group(1))
+
+
+def test_snap_mode_lets_a_setuid_helper_gain_root(deployed: Deployment) -> None:
+    """snap-confine is setuid root: with the snap drop-in (files/colab-gateway-snap.conf) the
+    service runs without no_new_privs, and a setuid-root program it starts gets euid 0.
+    The Debian sandbox, as a control, keeps no_new_privs and the helper stays the user."""
+    m = deployed.machine
+    uid = m.run(f"id -u {SERVICE_USER}").stdout.strip()
+    m.run(f"sudo install -o root -g root -m 4755 /usr/bin/id {SUID_PROBE}")
+    assert m.run(f"{SUID_PROBE} -u").stdout.strip() == "0"  # the helper itself works
+    try:
+        outside = proc_status(m, "self")  # cat's own, outside the unit
+        daemon = proc_status(m, main_pid(m))
+        assert daemon["NoNewPrivs"] == "1"
+        assert int(daemon["Seccomp_filters"]) > int(outside["Seccomp_filters"])
+        debian = exposure(m)
+        assert probe_euid(m) == (uid, "1")
+        m.run(f"sudo rm {PROBE_DROP_IN}")
+
+        snap_conf = (REPO / "systemd/colab-gateway-snap.conf").read_text()
+        m.run(f"printf %s {shlex.quote(snap_conf)} | sudo tee {SNAP_DROP_IN} >/dev/null")
+        daemon = proc_status(m, restart_and_wait(m))
+        assert daemon["NoNewPrivs"] == "0", daemon
+        # No filter of the unit's left (systemd-nspawn filters the whole machine: compare
+        # with a process outside the unit).
+        assert daemon["Seccomp_filters"] == outside["Seccomp_filters"], (daemon, outside)
+        snap = exposure(m)
+        assert probe_euid(m) == ("0", "0")
+        print(f"systemd-analyze security colab-gateway.service: debian {debian}, snap {snap}")
+    finally:
+        m.run(f"sudo rm -f {PROBE_DROP_IN} {SNAP_DROP_IN} {SUID_PROBE}")
+        restart_and_wait(m)
 
 
 PROBE_SKIP = (
@@ -646,7 +846,7 @@ def chromium_probe_unit(flags: str, marker: str) -> str:
         [
             "[Service]",
             "Type=oneshot",
-            f"User={LOGIN_USER}",
+            f"User={SERVICE_USER}",
             "StandardOutput=journal",
             "TimeoutStartSec=120",
             "ExecStart=/usr/bin/chromium --headless=new --disable-gpu --no-first-run "

@@ -1,8 +1,9 @@
 """End to end: the real daemon against the simulated Colab, one test per fault.
 
 One harness for the module (Chromium, the daemon and the two namespaces take seconds to
-start); each test injects one fault and asserts the recovery and its time, observed from
-outside: the tmux pane's screen, the pinned known_hosts, the page's own event log.
+start); each test waits for the loop to be whole, injects one fault and asserts the
+recovery and its time, observed from outside: the tmux pane's screen, the pinned
+known_hosts, the page's own event log. Any order works: every test starts from a whole loop.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _missing() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopHarness]:
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopHarness]:
     missing = _missing()
     if missing:
         pytest.skip("parts of the loop are not here yet: " + "; ".join(missing))
@@ -41,6 +42,19 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopHarness]:
         assert not harness.hook_errors
 
 
+@pytest.fixture
+def loop(harness: LoopHarness) -> LoopHarness:
+    """The harness once the loop is whole again, whatever the test before it did: runtime
+    connected, tunnel up, the pane logged into the VM of the moment."""
+    h = harness
+    assert h.vm is not None
+    vm = h.vm
+    h.wait("the runtime connected", lambda: h.runtime_state() == "connected", 60)
+    h.wait("the tunnel up", h.tunnel_up, 30)
+    h.wait("the pane in the VM", lambda: h.pane_logins(vm.hostname) > 0, 30)
+    return h
+
+
 def _daemon_log(h: LoopHarness) -> str:
     path = Path(h.logs_dir / "daemon.log")
     try:
@@ -49,10 +63,11 @@ def _daemon_log(h: LoopHarness) -> str:
         return ""
 
 
-def _assert_recovered(h: LoopHarness, step: scenarios.Step) -> None:
+def _assert_recovered(h: LoopHarness, step: scenarios.Step, within: float) -> None:
+    """Recovered, within the bound the test names (the issue's, not the scenario's wait)."""
     assert step.ok, step.detail + _daemon_log(h)
-    assert step.seconds is not None and step.seconds <= step.bound, (
-        f"{step.name}: {step.measure} after {step.seconds:.1f}s, bound {step.bound:.0f}s"
+    assert step.seconds is not None and step.seconds <= within, (
+        f"{step.name}: {step.measure} after {step.seconds:.1f}s, bound {within:.0f}s"
     )
 
 
@@ -64,16 +79,14 @@ def test_loop_shows_the_vm_in_the_pane(loop: LoopHarness) -> None:
 
 def test_tunnel_kill_pane_reconnects_within_5s(loop: LoopHarness) -> None:
     step = scenarios.tunnel_killed(loop)
-    _assert_recovered(loop, step)
-    assert step.bound == 5.0
+    _assert_recovered(loop, step, within=5.0)
 
 
 def test_vm_reset_pane_in_new_vm_within_30s_with_new_key_pinned(loop: LoopHarness) -> None:
     assert loop.vm is not None
     old_key = loop.vm.host_key()
     step = scenarios.vm_reset(loop)
-    _assert_recovered(loop, step)
-    assert step.bound == 30.0
+    _assert_recovered(loop, step, within=30.0)
     assert loop.vm.host_key() != old_key
     assert loop.pinned_key() == loop.vm.host_key()
     # No warning, no prompt: the pane is at the new VM's shell prompt.
@@ -82,17 +95,19 @@ def test_vm_reset_pane_in_new_vm_within_30s_with_new_key_pinned(loop: LoopHarnes
 
 def test_disconnect_dialog_is_clicked_and_the_loop_recovers(loop: LoopHarness) -> None:
     step = scenarios.disconnect_dialog(loop)
-    _assert_recovered(loop, step)
-    assert step.extra["dialog reaction"] <= scenarios.DIALOG_CLICK_BOUND
+    # Reconnect clicked within 10 s of the dialog (the keep-alive's own test holds it to
+    # 2 s; here the whole loop shares the machine), the pane in the new VM within 45 s.
+    _assert_recovered(loop, step, within=45.0)
+    assert step.extra["dialog reaction"] <= 10.0
 
 
 def test_chromium_sigkill_is_recovered(loop: LoopHarness) -> None:
     step = scenarios.chromium_killed(loop)
-    _assert_recovered(loop, step)
+    _assert_recovered(loop, step, within=45.0)
 
 
 def test_repeated_tunnel_kills_each_recover_within_5s(loop: LoopHarness) -> None:
-    # Last in the module: the dialog test left a new VM whose tunnel loop starts afresh.
+    # On any VM, fresh or not: the VM's dial loop redials 1 s after an accepted tunnel drops.
     for n in range(4):
         step = scenarios.tunnel_killed(loop)
         assert step.ok and step.seconds is not None and step.seconds <= 5.0, (

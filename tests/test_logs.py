@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import REPO
+from helpers import REPO
 
 
 def run_logging(tmp_path: Path, journal: bool) -> str:
@@ -18,7 +18,7 @@ def run_logging(tmp_path: Path, journal: bool) -> str:
 import logging
 from gateway import logs
 from gateway.config import load_config_text
-from gateway.logs import register_secrets
+from gateway.secrets import register_secrets
 loaded = load_config_text('''
 tmux: {{enabled: false}}
 browser: {{enabled: false}}

@@ -7,10 +7,11 @@ import itertools
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import MINIMAL_CONFIG, NotifySocket, StartDaemon
+from helpers import MINIMAL_CONFIG, NotifySocket, StartDaemon
 
 from gateway.component import ComponentSpec, Context
 from gateway.config import load_config_text
@@ -59,11 +60,12 @@ def test_watchdog_pings_at_half_the_interval(
 ) -> None:
     start_daemon(env={"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"})
     notify_socket.wait_for("READY=1", timeout=20)
-    notify_socket.read(3.2)
+    for _ in range(6):
+        notify_socket.wait_for("WATCHDOG=1", timeout=5)
     pings = [t for t, m in notify_socket.messages if m == "WATCHDOG=1"]
-    # 0.5 s period over ~3 s: about six pings; allow a busy machine some slack.
-    assert 4 <= len(pings) <= 8, pings
     gaps = [b - a for a, b in itertools.pairwise(pings)]
+    # Every 0.5 s; systemd would kill the service after a gap of 1 s (WatchdogSec). The
+    # bound is systemd's, not a benchmark: a gap of 1 s is a kill, however busy the host.
     assert max(gaps) < 1.0, gaps
 
 
@@ -117,22 +119,93 @@ def test_watchdog_stops_when_a_component_wedges(
     loaded = load_config_text(MINIMAL_CONFIG + "daemon: {stall_timeout: 1s}\n")
     paths = Paths(tmp_path / "c.yaml", tmp_path / "state", tmp_path / "run")
     spec = ComponentSpec("wedger", lambda c: True, lambda c: None, lambda: _Wedging(1.0))
+    ticks_after_wedge = 0
 
     async def scenario() -> None:
+        nonlocal ticks_after_wedge
         gateway = Gateway(loaded, paths, [spec])
         assert "NOTIFY_SOCKET" not in os.environ, "children must not inherit the socket"
+        ticks = 0
+        tick = gateway.tick
+
+        def counted_tick() -> None:  # the real tick, counted: each one may ping
+            nonlocal ticks
+            tick()
+            ticks += 1
+
+        gateway.tick = counted_tick  # type: ignore[method-assign]
         task = asyncio.create_task(gateway.serve())
-        await asyncio.sleep(3.5)
+
+        async def until(predicate: Callable[[], bool], what: str) -> None:
+            for _ in range(1000):  # bounded: 10 s
+                if predicate() or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert predicate(), what
+
+        wedger = gateway.state.component("wedger")
+        await until(lambda: wedger.message == "wedged: no progress", "the stall reported")
+        wedged_at = ticks
+        # Three more passes of the main loop (0.2 s apart at most): each would have pinged.
+        await until(lambda: ticks >= wedged_at + 3, "three more ticks")
+        ticks_after_wedge = ticks - wedged_at
         gateway.should_exit.set()
         assert await asyncio.wait_for(task, 10) == 0
 
     asyncio.run(scenario())
-    notify_socket.read(0.2)
-    pings = [t for t, m in notify_socket.messages if m == "WATCHDOG=1"]
-    stop = next(t for t, m in notify_socket.messages if m == "STOPPING=1")
-    ready = next(t for t, m in notify_socket.messages if m == "READY=1")
-    assert pings, "pings while the component makes progress"
-    # Healthy for 1 s, stall limit 1 s: no ping may come later than ~2.2 s after start.
-    assert pings[-1] - ready < 2.4
-    assert stop - pings[-1] > 1.0
-    assert any("wedger failed: wedged: no progress" in m for _, m in notify_socket.messages)
+    notify_socket.wait_for("STOPPING=1", timeout=5)  # the last message: all others are in
+    messages = [m for _, m in notify_socket.messages]
+    ready = messages.index("READY=1")
+    wedged = next(i for i, m in enumerate(messages) if "wedger failed: wedged: no progress" in m)
+    assert "WATCHDOG=1" in messages[ready:wedged], "pings while the component makes progress"
+    assert ticks_after_wedge >= 3
+    assert "WATCHDOG=1" not in messages[wedged:], "a ping after the component wedged"
+
+
+BROKEN_CONFIGS = {
+    "utf-16": ("tunnel: {enabled: false}\n".encode("utf-16"), "is UTF-16 text"),
+    "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "a NUL byte"),
+    "deep-nesting": (b"[" * 50_000 + b"]" * 50_000, "nested more than 32 levels deep"),
+    "huge": (b"# padding\n" * 30_000, "more than the 262144 allowed"),
+    "billion-laughs": (
+        b"x: &a [l, l, l, l, l, l, l, l, l]\n"
+        + b"".join(
+            f"x{i}: &a{i} [{', '.join(['*a' if i == 1 else f'*a{i - 1}'] * 9)}]\n".encode()
+            for i in range(1, 10)
+        )
+        + b"browser: {selectors: {? *a9 : x}}\n",
+        "unknown key 'x'",  # the first problem; the bomb's key is among the others
+    ),
+}
+
+
+def test_sighup_with_a_broken_file_keeps_the_old_config_and_says_why(
+    notify_socket: NotifySocket, start_daemon: StartDaemon
+) -> None:
+    from gateway.status_server import query
+
+    daemon = start_daemon(env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    notify_socket.wait_for("READY=1", timeout=20)
+    status_socket = daemon.runtime_dir / "status.sock"
+    for case, (content, reason) in BROKEN_CONFIGS.items():
+        daemon.config.write_bytes(content)
+        daemon.proc.send_signal(signal.SIGHUP)
+        notify_socket.wait_for("RELOADING=1", timeout=10)
+        notify_socket.wait_for("READY=1", timeout=10)
+        assert daemon.proc.poll() is None, f"{case}: the daemon must survive a broken config"
+        line = notify_socket.wait_for("STATUS=config degraded: new config rejected", 10)
+        assert str(daemon.config) in line and reason in line, (case, line)
+        config = query(status_socket)["components"]["config"]
+        assert config["health"] == "degraded"
+        assert reason in config["message"], (case, config)
+
+    daemon.config.write_text(MINIMAL_CONFIG)
+    daemon.proc.send_signal(signal.SIGHUP)
+    notify_socket.wait_for("RELOADING=1", timeout=10)
+    notify_socket.wait_for("READY=1", timeout=10)
+    deadline = time.monotonic() + 10
+    while "config" in (components := query(status_socket)["components"]):
+        assert time.monotonic() < deadline, components
+        time.sleep(0.1)
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.output()

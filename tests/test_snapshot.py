@@ -54,8 +54,7 @@ def test_a_tunnel_that_never_came_up_and_a_failing_component() -> None:
     state.set_health("tunnel", Health.DEGRADED, "waiting for Colab to dial in")
     state.session("colab")
     assert state.summary(now=NOW) == (
-        "colab: tunnel not up yet since the daemon started 5m ago · "
-        "tunnel degraded: waiting for Colab to dial in"
+        "colab: tunnel not up yet · tunnel degraded: waiting for Colab to dial in"
     )
     assert state.overall() is Health.DEGRADED
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from support import REPO, StartDaemon
+from helpers import MINIMAL_CONFIG, REPO, StartDaemon
 
 
 def status(runtime_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -87,8 +88,16 @@ def test_watch_streams_changes_and_garbage_is_answered(start_daemon: StartDaemon
         sock.sendall(b"watch\n")
         stream = sock.makefile()
         first = json.loads(stream.readline())
-        assert "sessions" in first
-        os.kill(daemon.proc.pid, 1)  # SIGHUP: a reload changes nothing, the heartbeat comes
-        second = json.loads(stream.readline())
-        assert second["now"] >= first["now"]
+        assert "spare" not in first["sessions"]
+        # A reload adds a session: the watch streams the State that has it, unasked.
+        daemon.config.write_text(
+            MINIMAL_CONFIG + "sessions:\n  - {name: spare, notebook_url: "
+            "'https://colab.research.google.com/drive/1spare'}\n"
+        )
+        os.kill(daemon.proc.pid, signal.SIGHUP)
+        for _ in range(5):  # bounded: a heartbeat or two may come first
+            update = json.loads(stream.readline())
+            if "spare" in update["sessions"]:
+                break
+        assert "spare" in update["sessions"], update
     assert daemon.stop() == 0

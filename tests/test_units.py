@@ -33,8 +33,31 @@ def unit_copies(tmp_path: Path) -> list[Path]:
     return copies
 
 
-def test_there_are_units() -> None:
+def unit_settings(unit: Path) -> dict[str, list[str]]:
+    """Every Key=value of a unit file; a key may come more than once (Wants=, After=)."""
+    settings: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).extend(value.split())
+    return settings
+
+
+def test_the_gateway_unit_pulls_in_the_tmux_unit_and_shares_its_user() -> None:
+    # The glob the other tests verify finds both units (an empty glob would verify nothing).
     assert {u.name for u in UNITS} >= {"colab-gateway.service", "colab-gateway-tmux.service"}
+    gateway = unit_settings(REPO / "systemd/colab-gateway.service")
+    tmux = unit_settings(REPO / "systemd/colab-gateway-tmux.service")
+    # Started with the gateway, and before it: the keeper finds a server to make its
+    # session in, one that a restart of colab-gateway.service leaves alone.
+    assert "colab-gateway-tmux.service" in gateway["Wants"]
+    assert "colab-gateway-tmux.service" in gateway["After"]
+    assert "colab-gateway.service" in tmux["Before"]
+    # One user and group: the keeper reaches the server on that user's default socket.
+    assert gateway["User"] == tmux["User"] and gateway["Group"] == tmux["Group"]
+    assert tmux["PrivateTmp"] == ["no"], "tmux's default socket lives in the real /tmp"
+    assert tmux["Restart"] == ["always"], "a `tmux kill-server` by hand is undone"
+    assert tmux["WantedBy"] == gateway["WantedBy"] == ["multi-user.target"]
 
 
 @needs_systemd_analyze
@@ -186,32 +209,161 @@ def test_role_renders_the_ddns_secret_path(tmp_path: Path) -> None:
     assert "/etc/colab-gateway/ddns.secret" in result.stderr
 
 
-@pytest.mark.slow
-@needs_systemd_analyze
-@pytest.mark.parametrize("method", ["apt", "snap"])
-def test_role_drop_in_verifies(tmp_path: Path, method: str) -> None:
-    """The drop-in the role writes (on Ubuntu with the snap's exceptions) is valid systemd."""
+# Every setting that makes systemd set no_new_privs for a service with a non-root User=,
+# whatever NoNewPrivileges= says: context_has_seccomp() in systemd's src/core/execute.c
+# (v256+; older releases have a subset), by the names `systemd-analyze security` reports.
+NNP_IMPLYING = (
+    "NoNewPrivileges=",
+    "LockPersonality=",
+    "MemoryDenyWriteExecute=",
+    "PrivateDevices=",
+    "ProtectClock=",
+    "ProtectHostname=",
+    "ProtectKernelTunables=",
+    "ProtectKernelModules=",
+    "ProtectKernelLogs=",
+    "RestrictAddressFamilies=",
+    "RestrictNamespaces=",
+    "RestrictRealtime=",
+    "RestrictSUIDSGID=",
+    "SystemCallArchitectures=",
+    "SystemCallFilter=",
+)
+
+
+def _security(unit: Path, name: str = "colab-gateway.service") -> tuple[float, dict[str, bool]]:
+    """systemd's own reading of the unit and its drop-ins: (exposure, {setting: in force})."""
+    import json
+
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+    )
+    level = re.search(rf"Overall exposure level for {re.escape(name)}: ([\d.]+)", result.stdout)
+    assert level, result.stdout + result.stderr
+    listing = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--json=short", str(unit)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    in_force: dict[str, bool] = {}
+    for entry in json.loads(listing):
+        name = entry["name"]
+        for setting in NNP_IMPLYING:
+            if name.startswith(setting.rstrip("=")):
+                in_force[setting] = in_force.get(setting, False) or bool(entry["set"])
+    return float(level.group(1)), in_force
+
+
+def _gateway_with_drop_ins(tmp_path: Path, method: str, **variables: object) -> Path:
+    """colab-gateway.service with the drop-ins the role installs for this browser method."""
     (unit,) = (u for u in unit_copies(tmp_path) if u.name == "colab-gateway.service")
     drop_in_dir = tmp_path / "colab-gateway.service.d"
     drop_in_dir.mkdir()
-    drop_in = _render(
+    _render(
         tmp_path,
         "colab-gateway.conf.j2",
         drop_in_dir / "10-site.conf",
-        _colab_gateway_user="pi",
-        _colab_gateway_uid="1000",
-        _colab_gateway_browser_method=method,
+        **{
+            "_colab_gateway_user": "pi",
+            "_colab_gateway_uid": "1000",
+            "_colab_gateway_browser_method": method,
+            "colab_gateway_venv": str(BIN.parent),
+            **variables,
+        },
     )
-    assert ("XDG_RUNTIME_DIR=/run/user/1000" in drop_in.read_text()) == (method == "snap")
+    if method == "snap":
+        shutil.copy(ROLE / "files/colab-gateway-snap.conf", drop_in_dir / "20-snap-chromium.conf")
+    return unit
+
+
+@pytest.mark.slow
+@needs_systemd_analyze
+@pytest.mark.parametrize("login_user", [False, True], ids=["dedicated", "login-user"])
+def test_tmux_unit_sandbox_and_the_login_users_exception(tmp_path: Path, login_user: bool) -> None:
+    """The tmux server is sandboxed (no_new_privs and every seccomp setting) for the
+    dedicated user; for a login user 20-login-user.conf lifts all of it, so sudo works."""
+    (unit,) = (u for u in unit_copies(tmp_path) if u.name == "colab-gateway-tmux.service")
+    if login_user:
+        drop_ins = tmp_path / "colab-gateway-tmux.service.d"
+        drop_ins.mkdir()
+        shutil.copy(ROLE / "files/colab-gateway-tmux-login.conf", drop_ins / "20-login-user.conf")
     verify = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
     )
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
-    security = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
-        capture_output=True,
-        text=True,
-    ).stdout
-    level = re.search(r"Overall exposure level for colab-gateway\.service: ([\d.]+)", security)
-    assert level, security
-    print(f"exposure with the {method} drop-in: {level.group(1)}")
+    level, in_force = _security(unit, "colab-gateway-tmux.service")
+    assert set(in_force) == set(NNP_IMPLYING), in_force
+    if login_user:
+        assert not any(in_force.values()), {k: v for k, v in in_force.items() if v}
+    else:
+        assert all(in_force.values()), {k: v for k, v in in_force.items() if not v}
+    print(f"colab-gateway-tmux.service exposure, {'login' if login_user else 'dedicated'}: {level}")
+
+
+def test_role_installs_the_snap_drop_in_from_systemd_dir() -> None:
+    for name in ("colab-gateway-snap.conf", "colab-gateway-tmux-login.conf"):
+        installed = ROLE / "files" / name
+        assert installed.resolve() == (REPO / "systemd" / name).resolve()
+    units = (ROLE / "tasks/units.yml").read_text()
+    assert "20-snap-chromium.conf" in units and "colab-gateway-snap.conf" in units
+
+
+@pytest.mark.slow
+@needs_systemd_analyze
+@pytest.mark.parametrize("method", ["apt", "snap"])
+def test_role_drop_ins_verify_and_decide_no_new_privs(tmp_path: Path, method: str) -> None:
+    """With the snap's drop-in nothing that implies no_new_privs is left in force (so the
+    setuid snap-confine can gain root); without it the whole seccomp sandbox stays."""
+    unit = _gateway_with_drop_ins(tmp_path, method)
+    site = (tmp_path / "colab-gateway.service.d/10-site.conf").read_text()
+    assert ("XDG_RUNTIME_DIR=/run/user/1000" in site) == (method == "snap")
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+    )
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    level, in_force = _security(unit)
+    assert set(in_force) == set(NNP_IMPLYING), in_force
+    if method == "snap":
+        assert not any(in_force.values()), {k: v for k, v in in_force.items() if v}
+    else:
+        # MemoryDenyWriteExecute stays off for V8 (the unit's comment says why).
+        off = {k for k, v in in_force.items() if not v}
+        assert off == {"MemoryDenyWriteExecute="}, off
+        assert level <= 3.0
+    # SystemCallLog= implies it too (systemd 247+): the unit must not set it at all.
+    assert "SystemCallLog" not in (REPO / "systemd/colab-gateway.service").read_text()
+    print(f"exposure with the {method} drop-ins: {level}")
+
+
+@pytest.mark.slow
+def test_role_drop_in_follows_the_venv_and_spares_a_login_users_ipc(tmp_path: Path) -> None:
+    site = tmp_path / "10-site.conf"
+    common = {
+        "_colab_gateway_user": "pi",
+        "_colab_gateway_uid": "1000",
+        "_colab_gateway_browser_method": "apt",
+        "colab_gateway_venv": "/srv/cg/venv",
+    }
+    text = _render(
+        tmp_path, "colab-gateway.conf.j2", site, _colab_gateway_user_logs_in=True, **common
+    ).read_text()
+    assert "ExecStart=\nExecStart=/srv/cg/venv/bin/colab-gateway run\n" in text
+    assert "RemoveIPC=no" in text
+    text = _render(
+        tmp_path, "colab-gateway.conf.j2", site, _colab_gateway_user_logs_in=False, **common
+    ).read_text()
+    assert "RemoveIPC" not in text
+
+
+def test_chromedriver_gets_no_snap_binary_in_snap_mode(tmp_path: Path) -> None:
+    """The role's snap mode meets launch.py's: with the snap's driver, no browser binary."""
+    from gateway.browser import launch
+    from gateway.config import BrowserConfig
+
+    options = launch.chrome_options(
+        BrowserConfig(), "/snap/bin/chromium.chromedriver", "/snap/bin/chromium", tmp_path, "a"
+    )
+    assert "binary" not in options.to_capabilities()["goog:chromeOptions"]

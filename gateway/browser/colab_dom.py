@@ -93,6 +93,19 @@ PROBE_JS = (
     _LIB
     + r"""
 const c = connectEl();
+const host = q(document, S.connect_host);
+const matches = (el, sel) => { try { return el.matches(sel); } catch (e) { return false; } };
+const shown = (el) => el.getClientRects().length > 0 &&
+                      getComputedStyle(el).visibility !== 'hidden';
+const open = dialogs();
+// An open dialog that the `dialog` selector does not match: Colab changed its dialogs.
+const stray = qa(document, 'dialog[open], [open], [opened], [aria-modal=true], [role=alertdialog]')
+  .filter(el => el.localName === 'dialog' || el.localName.endsWith('-dialog') ||
+                el.getAttribute('aria-modal') === 'true' ||
+                el.getAttribute('role') === 'alertdialog')
+  .filter(el => !matches(el, S.dialog) && !matches(el, S.recaptcha_host) && shown(el))
+  .filter(el => !open.some(d => d.contains(el) || el.contains(d)));
+const rc = q(document, S.recaptcha_host);
 let running = false;
 for (const rb of qa(document, S.run_button)) {
   if (q(rb.shadowRoot, S.running_marker)) { running = true; break; }
@@ -110,7 +123,7 @@ const out = {
     text: txt(c),
     disabled: !!(c.disabled || c.hasAttribute('disabled')),
   } : null,
-  dialogs: dialogs().map(d => ({
+  dialogs: open.map(d => ({
     title: txt(q(d.shadowRoot, '#title')) || txt(q(d, S.dialog_title)),
     text: txt(d).slice(0, 2000),
     buttons: buttonsOf(d).map(b => ({
@@ -123,6 +136,19 @@ const out = {
   signed_out_element: !!q(document, S.signed_out_element),
   body_excerpt: c ? '' : txt(document.body).slice(0, 3000),
   changes: window.__cgw ? window.__cgw.n : -1,
+  // for the selector canary (canary.py): which structures this page still has
+  found: {
+    page_marker: !!q(document, S.page_marker),
+    connect_host: !!host,
+    connect_button: host ? !!c : null,
+    connect_tooltip_attr: c ? c.hasAttribute(S.connect_tooltip_attr) : null,
+    run_button: qa(document, S.run_button).length > 0,
+    first_cell_editor: !!q(document, S.first_cell_editor),
+    notebook_focus: !!q(document, S.notebook_focus),
+  },
+  stray_dialogs: stray.map(el => el.localName),
+  recaptcha_button: rc ? !!(q(rc.shadowRoot, S.recaptcha_button) || q(rc, S.recaptcha_button))
+                      : null,
 };
 return out;
 """
@@ -155,6 +181,33 @@ if (!b) return null;
 const label = txt(b);
 b.click();
 return label;
+"""
+)
+
+# Focus the first cell's editor for Ctrl+Enter. Returns "ok", "missing" (the selector
+# matches nothing) or "unfocusable" (it matches an element that does not take the focus,
+# e.g. Colab's `div.inputarea` container instead of Monaco's textarea).
+FOCUS_EDITOR_JS = (
+    _LIB
+    + r"""
+const el = q(document, S.first_cell_editor);
+if (!el) return 'missing';
+el.scrollIntoView({block: 'center'});
+el.focus();
+const active = document.activeElement;
+return active && (active === el || el.contains(active)) ? 'ok' : 'unfocusable';
+"""
+)
+
+# Click the first cell's run button (Colab runs the cell on a click on the host element).
+CLICK_RUN_BUTTON_JS = (
+    _LIB
+    + r"""
+const el = q(document, S.run_button);
+if (!el) return false;
+el.scrollIntoView({block: 'center'});
+el.click();
+return true;
 """
 )
 

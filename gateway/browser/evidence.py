@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.atomic import atomic_write
+from gateway.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class Evidence:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
             stem = f"{stamp}-{_safe(session)}-{_safe(what)}"
             json_path = self.directory / f"{stem}.json"
-            atomic_write(json_path, json.dumps(facts, indent=2, default=str), mode=0o640)
+            # Page text and URLs may show a secret (a provider page echoing a token).
+            text = redact(json.dumps(facts, indent=2, default=str))
+            atomic_write(json_path, text, mode=0o640)
             result = str(json_path)
             if driver is not None:
                 try:

@@ -1,7 +1,8 @@
-"""The ``browser`` component: keeps every session's notebook connected.
+"""The browser keep-alive's thread (``Worker``): keeps every session's notebook connected.
 
-All Selenium work happens in one thread this component owns; the event loop only hands it
-commands (``rerun`` from the healer) and watches that it stays alive. The thread:
+All Selenium work happens in this one thread, which the ``browser`` component
+(gateway/browser/component.py) owns; the event loop only hands it commands
+(``RerunBootstrap`` from the healer) and watches that it stays alive. The thread:
 
 1. starts Chromium (``launch.py``) and opens each session's notebook in its own window;
 2. waits, inside the page, for the DOM to change (a MutationObserver, so a disconnect is
@@ -9,13 +10,15 @@ commands (``rerun`` from the healer) and watches that it stays alive. The thread
 3. reads the page (``colab_dom.PROBE_JS``), lets the session's ``SessionMachine`` decide,
    and clicks; publishes ``state.update_runtime``; saves evidence of every anomaly;
 4. reloads every ``reload_every``; re-runs the bootstrap when asked; restarts Chromium
-   with backoff when it dies, hangs or grows beyond ``max_memory_mb``;
+   with backoff when it dies, hangs or grows beyond ``max_memory_mb`` - and only then: an
+   element missing from the page is a fact about Colab's markup, reported with the
+   ``browser.selectors`` key to override (``rerun.py`` tries the fallbacks, ``canary.py``
+   checks the page's structures on every load);
 5. steps aside while ``colab-gateway login`` uses the profile (``login.PAUSE_FILE``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import queue
@@ -27,6 +30,7 @@ from typing import Any
 
 from gateway.backoff import Backoff
 from gateway.browser import colab_dom, login
+from gateway.browser.canary import Canary, load_names
 from gateway.browser.evidence import Evidence
 from gateway.browser.launch import Browser, BrowserNotFound, launch
 from gateway.browser.page_state import (
@@ -37,8 +41,9 @@ from gateway.browser.page_state import (
     Settings,
     classify,
 )
+from gateway.browser.rerun import RerunOutcome, run_all, run_bootstrap
 from gateway.component import Context
-from gateway.config import BrowserConfig, Config
+from gateway.config import Config
 from gateway.vocabulary import Command, Health, RerunBootstrap, RuntimeState
 
 log = logging.getLogger(__name__)
@@ -61,24 +66,15 @@ class _Session:
     name: str
     url: str
     machine: SessionMachine
+    canary: Canary
     handle: str = ""
     changes: int = -1
     last_probe: dict[str, Any] = field(default_factory=dict)
     last_decision: Decision | None = None
     pending_rerun: RerunBootstrap | None = None
     rerun_note: str = ""  # why a requested re-run did not happen, until the next one does
-
-
-def settings_from(config: BrowserConfig) -> Settings:
-    return Settings(
-        on_gpu_limit=config.on_gpu_limit,
-        limit_wait=config.limit_wait,
-        recaptcha_max=config.recaptcha_max,
-        recaptcha_window=config.recaptcha_window,
-        page_timeout=config.page_timeout,
-        connect_timeout=config.connect_timeout,
-        reload_every=config.reload_every,
-    )
+    drift_note: str = ""  # a selector that matched nothing while acting, until it matches
+    canary_reported: tuple[str, ...] = ()  # the missing selectors last saved as evidence
 
 
 class Worker:
@@ -100,7 +96,10 @@ class Worker:
         # (the healer reports it).
         self.sessions = [
             _Session(
-                s.name, s.notebook_url, SessionMachine(self.sel, settings_from(config.browser))
+                s.name,
+                s.notebook_url,
+                SessionMachine(self.sel, Settings(config.browser)),
+                Canary(load_names(config.browser.rerun)),
             )
             for s in config.sessions
             if not s.is_placeholder
@@ -241,6 +240,7 @@ class Worker:
         self._select(session)
         log.info("%s: opening %s", session.name, session.url)
         session.machine.page_loaded(time.time())
+        session.canary.page_loaded(time.time())
         session.changes = -1
         with contextlib.suppress(Exception):  # a load timeout is judged by the machine
             self.browser_driver().get(session.url)
@@ -259,10 +259,11 @@ class Worker:
         probe = self._probe(session)
         view = classify(probe, self.sel)
         decision = session.machine.step(view, now)
+        session.canary.look(probe, view.kind, now)
         session.last_probe = probe
         for action in decision.actions:
             self._act(session, action, view)
-        screenshot = None
+        screenshot = self._canary_evidence(session, probe)
         if decision.anomaly:
             log.warning("%s: %s (%s)", session.name, decision.message, view.kind)
             screenshot = self.evidence.save(
@@ -278,11 +279,49 @@ class Worker:
             "state": decision.state,
             "gpu": decision.gpu,
             "vm_id": decision.vm_id,
-            "message": "; ".join(m for m in (decision.message, session.rerun_note) if m),
+            "message": "; ".join(
+                m
+                for m in (
+                    decision.message,
+                    session.canary.warning,
+                    session.drift_note,
+                    session.rerun_note,
+                )
+                if m
+            ),
         }
         if screenshot:
             facts["screenshot"] = screenshot
         self.ctx.state.update_runtime(session.name, **facts)
+
+    def _canary_evidence(self, session: _Session, probe: dict[str, Any]) -> str | None:
+        """Publish the canary's verdict; a new finding leaves a screenshot."""
+        canary = session.canary
+        missing = tuple(canary.missing)
+        verdicts = {
+            s.name: {
+                "checked": s.canary.checked,
+                "dialogs_checked": s.canary.shapes_checked,
+                "missing": s.canary.missing,
+            }
+            for s in self.sessions
+        }
+        self.ctx.state.set_details(self.ctx.name, page_canary=verdicts)
+        if not missing or set(missing) <= set(session.canary_reported):
+            session.canary_reported = missing if missing else ()
+            return None
+        session.canary_reported = missing
+        log.warning("%s: %s", session.name, canary.warning)
+        return self.evidence.save(
+            session.name,
+            "page_changed",
+            {
+                "missing": list(missing),
+                "selectors": {n: self.sel[n] for n in missing},
+                "probe": probe,
+            },
+            self.browser_driver(),
+        )
 
     def _visit_tolerant(self, session: _Session) -> None:
         """A navigation in progress makes one look fail; many in a row mean a hung page."""
@@ -328,6 +367,7 @@ class Worker:
         # Not driver.refresh(): it waits for the load and, with some chromedriver versions,
         # stays stuck behind the beforeunload prompt. Navigate without waiting, then accept.
         session.machine.page_loaded(time.time())
+        session.canary.page_loaded(time.time())
         session.changes = -1
         with contextlib.suppress(Exception):
             driver.execute_script(
@@ -395,38 +435,49 @@ class Worker:
         session.rerun_note = ""
         log.info("%s: re-running the bootstrap (%s, %s)", session.name, mode, reason)
         self._select(session)
-        if mode == "all":
-            self._run_all()
-        else:
-            self._run_first_cell()
-        self.ctx.state.update_runtime(session.name, last_rerun=now)
-
-    def _run_first_cell(self) -> None:
-        from selenium.webdriver.common.action_chains import ActionChains
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.common.keys import Keys
-
-        driver = self.browser_driver()
-        editor = driver.find_element(By.CSS_SELECTOR, self.sel["first_cell_editor"])
-        driver.execute_script(
-            "arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", editor
+        outcome = self._run(mode)
+        if outcome.ran:
+            self.ctx.state.update_runtime(session.name, last_rerun=now)
+        if outcome.healthy:
+            session.drift_note = ""
+            return
+        # The page, not the browser: say what matched nothing and keep the browser running.
+        session.drift_note = outcome.message
+        log.warning("%s: %s", session.name, outcome.message)
+        screenshot = self.evidence.save(
+            session.name,
+            "selector_missing",
+            {
+                "missing": outcome.missing,
+                "selectors": {n: self.sel[n] for n in outcome.missing},
+                "ran": outcome.ran,
+                "message": outcome.message,
+            },
+            self.browser_driver(),
         )
-        ActionChains(driver).key_down(Keys.CONTROL).send_keys(Keys.ENTER).key_up(
-            Keys.CONTROL
-        ).perform()
+        facts: dict[str, Any] = {"message": outcome.message}
+        if screenshot:
+            facts["screenshot"] = screenshot
+        self.ctx.state.update_runtime(session.name, **facts)
 
-    def _run_all(self) -> None:
-        from selenium.webdriver.common.action_chains import ActionChains
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.common.keys import Keys
+    def _run(self, mode: str) -> RerunOutcome:
+        """Run the bootstrap; Selenium errors while the browser lives are page facts."""
+        from selenium.common.exceptions import WebDriverException
 
         driver = self.browser_driver()
-        ActionChains(driver).send_keys(Keys.ESCAPE).perform()
-        with contextlib.suppress(Exception):  # focus helps, but Ctrl+F9 may work without
-            driver.find_element(By.CSS_SELECTOR, self.sel["notebook_focus"]).click()
-        ActionChains(driver).key_down(Keys.CONTROL).send_keys(Keys.F9).key_up(
-            Keys.CONTROL
-        ).perform()
+        try:
+            if mode == "all":
+                return run_all(driver, self.sel)
+            return run_bootstrap(driver, self.sel, self.config.browser.rerun_fallback_all)
+        except WebDriverException as exc:
+            if self.browser is None or not self.browser.alive():
+                raise BrowserDied("Chromium or chromedriver exited") from exc
+            return RerunOutcome(
+                ran="",
+                missing=[],
+                message=f"re-running the bootstrap failed on the page ({_short(exc)}); "
+                "the next request tries again",
+            )
 
     # -- waiting, health, memory ------------------------------------------------------------
 
@@ -471,57 +522,17 @@ class Worker:
             self.ctx.state.update_runtime(session.name, state=state, message=message)
 
     def _publish_health(self) -> None:
-        problems = [
-            f"{s.name}: {s.last_decision.message}"
-            for s in self.sessions
-            if s.last_decision is not None and not s.last_decision.healthy
-        ]
+        problems = []
+        for s in self.sessions:
+            notes = [s.canary.warning, s.drift_note]
+            if s.last_decision is not None and not s.last_decision.healthy:
+                notes.insert(0, s.last_decision.message)
+            if any(notes):
+                problems.append(f"{s.name}: " + "; ".join(n for n in notes if n))
         if problems:
             self.ctx.health(Health.DEGRADED, "; ".join(problems), brief="")
         else:
             self.ctx.health(Health.OK, "keeping the notebook connected", brief="")
-
-
-class BrowserKeeper:
-    """The component. Its coroutine relays commands and watches the worker thread."""
-
-    worker: Worker | None = None  # for tests and the demo, which look at the browser
-
-    async def run(self, ctx: Context) -> None:
-        worker = self.worker = Worker(ctx)
-        worker.start()
-        # Every Selenium call is bounded by page_timeout (a page load, a script): a thread
-        # silent for longer is stuck; killing Chromium frees it, else we crash and the
-        # supervisor starts the component afresh.
-        hang_limit = float(ctx.config.browser.page_timeout) + 2 * HTTP_GRACE
-        killed = False
-        try:
-            while True:
-                command = await ctx.next_command(timeout=1.0)
-                if command is not None:
-                    worker.commands.put(command)
-                if not worker.thread.is_alive():
-                    raise RuntimeError(f"browser thread ended: {worker.crash!r}")
-                stale = time.monotonic() - worker.beat_at
-                if stale > 2 * hang_limit:
-                    # killing Chromium did not free the thread: let the supervisor restart us
-                    raise RuntimeError(f"browser thread wedged for {stale:.0f}s")
-                if stale > hang_limit and not killed:
-                    # Selenium is stuck (a hung page or driver): killing Chromium makes its
-                    # call fail, and the thread restarts the browser.
-                    log.warning("browser thread silent for %.0fs: killing Chromium", stale)
-                    worker.kill_browser()
-                    killed = True
-                elif stale <= hang_limit:
-                    killed = False
-        finally:
-            # Within the daemon's shutdown_timeout (8 s by default): a polite quit first,
-            # then the kill; launch.py's exit hook is the last resort.
-            worker.stopping.set()
-            await asyncio.to_thread(worker.thread.join, 3.0)
-            if worker.thread.is_alive():
-                worker.kill_browser()
-                await asyncio.to_thread(worker.thread.join, 3.0)
 
 
 def _connected(session: _Session) -> bool:

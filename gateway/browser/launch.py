@@ -125,7 +125,7 @@ def find_chromium(configured: str = "auto", driver: str | None = None) -> str:
             )
         return configured
     candidates: Iterable[str] = BROWSER_CANDIDATES
-    if driver and driver.startswith("/snap/"):
+    if driver and is_snap(driver):
         # the snap's driver only drives the snap's browser
         candidates = ("/snap/bin/chromium", *BROWSER_CANDIDATES)
     for candidate in candidates:
@@ -164,9 +164,32 @@ def profile_dir(config: BrowserConfig, state_dir: Path, chromium: str | None = N
     the snap's own common directory in the service user's home."""
     if config.profile_dir:
         return Path(config.profile_dir).expanduser()
-    if chromium and chromium.startswith("/snap/"):
+    if chromium and is_snap(chromium):
         return Path.home() / "snap" / "chromium" / "common" / "colab-gateway-profile"
     return state_dir / "chromium-profile"
+
+
+def is_snap(path: str) -> bool:
+    return path.startswith("/snap/")
+
+
+def chrome_options(
+    config: BrowserConfig, driver_path: str, chromium: str, profile: Path, agent: str
+) -> Any:
+    """What Selenium hands chromedriver. The snap's chromedriver is confined: it may not
+    execute /snap/bin/chromium (a link to /usr/bin/snap), and it starts the snap's own
+    Chromium by itself, so with it no browser binary is named."""
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    if not is_snap(driver_path):
+        options.binary_location = chromium
+    for arg in chromium_args(config, profile, agent):
+        options.add_argument(arg)
+    options.unhandled_prompt_behavior = "accept"
+    options.page_load_strategy = "eager"
+    options.add_experimental_option("excludeSwitches", ["enable-automation"])
+    return options
 
 
 def chromium_args(config: BrowserConfig, profile: Path, agent: str) -> list[str]:
@@ -374,13 +397,7 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
     profile.mkdir(parents=True, exist_ok=True, mode=0o700)
     agent = config.user_agent or user_agent(chromium_version(chromium))
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in chromium_args(config, profile, agent):
-        options.add_argument(arg)
-    options.unhandled_prompt_behavior = "accept"
-    options.page_load_strategy = "eager"
-    options.add_experimental_option("excludeSwitches", ["enable-automation"])
+    options = chrome_options(config, driver_path, chromium, profile, agent)
 
     env = dict(os.environ)
     xvfb = display = None
@@ -410,6 +427,8 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
     browser.chromium_pid = browser.main_pid()
     browser.helpers = crashpad_handlers() - crashpad_before
     # A hung page must not hang this thread forever: every command gets an answer or fails.
+    # _client_config is private but first appears in Selenium 4.26 (pyproject's lower
+    # bound) and is the only per-connection timeout there; the public client_config came later.
     executor: Any = driver.command_executor
     executor._client_config.timeout = config.page_timeout + 10
     driver.set_page_load_timeout(config.page_timeout)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from gateway.backoff import Backoff
 from gateway.browser.colab_dom import contains_any
+from gateway.config import BrowserConfig
 from gateway.vocabulary import RuntimeState
 
 Kind = Literal[
@@ -137,13 +138,10 @@ class Decision:
 
 @dataclass
 class Settings:
-    on_gpu_limit: str = "connect_without_gpu"
-    limit_wait: float = 1800.0
-    recaptcha_max: int = 3
-    recaptcha_window: float = 1800.0
-    page_timeout: float = 60.0
-    connect_timeout: float = 180.0
-    reload_every: float = 1800.0
+    """The browser section of the config (limits, waits, what to do at the GPU limit), and
+    two timings of the page machine's own."""
+
+    browser: BrowserConfig = field(default_factory=BrowserConfig)
     click_retry: float = 3.0  # the same click again only if the page did not react
     # After a (re)load, Colab shows "Connect" for a moment before it reattaches the runtime
     # it already has; a click then would be a click on a connected runtime.
@@ -163,7 +161,7 @@ class SessionMachine:
     vm_id: str | None = None
     hold_until: float = 0.0  # no connect clicks before this (GPU limit, too many sessions)
     hold_reason: str = ""
-    hold_kind: str = "gpu_limit"
+    hold_kind: RuntimeState = RuntimeState.GPU_LIMIT  # the page kind that set the hold
     last_state: RuntimeState = RuntimeState.UNKNOWN
     # A page that fails to load is reloaded after 5 s, doubling per failure, up to 10 min.
     reload_backoff: Backoff = field(default_factory=lambda: Backoff(5.0, 600.0))
@@ -181,7 +179,7 @@ class SessionMachine:
         self._last_click.clear()
 
     def reload_due(self, now: float) -> bool:
-        return now - self.loaded_at >= self.settings.reload_every
+        return now - self.loaded_at >= self.settings.browser.reload_every
 
     def step(self, view: PageView, now: float) -> Decision:
         if view.kind in ("connected", "connecting"):
@@ -212,10 +210,10 @@ class SessionMachine:
         return True
 
     def _decision(
-        self, state: str, message: str, healthy: bool, *actions: Action | None
+        self, state: RuntimeState, message: str, healthy: bool, *actions: Action | None
     ) -> Decision:
         return Decision(
-            state=RuntimeState(state),  # a made-up state fails here, where it was made
+            state=state,
             message=message,
             healthy=healthy,
             gpu=self.gpu,
@@ -256,18 +254,18 @@ class SessionMachine:
         self.hold_until = 0.0
         busy = " (running a cell)" if view.busy else ""
         gpu = " with GPU" if self.gpu else " without GPU"
-        return self._decision("connected", f"connected{gpu}{busy}", True)
+        return self._decision(RuntimeState.CONNECTED, f"connected{gpu}{busy}", True)
 
     def _on_connecting(self, view: PageView, now: float) -> Decision:
-        if now - self.kind_since > self.settings.connect_timeout:
+        if now - self.kind_since > self.settings.browser.connect_timeout:
             self.kind_since = now
             return self._decision(
-                "connecting",
+                RuntimeState.CONNECTING,
                 "stuck connecting; reloading the page",
                 False,
                 Action("reload", why="connecting took too long"),
             )
-        return self._decision("connecting", "connecting to a Colab runtime", True)
+        return self._decision(RuntimeState.CONNECTING, "connecting to a Colab runtime", True)
 
     def settling(self, now: float) -> bool:
         """Just after a load the page shows "Connect" until it has reconnected by itself;
@@ -278,9 +276,13 @@ class SessionMachine:
         if now < self.hold_until:
             return self._decision(self._hold_state(), self.hold_reason, False)
         if self.settling(now):
-            return self._decision("loading", "waiting for the page to reconnect by itself", True)
+            return self._decision(
+                RuntimeState.LOADING, "waiting for the page to reconnect by itself", True
+            )
         action = self._connect_action(now, Action("click_connect", why="runtime not connected"))
-        return self._decision("disconnected", "runtime disconnected; connecting", True, action)
+        return self._decision(
+            RuntimeState.DISCONNECTED, "runtime disconnected; connecting", True, action
+        )
 
     def _on_runtime_disconnected(self, view: PageView, now: float) -> Decision:
         if now < self.hold_until:
@@ -296,14 +298,17 @@ class SessionMachine:
                 fallback_primary=True,
             )
         return self._decision(
-            "disconnected", "Colab says the runtime disconnected; reconnecting", True, action
+            RuntimeState.DISCONNECTED,
+            "Colab says the runtime disconnected; reconnecting",
+            True,
+            action,
         )
 
     def _on_still_there(self, view: PageView, now: float) -> Decision:
         action = None
         if self._may_click("still_there", now):
             action = Action("click_dialog", view.dialog_index, "", "answer 'Are you still there?'")
-        return self._decision("dialog", "answering 'Are you still there?'", True, action)
+        return self._decision(RuntimeState.DIALOG, "answering 'Are you still there?'", True, action)
 
     def _on_run_anyway(self, view: PageView, now: float) -> Decision:
         action = None
@@ -311,10 +316,10 @@ class SessionMachine:
             action = Action(
                 "click_dialog", view.dialog_index, self.sel["text_run_anyway"], "run anyway"
             )
-        return self._decision("dialog", "accepting 'Run anyway'", True, action)
+        return self._decision(RuntimeState.DIALOG, "accepting 'Run anyway'", True, action)
 
     def _on_gpu_limit(self, view: PageView, now: float) -> Decision:
-        if self.settings.on_gpu_limit == "connect_without_gpu":
+        if self.settings.browser.on_gpu_limit == "connect_without_gpu":
             action = None
             if self._may_click("gpu_limit", now):
                 self._connect_clicked = True
@@ -325,7 +330,7 @@ class SessionMachine:
                     "GPU usage limit: connect without GPU",
                 )
             return self._decision(
-                "gpu_limit",
+                RuntimeState.GPU_LIMIT,
                 "Colab's GPU usage limit is reached: connecting without GPU",
                 False,
                 action,
@@ -334,7 +339,7 @@ class SessionMachine:
         action = None
         if self._may_click("gpu_limit", now):
             action = Action("click_dialog", view.dialog_index, self.sel["text_close"], "close")
-        return self._decision("gpu_limit", self.hold_reason, False, action)
+        return self._decision(RuntimeState.GPU_LIMIT, self.hold_reason, False, action)
 
     def _on_too_many_sessions(self, view: PageView, now: float) -> Decision:
         self._hold(
@@ -345,15 +350,15 @@ class SessionMachine:
         action = None
         if self._may_click("too_many", now):
             action = Action("click_dialog", view.dialog_index, self.sel["text_close"], "close")
-        return self._decision("too_many_sessions", self.hold_reason, False, action)
+        return self._decision(RuntimeState.TOO_MANY_SESSIONS, self.hold_reason, False, action)
 
     def _on_recaptcha(self, view: PageView, now: float) -> Decision:
-        window = self.settings.recaptcha_window
+        window = self.settings.browser.recaptcha_window
         while self._recaptchas and now - self._recaptchas[0] > window:
             self._recaptchas.popleft()
-        if len(self._recaptchas) >= self.settings.recaptcha_max:
+        if len(self._recaptchas) >= self.settings.browser.recaptcha_max:
             return self._decision(
-                "needs_human",
+                RuntimeState.NEEDS_HUMAN,
                 f"Colab asked for a reCAPTCHA {len(self._recaptchas)} times within "
                 f"{window / 60:.0f} min: a person needs to open the notebook in a browser "
                 "signed into this Google account and answer it; the gateway stopped clicking",
@@ -363,40 +368,47 @@ class SessionMachine:
         if self._may_click("recaptcha", now):
             self._recaptchas.append(now)
             action = Action("dismiss_recaptcha", why="reCAPTCHA prompt")
-        return self._decision("recaptcha", "dismissing a reCAPTCHA prompt", False, action)
+        return self._decision(
+            RuntimeState.RECAPTCHA, "dismissing a reCAPTCHA prompt", False, action
+        )
 
     def _on_unknown_dialog(self, view: PageView, now: float) -> Decision:
         return self._decision(
-            "dialog",
+            RuntimeState.DIALOG,
             f"an unknown dialog is open ({view.detail!r}); the next reload clears it. If it "
             "keeps coming, add its texts to browser.selectors",
             False,
         )
 
     def _on_signed_out(self, view: PageView, now: float) -> Decision:
-        return self._decision("signed_out", "Google sign-in needed: run colab-gateway login", False)
+        return self._decision(
+            RuntimeState.SIGNED_OUT, "Google sign-in needed: run colab-gateway login", False
+        )
 
     def _on_loading(self, view: PageView, now: float) -> Decision:
-        if now - self.kind_since > self.settings.page_timeout:
+        if now - self.kind_since > self.settings.browser.page_timeout:
             action = self._reload_with_backoff(now, "the notebook did not load")
             return self._decision(
-                "load_failed",
-                f"the notebook page did not load within {self.settings.page_timeout:.0f}s "
+                RuntimeState.LOAD_FAILED,
+                f"the notebook page did not load within {self.settings.browser.page_timeout:.0f}s "
                 f"({view.detail}); reloading",
                 False,
                 action,
             )
-        return self._decision("loading", "loading the notebook", True)
+        return self._decision(RuntimeState.LOADING, "loading the notebook", True)
 
     def _on_load_failed(self, view: PageView, now: float) -> Decision:
         action = self._reload_with_backoff(now, "page failed to load")
         return self._decision(
-            "load_failed", f"{view.detail}; check the network and notebook_url", False, action
+            RuntimeState.LOAD_FAILED,
+            f"{view.detail}; check the network and notebook_url",
+            False,
+            action,
         )
 
     def _on_unknown(self, view: PageView, now: float) -> Decision:
         return self._decision(
-            "unknown",
+            RuntimeState.UNKNOWN,
             f"the page shows something unexpected: {view.detail}. If Colab changed its "
             "markup, override browser.selectors",
             False,
@@ -404,12 +416,12 @@ class SessionMachine:
 
     def _hold(self, now: float, reason: str) -> None:
         if now >= self.hold_until:
-            self.hold_until = now + self.settings.limit_wait
+            self.hold_until = now + self.settings.browser.limit_wait
         minutes = max(0.0, self.hold_until - now) / 60
         self.hold_reason = f"{reason}; trying to connect again in {minutes:.0f} min"
-        self.hold_kind = self.kind
+        self.hold_kind = RuntimeState(self.kind)  # gpu_limit or too_many_sessions
 
-    def _hold_state(self) -> str:
+    def _hold_state(self) -> RuntimeState:
         return self.hold_kind
 
 

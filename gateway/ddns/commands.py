@@ -35,6 +35,7 @@ def register(subparsers: Any) -> None:
 def cmd_ddns(args: argparse.Namespace) -> int:
     from gateway import logs
     from gateway.cli_support import load_or_report, paths_from
+    from gateway.secrets import register_secrets
 
     paths = paths_from(args)
     if args.dry_run and not args.once:
@@ -45,7 +46,7 @@ def cmd_ddns(args: argparse.Namespace) -> int:
     loaded = load_or_report(paths)
     if loaded is None:
         return EX_CONFIG
-    logs.register_secrets(loaded)
+    register_secrets(loaded)
     logs.setup("warning")  # the printed lines say what happened; the log only what went wrong
     config = loaded.config.ddns
     if config.provider == "none":

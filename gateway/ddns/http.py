@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import requests
 
 from gateway import __version__
+from gateway.secrets import redact
 
 MAX_BODY = 1 << 20  # a provider's answer is small; a page this big is not an answer
 
@@ -78,7 +79,10 @@ class Http:
                         raise NetworkError(f"{host} answered with more than {MAX_BODY} bytes")
                     if time.monotonic() > deadline:
                         raise NetworkError(f"{host} sent its answer too slowly")
-                text = body.decode(response.encoding or "utf-8", errors="replace")
+                # Scrubbed here, before any caller quotes or cuts it: a provider echoing the
+                # request (DuckDNS's token is in the URL) would otherwise put the token, or
+                # the part of it that survives ``[:80]``, into the status and the state file.
+                text = redact(body.decode(response.encoding or "utf-8", errors="replace"))
                 # requests' headers mapping ignores case, as HTTP does (HTTP/2 proxies send
                 # lower-case names).
                 return Answer(response.status_code, response.headers, text)
@@ -98,7 +102,7 @@ class Http:
 def _reason(exc: BaseException) -> str:
     """The innermost cause, without urllib3's pool and object reprs, and without the URL:
     a query string may carry a token (DuckDNS), and this text reaches the status."""
-    text = re.sub(r"url: \S+", "", str(exc))
+    text = redact(re.sub(r"url: \S+", "", str(exc)))
     for marker in ("Caused by ", "Errno"):
         if marker in text:
             text = text[text.index(marker) :]

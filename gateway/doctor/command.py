@@ -79,11 +79,12 @@ def run_all(env: Env, problems: list[str], checks: tuple[Check, ...] = CHECKS) -
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from gateway.cli_support import paths_from
+    from gateway.secrets import register_secrets
 
     paths = paths_from(args)
     loaded, problems = load(paths)
     if loaded is not None:
-        logs.register_secrets(loaded)  # no token from the config ever reaches the terminal
+        register_secrets(loaded)  # no token from the config ever reaches the terminal
     env = Env(paths=paths, loaded=loaded)
     results = []
     # Printed as they come: the network checks may each take a few seconds.

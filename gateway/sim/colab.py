@@ -11,9 +11,10 @@ recorded, not what the automation believes it did.
 
 API::
 
-    sim = SimColab(connect_delay=0.3, gpu=True)
+    sim = SimColab(connect_delay=0.3, gpu=True, variant="")
     sim.start()                 # binds 127.0.0.1 on a free port
     sim.url                     # the notebook's address (http://127.0.0.1:PORT/notebook)
+    sim.url_of("no_editor")     # the same notebook in another markup variant
     # scenario controls (each takes effect on the page within ~50 ms)
     sim.disconnect(dialog=True) # the runtime drops; with the "Runtime disconnected" dialog
     sim.show_dialog("still_there")          # or "runtime_disconnected", "gpu_limit", ...
@@ -37,8 +38,17 @@ API::
     sim.on_reset = lambda: ...
     sim.stop()
 
-Event types the page posts: ``load`` (url, ua), ``click`` (target: connect | dialog |
-recaptcha, button, trusted), ``key`` (key, ctrl, cell), ``pointer`` (trusted clicks),
+Markup variants (``variant=`` or ``?variant=a,b`` on the URL; the query wins), for the
+markup drift real Colab goes through (see ``VARIANTS``): ``no_editor`` (cells whose editor
+is a CodeMirror-style ``.cm-content``), ``monaco`` (Monaco's structure: a container
+``div.inputarea`` holding a 1-pixel ``textarea.inputarea``), ``no_run_button``,
+``renamed_connect`` (``colab-runtime-button``), ``dialog_buttons`` (``gm-text-button``),
+``dialog_element`` (``colab-dialog``). Every variant still works for a person: keys and
+clicks in a cell run it.
+
+Event types the page posts: ``load`` (url, ua, variant), ``click`` (target: connect |
+dialog | recaptcha | run_button, button, cell, trusted), ``key`` (key, ctrl, cell),
+``pointer`` (trusted clicks),
 ``shown`` (what: disconnected | connected | dialog | recaptcha | vm_id), ``beforeunload``.
 The server adds ``action`` events for what it did with them (``connect_while_connected``
 flags a click on Connect while already connected, which real Colab answers by opening the
@@ -91,6 +101,15 @@ _DIALOGS: dict[str, dict[str, Any]] = {
             {"text": "Manage sessions", "slot": "primaryAction", "action": "close"},
         ],
     },
+    # a dialog the keep-alive does not know: it stays open (until the next reload)
+    "notice": {
+        "title": "Colab has a new feature",
+        "text": "Try the new editor settings.",
+        "buttons": [
+            {"text": "Later", "slot": "secondaryAction", "action": "close"},
+            {"text": "OK", "slot": "primaryAction", "action": "close"},
+        ],
+    },
     "run_anyway": {
         "title": "Warning: This notebook was not authored by Google",
         "text": "This notebook is requesting access to your runtime. Review the code.",
@@ -101,6 +120,68 @@ _DIALOGS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Each variant changes one structure the keep-alive depends on, the way Colab's releases do.
+VARIANTS: dict[str, str] = {
+    "no_editor": "cells have a CodeMirror-style .cm-content editor, no textarea",
+    "monaco": "cells have Monaco's markup: div.inputarea > ... > textarea.inputarea (1 px)",
+    "no_run_button": "cells have no colab-run-button",
+    "renamed_connect": "the toolbar's connect button is colab-runtime-button",
+    "dialog_buttons": "dialog buttons are gm-text-button",
+    "dialog_element": "dialogs are colab-dialog[open], not md-dialog",
+}
+
+_CELL_CODE = ("#@title Bootstrap: start the tunnel", 'print("second cell")')
+
+
+def _cell_html(index: int, code: str, features: frozenset[str]) -> str:
+    run = "" if "no_run_button" in features else "<colab-run-button></colab-run-button>"
+    if "no_editor" in features:
+        editor = (
+            f'<div class="editor"><div class="cm-content" contenteditable="true">{code}</div></div>'
+        )
+    elif "monaco" in features:
+        editor = (
+            '<div class="codecell-input-output"><div class="inputarea horizontal layout code">'
+            '<div class="editor flex monaco"><div class="monaco-editor">'
+            '<div class="overflow-guard">'
+            '<textarea class="inputarea monaco-mouse-cursor-text" wrap="off" autocorrect="off" '
+            'aria-label="Editor content"></textarea>'
+            f'<div class="view-lines"><div class="view-line">{code}</div></div>'
+            "</div></div></div></div></div>"
+        )
+    else:
+        editor = f'<div class="editor"><textarea class="inputarea">{code}</textarea></div>'
+    return f'  <div class="cell code" data-index="{index}">\n    {run}\n    {editor}\n  </div>'
+
+
+def parse_variant(text: str) -> frozenset[str]:
+    """``"a,b"`` → its features; an unknown name is an error naming the known ones."""
+    features = frozenset(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(features - set(VARIANTS))
+    if unknown:
+        raise ValueError(
+            f"unknown sim page variant {', '.join(unknown)!s}; known: {', '.join(VARIANTS)}"
+        )
+    return features
+
+
+def render_page(template: bytes, features: frozenset[str]) -> bytes:
+    renamed = "renamed_connect" in features
+    connect_tag = "colab-runtime-button" if renamed else "colab-connect-button"
+    page = {
+        "name": ",".join(sorted(features)),
+        "connect_tag": connect_tag,
+        "dialog_tag": "colab-dialog" if "dialog_element" in features else "md-dialog",
+        "dialog_button_tag": "gm-text-button" if "dialog_buttons" in features else "md-text-button",
+    }
+    cells = "\n".join(_cell_html(i, code, features) for i, code in enumerate(_CELL_CODE))
+    text = template.decode()
+    text = text.replace("<!--CONNECT-->", f"<{connect_tag}></{connect_tag}>")
+    text = text.replace("<!--CELLS-->", cells)
+    text = text.replace("/*VARIANT*/{}", json.dumps(page))
+    return text.encode()
+
+
 SIGN_IN_PAGE = b"""<!DOCTYPE html><html><head><meta charset="utf-8">
 <title>Sign in - Google Accounts</title></head>
 <body><h1>Sign in</h1><p>Sign in to continue to Colaboratory</p>
@@ -110,8 +191,16 @@ SIGN_IN_PAGE = b"""<!DOCTYPE html><html><head><meta charset="utf-8">
 
 
 class SimColab:
-    def __init__(self, *, connect_delay: float = 0.3, gpu: bool = False, run_time: float = 1.0):
+    def __init__(
+        self,
+        *,
+        connect_delay: float = 0.3,
+        gpu: bool = False,
+        run_time: float = 1.0,
+        variant: str = "",
+    ):
         self.connect_delay = connect_delay
+        self.variant = parse_variant(variant)
         self.gpu_wanted = gpu
         self.run_time = run_time
         self.on_connect: Callable[[str], None] | None = None
@@ -190,6 +279,17 @@ class SimColab:
     @property
     def url(self) -> str:
         return f"{self.base}/notebook"
+
+    def url_of(self, variant: str) -> str:
+        """The notebook in markup ``variant`` (comma-separated names of ``VARIANTS``)."""
+        parse_variant(variant)
+        return f"{self.url}?variant={variant}"
+
+    def page_for(self, query: str) -> bytes:
+        """The page for a request's query string (``?variant=`` wins over ``self.variant``)."""
+        asked = parse_qs(query).get("variant")
+        features = parse_variant(asked[0]) if asked else self.variant
+        return render_page(self._page, features)
 
     # -- scenario controls --------------------------------------------------------------------
 
@@ -509,7 +609,12 @@ def _make_handler(sim: SimColab) -> type[BaseHTTPRequestHandler]:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                self._send(200, sim._page, "text/html; charset=utf-8")
+                try:
+                    page = sim.page_for(url.query)
+                except ValueError as exc:
+                    self._send(400, json.dumps({"error": str(exc)}).encode())
+                    return
+                self._send(200, page, "text/html; charset=utf-8")
             elif url.path == "/ServiceLogin":
                 self._send(200, SIGN_IN_PAGE, "text/html; charset=utf-8")
             elif url.path == "/favicon.ico":

@@ -1,5 +1,5 @@
 """Waiting for something to become true, and finding a free port: for the simulation and
-the tests (tests/support.py passes these on), so that each is written once."""
+the tests (tests/helpers/__init__.py passes these on), so that each is written once."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from gateway.browser.keepalive import BrowserKeeper, Worker
+from gateway.browser.component import BrowserKeeper
+from gateway.browser.keepalive import Worker
 from gateway.component import Context
 from gateway.config import BrowserConfig, Config, SessionConfig
 from gateway.paths import Paths

@@ -214,7 +214,11 @@ def waiting_line(snapshot: Snapshot, session: str, now: float) -> str:
     facts = status_line.session_facts(
         replace(snapshot, now=now), snapshot.sessions[session], always_tunnel=True
     )
-    return "waiting for the Colab tunnel — " + " · ".join(facts)
+    line = "waiting for the Colab tunnel — " + " · ".join(facts)
+    if snapshot.sessions[session].tunnel.since is None:
+        # Never up: how long the daemon has waited is the clock a person wants here.
+        line += f" (the daemon started {format_duration(now - snapshot.started_at)} ago)"
+    return line
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 import yaml
 
 from gateway.config import Config, ConfigError, load_config
-from gateway.configschema import bind_document
 from gateway.known_hosts import pinned_keys
 from gateway.paths import Paths
+from gateway.yaml_binder import bind_document
 
 # What a terminal into the VM needs from the config; the rest is the daemon's business.
 _SSH_SECTIONS = ("sessions", "ssh")

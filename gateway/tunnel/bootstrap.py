@@ -42,6 +42,8 @@ class BootstrapParams:
     forwards: dict[int, int]  # local port on the Pi -> Colab port
     pi_public_key: str  # installed in the VM's authorized_keys; one key per line
     server_alive_interval: int = 15
+    session: str = ""  # names the Colab secret in the cell's messages
+    sshd_port: int = 22  # the session's forwards.ssh.colab: where the VM's sshd listens
 
 
 def render_bootstrap_script(params: BootstrapParams) -> str:
@@ -59,26 +61,39 @@ def render_bootstrap_script(params: BootstrapParams) -> str:
         the endpoint's host public key (``type base64``), the only one accepted.
     ``GW_FORWARDS``
         space-separated ``LOCAL:COLAB`` pairs; each becomes
-        ``-R 127.0.0.1:LOCAL:localhost:COLAB`` (a COLAB of 22 means ``GW_SSHD_PORT``).
+        ``-R 127.0.0.1:LOCAL:localhost:COLAB``. A COLAB of ``sshd`` (how the session's ssh
+        forward is rendered) means ``GW_SSHD_PORT``.
+    ``GW_SESSION``, ``GW_SECRET``, ``GW_KEY_SOURCE``
+        the session and its Colab secret, named in the one-line error about a bad key;
+        ``GW_KEY_SOURCE`` (set by the cell) says where the key came from instead.
     ``GW_PI_PUBKEY``
         public key lines (one per line: the Pi's, then ``ssh.authorized_keys``), each
         appended to ``GW_AUTHORIZED_KEYS`` if missing (empty: none).
     ``GW_KEY_FILE``
-        the tunnel private key (default ``$GW_DIR/tunnel_key``; the cell writes it).
+        the tunnel key (default ``$GW_DIR/tunnel_key``; the cell writes the secret's value
+        there): the one-line form ``openssh-base64:…`` or the OpenSSH/PEM text, also with
+        its line breaks lost (turned into spaces or removed); rewritten as a key file ssh
+        reads, or the script stops with one line naming the secret and the fix.
     ``GW_DIR``
         the VM-side state: known_hosts, sshd_config, pid/lock/status/log files
         (default ``$HOME/.colab-gateway``).
     ``GW_SSHD``, ``GW_SSHD_PORT``, ``GW_SSHD_CONFIG``, ``GW_SSHD_HOSTKEY``
-        the sshd binary (``/usr/sbin/sshd``), its port (22), the config file it is started
-        with (``$GW_DIR/sshd_config``) and its ed25519 host key
+        the sshd binary (``/usr/sbin/sshd``), its port (the session's
+        ``forwards.ssh.colab``, 22), the config file it is started with
+        (``$GW_DIR/sshd_config``) and its ed25519 host key
         (``/etc/ssh/ssh_host_ed25519_key``, generated if missing); sshd listens on
-        127.0.0.1 only.
+        127.0.0.1 only. An sshd already started with ``GW_SSHD_CONFIG`` is reused; another
+        program on the port stops the script with one line naming it.
     ``GW_SSHD_EXTRA``
         extra sshd_config lines (tests use ``StrictModes no`` for files under /tmp).
     ``GW_AUTHORIZED_KEYS``
         ``$HOME/.ssh/authorized_keys``.
-    ``GW_INSTALL``
-        1 (default): ``apt-get install openssh-server`` when ``GW_SSHD`` is missing.
+    ``GW_INSTALL``, ``GW_RSYNC``, ``GW_APT_TIMEOUT``
+        1 (default): ``apt-get install`` openssh-server when ``GW_SSHD`` is missing and
+        rsync when ``GW_RSYNC`` (``rsync``) is not found; no apt at all when both are
+        there. A failing ``apt-get update`` (a broken third-party source) is tolerated;
+        each apt-get call is stopped after ``GW_APT_TIMEOUT`` seconds (180); only a
+        missing sshd stops the script. Its output is in ``$GW_DIR/apt.log``.
     ``GW_SSH``
         the ssh client (``ssh``).
     ``GW_SERVER_ALIVE``, ``GW_BACKOFF_MAX``
@@ -86,8 +101,11 @@ def render_bootstrap_script(params: BootstrapParams) -> str:
     ``GW_WAIT``
         how long the script waits to report the first connection (15 s).
 
-    The loop runs detached (``setsid``), holds ``$GW_DIR/tunnel.lock`` and writes its pid
-    to ``$GW_DIR/tunnel.pid``: a second run leaves it alone. Stop it with
+    The loop runs detached (``setsid``, its own process group), holds
+    ``$GW_DIR/tunnel.lock``, writes its pid to ``$GW_DIR/tunnel.pid`` and carries
+    ``colab-gateway-tunnel-loop $GW_DIR`` as its last arguments, so a later run finds it
+    even without the pid file. A later run keeps it when it is up with the same settings
+    and code, and replaces it otherwise: there is never more than one. Stop it with
     ``kill -- -$(cat $GW_DIR/tunnel.pid)``.
     """
     defaults = {
@@ -95,10 +113,17 @@ def render_bootstrap_script(params: BootstrapParams) -> str:
         "GW_ENDPOINT_PORT": str(params.endpoint_port),
         "GW_USER": params.username,
         "GW_ENDPOINT_HOSTKEY": params.endpoint_hostkey,
-        "GW_FORWARDS": " ".join(f"{local}:{colab}" for local, colab in params.forwards.items()),
+        "GW_FORWARDS": " ".join(
+            f"{local}:{'sshd' if colab == params.sshd_port else colab}"
+            for local, colab in params.forwards.items()
+        ),
         "GW_PI_PUBKEY": params.pi_public_key,
         "GW_SERVER_ALIVE": str(params.server_alive_interval),
+        "GW_SSHD_PORT": str(params.sshd_port),
     }
+    if params.session:
+        defaults["GW_SESSION"] = params.session
+        defaults["GW_SECRET"] = secret_name(params.session)
     header = ["#!/bin/bash"] + [
         f'[ "${{{name}+set}}" = set ] || {name}={shlex.quote(value)}'
         for name, value in defaults.items()
@@ -112,7 +137,8 @@ _CELL = '''\
 # It starts sshd (keys only), installs the Pi's key and keeps a reverse SSH tunnel to
 # {endpoint} open in the background. Running it again does not start a second tunnel.
 # The tunnel key comes from the Colab secret {secret!r} (the key icon on the left; enable
-# "Notebook access"); on the Pi, `colab-gateway keys --private {session}` prints it.
+# "Notebook access"). Its value: the one line `colab-gateway keys --private {session}`
+# prints on the Pi (a pasted multi-line key works too, even with its line breaks lost).
 import os, subprocess
 
 SECRET = {secret!r}
@@ -121,26 +147,28 @@ INLINE_TUNNEL_KEY = {inline}  # opt-in fallback, saved with the notebook: prefer
 def _tunnel_key():
     try:
         from google.colab import userdata
-        return userdata.get(SECRET)
+        return userdata.get(SECRET) or "", f"the Colab secret {{SECRET!r}}"
     except Exception as exc:  # not in Colab, secret missing, or no notebook access
         if INLINE_TUNNEL_KEY:
-            return INLINE_TUNNEL_KEY
+            return INLINE_TUNNEL_KEY, "INLINE_TUNNEL_KEY in this cell"
         raise SystemExit(
             f"colab-gateway: cannot read the Colab secret {{SECRET!r}} "
-            f"({{type(exc).__name__}}: {{exc}}). Add it in the Secrets panel (key icon) with "
-            "the output of `colab-gateway keys --private {session}` and enable notebook access."
+            f"({{type(exc).__name__}}: {{exc}}). Add it in the Secrets panel (key icon): "
+            "as its value paste the one line `colab-gateway keys --private {session}` prints "
+            "on the Pi, and enable notebook access."
         ) from None
 
 _dir = os.environ.get("GW_DIR") or os.path.expanduser("~/.colab-gateway")
 os.makedirs(_dir, mode=0o700, exist_ok=True)
 _key_file = os.path.join(_dir, "tunnel_key")
+_key, _source = _tunnel_key()
 _fd = os.open(_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 with os.fdopen(_fd, "w") as _f:
-    _f.write(_tunnel_key().strip() + "\\n")
+    _f.write(_key.strip() + "\\n")  # bootstrap.sh decodes and repairs it
 
 SCRIPT = r"""
 {script}"""
-_env = dict(os.environ, GW_DIR=_dir, GW_KEY_FILE=_key_file)
+_env = dict(os.environ, GW_DIR=_dir, GW_KEY_FILE=_key_file, GW_KEY_SOURCE=_source)
 _done = subprocess.run(["bash", "-c", SCRIPT], env=_env)
 if _done.returncode:
     raise SystemExit(f"colab-gateway: the bootstrap failed (exit {{_done.returncode}})")
@@ -226,4 +254,6 @@ def params_for(
         forwards={f.local: f.colab for f in session.forwards.values()},
         pi_public_key="\n".join([pi_key, *config.ssh.authorized_keys]),
         server_alive_interval=max(1, round(config.ssh.server_alive_interval)),
+        session=session.name,
+        sshd_port=session.forwards["ssh"].colab,
     )

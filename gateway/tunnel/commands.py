@@ -37,7 +37,7 @@ def register(sub: Any) -> None:
     group.add_argument(
         "--private",
         metavar="SESSION",
-        help="print SESSION's tunnel private key, to paste into the Colab secret",
+        help="print SESSION's tunnel private key as one line, the value of its Colab secret",
     )
     keys.set_defaults(handler=cmd_keys)
 
@@ -111,7 +111,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         session = _session(config, args.private)
         if session is None:
             return EXIT_USAGE
-        sys.stdout.write(store.tunnel_private_text(session.name))
+        # One line and nothing else on stdout: it is pasted (or piped) as the secret's value.
+        print(store.tunnel_secret(session.name))
         return 0
     if args.rotate:
         session = _session(config, args.rotate)
@@ -148,7 +149,7 @@ def cmd_snippet(args: argparse.Namespace) -> int:
         if getattr(args, "shell", False):
             sys.stdout.write(render_bootstrap_script(params))
             return 0
-        inline = store.tunnel_private_text(session.name) if args.inline_key else None
+        inline = store.tunnel_secret(session.name) if args.inline_key else None
         cell = render_cell(params, session.name, inline)
     except BootstrapError as exc:
         print(f"colab-gateway: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ that logged in with the old one (see ``KeyStore.generation``).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import os
@@ -28,6 +29,11 @@ from gateway.atomic import atomic_write
 
 HOST_KEY_NAME = "host_ed25519"
 KEY_ALGORITHM = "ssh-ed25519"
+# The one-line form of a private key in a Colab secret: this prefix, then the OpenSSH
+# private key file base64-encoded. A pasted multi-line key can lose its line breaks in
+# Colab's Secrets panel (googlecolab/colabtools#5586); one line has none to lose. The
+# bootstrap (bootstrap.sh, read_tunnel_key) decodes it and still accepts the PEM form.
+SECRET_PREFIX = "openssh-base64:"  # noqa: S105  (a format name, not a secret)
 
 
 def secret_name(session: str) -> str:
@@ -36,6 +42,11 @@ def secret_name(session: str) -> str:
     Colab secret names are identifiers, so '-' becomes '_'.
     """
     return "colab_gateway_" + session.replace("-", "_")
+
+
+def secret_value(private_key_text: str) -> str:
+    """The one-line Colab secret value for an OpenSSH private key file's text."""
+    return SECRET_PREFIX + base64.b64encode(private_key_text.encode()).decode()
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,10 @@ class KeyStore:
 
     def tunnel_private_text(self, session: str) -> str:
         return self.tunnel_key_path(session).read_text()
+
+    def tunnel_secret(self, session: str) -> str:
+        """``session``'s private key as the one-line value of its Colab secret."""
+        return secret_value(self.tunnel_private_text(session))
 
     def generation(self, session: str) -> tuple[int, int] | None:
         """Changes whenever the session's key is replaced (inode and mtime of the .pub)."""

@@ -35,7 +35,7 @@ from typing import Any
 import asyncssh
 
 from gateway.config import Config, SessionConfig
-from gateway.tunnel import hostkeys
+from gateway.tunnel import cipher_choice, fastpath, hostkeys
 from gateway.tunnel.forward import open_forward_listener
 from gateway.tunnel.guard import Guard
 from gateway.tunnel.keys import KeyStore
@@ -99,6 +99,7 @@ class Endpoint:
         host: str | None = None,
         port: int | None = None,
         known_sources: Path | None = None,
+        cpuinfo: Path = cipher_choice.CPUINFO,
     ) -> None:
         self.config = config
         self.tunnel = config.tunnel
@@ -107,6 +108,12 @@ class Endpoint:
         self.on_change = on_change
         self.host = self.tunnel.listen_host if host is None else host
         self.port = self.tunnel.listen_port if port is None else port
+        # An explicit tunnel.ciphers wins; otherwise the cheapest per byte on this CPU.
+        self.ciphers = (
+            list(self.tunnel.ciphers)
+            if self.tunnel.ciphers is not None
+            else cipher_choice.ciphers_for_this_machine(cpuinfo)
+        )
         # Who logged in before lives in the state directory, next to known_hosts.
         known = KnownSources(
             known_sources or known_hosts.with_name(KNOWN_SOURCES_FILE),
@@ -129,6 +136,7 @@ class Endpoint:
 
     async def start(self) -> None:
         tunnel = self.tunnel
+        fastpath.drop_inserted_ignore_packets()
         self._server = await asyncssh.create_server(
             lambda: Connection(self),
             self.host,
@@ -137,7 +145,7 @@ class Endpoint:
             reuse_address=True,
             server_host_keys=[self.keys.host_key()],
             kex_algs=KEX_ALGS,
-            encryption_algs=list(tunnel.ciphers),
+            encryption_algs=self.ciphers,
             mac_algs=MAC_ALGS,
             compression_algs=["none"],
             signature_algs=SIGNATURE_ALGS,
@@ -153,10 +161,12 @@ class Endpoint:
         if self.port == 0 and sockets:
             self.port = sockets[0].getsockname()[1]
         log.info(
-            "listening on %s:%d for Colab's tunnel (key exchange: %s)",
+            "listening on %s:%d for Colab's tunnel (key exchange: %s; ciphers: %s%s)",
             self.host,
             self.port,
             ", ".join(KEX_ALGS),
+            ", ".join(self.ciphers),
+            "" if tunnel.ciphers is not None else ", chosen for this CPU",
         )
 
     async def close(self) -> None:
@@ -301,7 +311,11 @@ class Endpoint:
     def register_hostkey(self, owner: Connection, key: asyncssh.SSHKey) -> list[int]:
         session = owner.session
         assert session is not None
-        ports = [f.local for f in self.session_config(session).forwards.values() if f.colab == 22]
+        # Every forward that reaches the VM's sshd (the "ssh" forward's Colab port, which the
+        # cell's sshd listens on), not a hard-coded 22: the port is the user's to change.
+        forwards = self.session_config(session).forwards
+        sshd_port = forwards["ssh"].colab
+        ports = [f.local for f in forwards.values() if f.colab == sshd_port]
         hostkeys.pin(self.known_hosts, ports, key)
         fingerprint = key.get_fingerprint("sha256")
         self.sessions[session].hostkey_fingerprint = fingerprint

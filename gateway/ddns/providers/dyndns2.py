@@ -9,9 +9,12 @@ delete a record: ``separate`` (one request per family, ``myip`` each time), ``my
 
 from __future__ import annotations
 
+import base64
+
 from gateway.config import DdnsConfig
 from gateway.ddns.http import Http, NetworkError
 from gateway.ddns.outcomes import FAMILIES, Failed, Family, Outcome, Published, WouldPublish
+from gateway.secrets import register_secret
 
 PROVIDER_TROUBLE_WAIT = 1800.0  # dnserr / 911: the protocol asks for at least 30 minutes
 
@@ -38,6 +41,10 @@ class Dyndns2:
         self.username = config.dyndns2.username
         secret = config.dyndns2.password_file
         self.password = secret.reveal() if secret is not None else ""
+        # The Authorization header carries the password in base64: an answer echoing the
+        # request's headers must not show it in that form either.
+        credentials = f"{self.username}:{self.password}".encode("latin-1", "replace")
+        register_secret(base64.b64encode(credentials).decode())
         self.dual_stack = config.dyndns2.dual_stack
         self.http = http
 

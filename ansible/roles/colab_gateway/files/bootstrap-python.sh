@@ -1,0 +1,112 @@
+#!/bin/sh
+# Finds or provides a Python >= 3.10 on the machine and prints it, before Ansible runs any
+# module there. It runs through ansible.builtin.script, which needs no Python on the
+# machine: ansible-core 2.20 and later refuse Ubuntu 20.04's python3 (3.8) at the first
+# module, fact gathering included.
+#
+#   bootstrap-python.sh MODE VERSION DIR [MIRROR]
+#     MODE     auto (a system python3 >= 3.10, from apt when apt has one, else uv),
+#              system (only that) or uv (always a uv-managed CPython)
+#     VERSION  the CPython uv installs, e.g. 3.12
+#     DIR      where uv and its interpreters live
+#     MIRROR   uv's CPython download mirror (UV_PYTHON_INSTALL_MIRROR); empty: uv's default
+#
+# Prints python=PATH, version=X.Y.Z and changed=0|1; on failure says why on stderr.
+set -eu
+mode=$1 version=$2 dir=$3 mirror=${4:-}
+changed=0
+
+fail() {
+    printf 'colab-gateway: %s\n' "$*" >&2
+    exit 1
+}
+
+new_enough() {
+    "$1" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
+}
+
+system_python() {
+    for name in python3 python3.14 python3.13 python3.12 python3.11 python3.10; do
+        path=$(command -v "$name" 2>/dev/null) || continue
+        if new_enough "$path"; then
+            echo "$path"
+            return 0
+        fi
+    done
+    return 1
+}
+
+apt_updated=no
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "$apt_updated" = no ]; then
+        apt-get update -q >/dev/null || fail "apt-get update failed"
+        apt_updated=yes
+    fi
+    apt-get install -y -q "$@" >/dev/null || fail "apt-get install $* failed"
+    changed=1
+}
+
+# "3.11" from apt's candidate for python3 (e.g. 3.11.2-1+b1), empty when apt has none.
+apt_python_version() {
+    apt-cache policy python3 2>/dev/null |
+        sed -n 's/^ *Candidate: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p'
+}
+
+apt_python_new_enough() {
+    v=$(apt_python_version)
+    [ -n "$v" ] && [ "${v%%.*}" -ge 3 ] && [ "${v#*.}" -ge 10 ]
+}
+
+python=""
+if [ "$mode" != uv ]; then
+    if ! python=$(system_python); then
+        python=""
+        command -v apt-get >/dev/null || fail "no Python >= 3.10 here and no apt-get to install one"
+        [ "$apt_updated" = yes ] || { apt-get update -q >/dev/null || fail "apt-get update failed"; apt_updated=yes; }
+        if apt_python_new_enough; then
+            apt_install python3 python3-venv
+            python=$(system_python) || fail "apt installed python3 but it is older than 3.10"
+        elif [ "$mode" = system ]; then
+            fail "colab_gateway_python is 'system' but this machine's python3 is" \
+                "$(apt_python_version || true) (3.10 or newer needed, e.g. Debian 12, Ubuntu 22.04);" \
+                "set colab_gateway_python to auto or uv"
+        fi
+    fi
+fi
+
+if [ -z "$python" ]; then
+    # A uv-managed CPython (python-build-standalone): Ubuntu 20.04 has no Python >= 3.10 in
+    # apt. uv comes from the package index into a small virtualenv of the system python3.
+    uv="$dir/uv/bin/uv"
+    if [ ! -x "$uv" ]; then
+        if ! python3 -c 'import ensurepip' 2>/dev/null; then
+            apt_install python3 python3-venv
+        fi
+        mkdir -p "$dir"
+        python3 -m venv "$dir/uv" || fail "python3 -m venv $dir/uv failed"
+        "$dir/uv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+        "$dir/uv/bin/pip" install -q uv || fail "pip could not install uv from the package index"
+        changed=1
+    fi
+    UV_PYTHON_INSTALL_DIR="$dir/pythons"
+    UV_PYTHON_PREFERENCE=only-managed
+    UV_NO_CONFIG=1
+    export UV_PYTHON_INSTALL_DIR UV_PYTHON_PREFERENCE UV_NO_CONFIG
+    if [ -n "$mirror" ]; then
+        UV_PYTHON_INSTALL_MIRROR=$mirror
+        export UV_PYTHON_INSTALL_MIRROR
+    fi
+    if ! python=$("$uv" python find --no-project "$version" 2>/dev/null); then
+        "$uv" python install "$version" >&2 ||
+            fail "uv could not install CPython $version from ${mirror:-its default mirror (GitHub)};" \
+                "set colab_gateway_python_mirror to a mirror this machine reaches"
+        changed=1
+        python=$("$uv" python find --no-project "$version") || fail "uv installed CPython $version but cannot find it"
+    fi
+    new_enough "$python" || fail "colab_gateway_python_version $version is older than 3.10"
+fi
+
+echo "python=$python"
+echo "version=$("$python" -c 'import platform; print(platform.python_version())')"
+echo "changed=$changed"
