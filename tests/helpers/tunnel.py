@@ -24,6 +24,17 @@ from helpers import free_port
 SSHD = "/usr/sbin/sshd"
 
 
+# Only the tunnel on: browser and tmux would want sessions and programs.
+TUNNEL_ONLY = "browser: {enabled: false}\ntmux: {enabled: false}\n"
+
+
+def tunnel_config(text: str = "") -> Any:
+    """The tunnel section of a config whose ``tunnel:`` holds ``text`` (YAML lines)."""
+    return load_config_text(
+        TUNNEL_ONLY + "tunnel:\n" + "".join(f"  {line}\n" for line in text.splitlines())
+    ).config.tunnel
+
+
 def make_config(
     tmp_path: Path,
     extra_tunnel: str = "",

@@ -9,26 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import FakeClock
+from helpers.tunnel import tunnel_config
 
-from gateway.config import ConfigError, load_config_text
+from gateway.config import ConfigError
 from gateway.tunnel.guard import MAX_TRACKED_SOURCES, Guard
 from gateway.tunnel.known_sources import KnownSources
-
-BASE = "browser: {enabled: false}\ntmux: {enabled: false}\n"
-
-
-def tunnel_config(text: str = ""):
-    return load_config_text(
-        BASE + "tunnel:\n" + "".join(f"  {line}\n" for line in text.splitlines())
-    ).config.tunnel
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _hold(guard: Guard, count: int, first: int = 1) -> None:
@@ -164,7 +150,7 @@ BATCH = 300  # failures measured at the cap; bounded so the old O(n log n) code 
 
 
 def test_penalty_table_costs_under_1ms_per_failure_at_65536_sources_and_stays_bounded() -> None:
-    clock = Clock()
+    clock = FakeClock()
     guard = Guard(tunnel_config("exempt_networks: []\nmax_unauthenticated: 1000"), clock)
     guard.refusals.burst = 0  # the benchmark measures the table, not the journal
     for i in range(MAX_TRACKED_SOURCES):

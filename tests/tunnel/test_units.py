@@ -11,6 +11,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from helpers import FakeClock
+from helpers.tunnel import TUNNEL_ONLY, tunnel_config
 
 from gateway.cli import main
 from gateway.config import load_config_text
@@ -25,23 +27,6 @@ from gateway.tunnel.bootstrap import (
 )
 from gateway.tunnel.guard import Guard, RateLimitedLog, source_key
 from gateway.tunnel.keys import KeyStore, secret_name
-
-BASE = "browser: {enabled: false}\ntmux: {enabled: false}\n"
-
-
-def tunnel_config(text: str = ""):
-    return load_config_text(
-        BASE + "tunnel:\n" + "".join(f"  {line}\n" for line in text.splitlines())
-    ).config.tunnel
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 # -- guard -----------------------------------------------------------------------------------
 
@@ -64,7 +49,7 @@ def test_guard_caps_in_total_and_per_source() -> None:
 
 
 def test_guard_penalties_grow_cap_and_are_forgotten() -> None:
-    clock = Clock()
+    clock = FakeClock()
     guard = Guard(tunnel_config("penalty_min: 30s\npenalty_max: 2m\nexempt_networks: []"), clock)
     durations = []
     for _ in range(4):
@@ -95,7 +80,7 @@ def test_guard_exempts_networks_and_groups_ipv6_by_64() -> None:
 
 
 def test_refusal_log_is_rate_limited(caplog) -> None:
-    clock = Clock()
+    clock = FakeClock()
     limited = RateLimitedLog(logging.getLogger("test.refusals"), burst=3, period=60, clock=clock)
     with caplog.at_level(logging.WARNING, "test.refusals"):
         for i in range(10):
@@ -254,7 +239,7 @@ def _write_config(tmp_path: Path, identity: Path, public_host: str = "home.examp
     config.write_text(
         "sessions:\n  - name: colab\n    notebook_url: https://colab.research.google.com/drive/a\n"
         f"tunnel:\n  public_host: '{public_host}'\n  public_port: 443\n"
-        f"ssh:\n  identity: {identity}\n" + BASE
+        f"ssh:\n  identity: {identity}\n" + TUNNEL_ONLY
     )
     return config
 
