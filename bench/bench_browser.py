@@ -8,8 +8,10 @@
    (from /proc/PID/smaps_rollup; summed RSS would count shared pages many times).
    For comparison it first measures plain headless Chromium (only the flags headless
    needs here) on the same page. PSS splits shared pages among ALL processes mapping them,
-   other Chromium instances on the machine included; USS counts pages only this browser
-   maps. Both drop while other Chromium instances run: measure on a quiet machine.
+   other Chromium instances on the machine included, so its file part (Chromium's binary)
+   drops while other instances run. Hence also ``anon`` (Pss_Anon + Pss_Shmem, independent
+   of other instances) and ``alone`` (PSS as if no other process mapped Chromium's files;
+   needs root), see bench/chromium_memory.py, and the count of other Chromium processes.
 
 The setups this replaces clicked every 60 s and reloaded every 10 minutes.
 
@@ -25,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from chromium_memory import measure, other_chromium_processes
 
 from gateway.browser.launch import Browser, find_chromedriver, find_chromium, session_members
 from gateway.config import Duration
@@ -42,7 +46,7 @@ PLAIN_FLAGS = [
 ]
 
 
-def plain_chromium_pss(url: str, settle: float) -> tuple[float, float]:
+def plain_chromium_memory(url: str, settle: float) -> dict[str, float]:
     """PSS of headless Chromium with only the flags it needs, on the same page."""
     import subprocess
 
@@ -64,7 +68,7 @@ def plain_chromium_pss(url: str, settle: float) -> tuple[float, float]:
         try:
             driver.get(url)
             time.sleep(settle)
-            return browser.pss_mb(), browser.uss_mb()
+            return measure(browser.chromium_pids())
         finally:
             browser.close()
 
@@ -122,12 +126,16 @@ def soak(sim: SimColab, runner: BrowserRunner, duration: float, disconnect_every
     time.sleep(3)
     browser = runner.worker().browser
     assert browser is not None
-    final = browser.pss_mb()
+    pids = browser.chromium_pids()
+    final = measure(pids)
     return {
-        "final": final,
-        "uss": browser.uss_mb(),
-        "peak": max(peak, final),
-        "processes": len(browser.chromium_pids()),
+        "final": final["pss"],
+        "uss": final["uss"],
+        "anon": final["anon"],
+        "alone": final["alone"],
+        "others": other_chromium_processes(set(pids)),
+        "peak": max(peak, final["pss"]),
+        "processes": len(pids),
         "loads": sim.count("load"),
         "disconnects": disconnects,
         "restarts": runner.worker().restarts,
@@ -145,9 +153,11 @@ def main() -> int:
         parser.error("--disconnects must be at least 1")
 
     with SimColab() as sim, tempfile.TemporaryDirectory() as tmp:
-        plain, plain_uss = plain_chromium_pss(sim.url, settle=5.0)
+        plain_memory = plain_chromium_memory(sim.url, settle=5.0)
+        plain, plain_uss = plain_memory["pss"], plain_memory["uss"]
         print(
-            f"plain headless Chromium on the page: {plain:.0f} MB PSS, {plain_uss:.0f} MB USS",
+            f"plain headless Chromium on the page: {plain:.0f} MB PSS, {plain_uss:.0f} MB USS, "
+            f"{plain_memory['anon']:.0f} MB anon, {plain_memory['alone']:.0f} MB alone",
             flush=True,
         )
         runner = BrowserRunner(
@@ -170,14 +180,18 @@ def main() -> int:
         f"reaction over {len(reactions)} disconnects: p50 {p50:.3f}s, max {max(reactions):.3f}s; "
         f"{memory['loads']} page loads, {memory['disconnects']} soak disconnects, "
         f"{memory['restarts']} browser restarts; {memory['processes']} Chromium processes; "
-        f"PSS final {memory['final']:.0f} MB, peak {memory['peak']:.0f} MB; "
+        f"PSS final {memory['final']:.0f} MB, peak {memory['peak']:.0f} MB, "
+        f"anon {memory['anon']:.0f} MB, alone {memory['alone']:.0f} MB, "
+        f"{memory['others']} other Chromium processes on the machine; "
         f"plain headless {plain:.0f} MB; processes left after stop: {len(leftovers)}"
     )
     print(
         f"RESULT reaction_p50_s={p50:.3f} reaction_max_s={max(reactions):.3f} "
         f"chromium_pss_mb={memory['final']:.0f} chromium_pss_peak_mb={memory['peak']:.0f} "
-        f"chromium_uss_mb={memory['uss']:.0f} plain_headless_pss_mb={plain:.0f} "
-        f"plain_headless_uss_mb={plain_uss:.0f} soak_s={args.duration:.0f} "
+        f"chromium_uss_mb={memory['uss']:.0f} chromium_anon_mb={memory['anon']:.0f} "
+        f"chromium_pss_alone_mb={memory['alone']:.0f} other_chromium_procs={memory['others']} "
+        f"plain_headless_pss_mb={plain:.0f} plain_headless_uss_mb={plain_uss:.0f} "
+        f"plain_headless_anon_mb={plain_memory['anon']:.0f} soak_s={args.duration:.0f} "
         f"cpus={os.cpu_count()}"
     )
     return 0 if not leftovers else 1

@@ -480,6 +480,48 @@ class DaemonConfig:
     restart_backoff_max: Duration = setting(Duration(300), min=1, max=3600)
 
 
+def _metrics_listen(value: str) -> None:
+    if value:
+        _host_port(value)
+
+
+def _textfile(value: str) -> None:
+    if value and not (value.startswith("/") and value.endswith(".prom")):
+        raise ValueError(
+            f"{value!r} is not a textfile path: write an absolute path ending in .prom in "
+            "node_exporter's --collector.textfile.directory"
+        )
+
+
+def _ping_url(value: str) -> None:
+    if value and not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+        raise ValueError(
+            f"{value!r} is not a ping URL: paste the check's URL from healthchecks.io "
+            "(https://hc-ping.com/UUID) or Uptime Kuma's push URL"
+        )
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # Prometheus /metrics on HOST:PORT; empty: off. 127.0.0.1:9817 keeps it on the Pi.
+    listen: str = setting("", check=_metrics_listen)
+    # node_exporter textfile collector file (*.prom), rewritten atomically; empty: off.
+    textfile: str = setting("", check=_textfile)
+    textfile_every: Duration = setting(Duration(60), min=1, max=3600)  # fsyncs: SD wear
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen or self.textfile)
+
+
+@dataclass(frozen=True)
+class HealthcheckConfig:
+    # A healthchecks.io ping URL or an Uptime Kuma push URL; empty: no pings.
+    url: str = setting("", check=_ping_url)
+    every: Duration = setting(Duration(60), min=1, max=86400)
+    timeout: Duration = setting(Duration(10), min=1, max=60)
+
+
 @dataclass(frozen=True)
 class Config:
     sessions: list[SessionConfig] = setting(factory=list)
@@ -490,6 +532,8 @@ class Config:
     ssh: SshConfig = setting(factory=SshConfig)
     daemon: DaemonConfig = setting(factory=DaemonConfig)
     sync: StorageConfig = setting(factory=StorageConfig)
+    metrics: MetricsConfig = setting(factory=MetricsConfig)
+    healthcheck: HealthcheckConfig = setting(factory=HealthcheckConfig)
 
     def check(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []

@@ -104,6 +104,7 @@ def run_demo(
         timeline("interrupted")
         raise
     finally:
+        _show_metrics(harness, timeline)
         timeline("stopping the daemon and removing the simulated hosts")
         failed = not steps or any(_verdict(s) != "ok" for s in steps) or harness.hook_errors
         if failed:
@@ -119,6 +120,38 @@ def run_demo(
     ok = steps and all(_verdict(s) == "ok" for s in steps) and not harness.hook_errors
     print(f"\n{'all steps passed' if ok else 'SOME STEPS FAILED'} in {total:.0f} s", file=out)
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def _show_metrics(harness: Any, timeline: Timeline) -> None:
+    """Where the metrics were while the demo ran, and what they counted."""
+    if not harness.metrics_port:
+        return
+    try:
+        text = harness.scrape()
+    except OSError as exc:
+        timeline(f"metrics were at {harness.metrics_url}; the last scrape failed: {exc}")
+        return
+    timeline(
+        f"metrics were at {harness.metrics_url} (inside the Pi's network namespace), and in "
+        f"the node_exporter textfile {harness.metrics_textfile}; what they counted:\n"
+        + "\n".join(f"  {line}" for line in metrics_summary(text))
+    )
+
+
+def metrics_summary(text: str) -> list[str]:
+    """The counters that moved, and the chain's gauges, one sample a line."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    shown = ("runtime_connected", "tunnel_up", "component_health", "up_seconds")
+    lines = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            moved = family.type == "counter" and sample.name.endswith("_total") and sample.value
+            if moved or family.name.removeprefix("colab_gateway_") in shown:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                shown_labels = f"{{{labels}}}" if labels else ""
+                lines.append(f"{sample.name}{shown_labels} {sample.value:g}")
+    return lines
 
 
 def _show_log_tail(path: Path, out: TextIO, lines: int = 40) -> None:

@@ -12,6 +12,8 @@ from gateway.component import ComponentSpec
 from gateway.config import Config, SessionConfig, SyncConfig
 from gateway.ddns.component import DdnsComponent
 from gateway.healer.component import Healer
+from gateway.heartbeat.component import HeartbeatComponent
+from gateway.metrics.component import MetricsComponent
 from gateway.sync.component import SyncComponent
 from gateway.tmux.component import TmuxKeeper
 from gateway.tunnel.component import TunnelComponent
@@ -63,5 +65,17 @@ def all_specs() -> list[ComponentSpec]:
             enabled=lambda c: c.browser.enabled and bool(c.sessions),
             relevant=lambda c: (_sessions_but_sync(c), c.browser),
             factory=BrowserKeeper,
+        ),
+        ComponentSpec(
+            name="metrics",
+            enabled=lambda c: c.metrics.enabled,
+            relevant=lambda c: c.metrics,
+            factory=MetricsComponent,
+        ),
+        ComponentSpec(
+            name="heartbeat",
+            enabled=lambda c: bool(c.healthcheck.url),
+            relevant=lambda c: c.healthcheck,
+            factory=HeartbeatComponent,
         ),
     ]

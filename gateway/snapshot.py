@@ -15,6 +15,7 @@ from typing import Any
 from gateway import status_line
 from gateway.vocabulary import (
     Health,
+    Measure,
     RestoreState,
     RuntimeFacts,
     RuntimeState,
@@ -42,6 +43,9 @@ class Snapshot:
     now: float  # the daemon's wall clock when it took the snapshot
     components: dict[str, ComponentView] = field(default_factory=dict)
     sessions: dict[str, SessionState] = field(default_factory=dict)
+    # The components' counters and gauges: label values (in the measure's order) -> value.
+    # The daemon's own business, like progress_at: not on the status socket.
+    measures: dict[Measure, dict[tuple[str, ...], float]] = field(default_factory=dict)
 
     @property
     def health(self) -> Health:

@@ -20,6 +20,7 @@ from gateway.vocabulary import (
     Command,
     ComponentStatus,
     Health,
+    Measure,
     RerunBootstrap,
     RuntimeFacts,
     RuntimeState,
@@ -54,6 +55,7 @@ class State:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
         self._queues: dict[str, asyncio.Queue[Command]] = {}
+        self._measures: dict[Measure, dict[tuple[str, ...], float]] = {}
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -198,6 +200,25 @@ class State:
                 if name not in names:
                     del self.sessions[name]
 
+    # -- counters and gauges (gateway.vocabulary.Counters) --------------------------------------
+
+    def count(self, measure: Measure, n: float = 1, /, **labels: str) -> None:
+        """Add ``n`` to a counter; any thread. Wakes nobody: the readers poll."""
+        if measure.kind != "counter":
+            raise ValueError(f"{measure.name} is a {measure.kind}: use State.gauge")
+        key = measure.key(labels)
+        with self._lock:
+            values = self._measures.setdefault(measure, {})
+            values[key] = values.get(key, 0.0) + n
+
+    def gauge(self, measure: Measure, value: float, /, **labels: str) -> None:
+        """Set a gauge; any thread. Wakes nobody: the readers poll."""
+        if measure.kind != "gauge":
+            raise ValueError(f"{measure.name} is a {measure.kind}: use State.count")
+        key = measure.key(labels)
+        with self._lock:
+            self._measures.setdefault(measure, {})[key] = float(value)
+
     # -- commands ------------------------------------------------------------------------------
 
     def queue(self, target: str) -> asyncio.Queue[Command]:
@@ -232,6 +253,7 @@ class State:
                     for name, c in sorted(self.components.items())
                 },
                 sessions={name: copy.deepcopy(s) for name, s in self.sessions.items()},
+                measures={m: dict(values) for m, values in self._measures.items()},
             )
 
     def overall(self) -> Health:

@@ -18,6 +18,7 @@ from gateway.component import ComponentSpec, Context
 from gateway.config import Config
 from gateway.paths import Paths
 from gateway.state import Health, State
+from gateway.vocabulary import COMPONENT_RESTARTS
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class Supervisor:
             backoff.ceiling = self.backoff_max  # a reload may have changed it
             wait = backoff.failure()
             self.state.set_health(spec.name, Health.FAILED, f"{reason}; restarting in {wait:.0f}s")
+            self.state.count(COMPONENT_RESTARTS, component=spec.name)
             if entry := self.running.get(spec.name):
                 entry.restarts += 1
                 entry.waiting_since = self.monotonic()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Protocol
 
 
 class Health(str, Enum):
@@ -172,3 +172,98 @@ class SyncNow(Command):
     reason: str
 
     target: ClassVar[str] = "sync"
+
+
+# -- measures: counters and gauges components publish as events happen ---------------------
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A number a component keeps in the State (``State.count`` / ``State.gauge``); the
+    metrics component exports each as ``colab_gateway_<name>``. The labels are fixed here,
+    so a call with a missing or made-up label is a ``ValueError`` at the event site."""
+
+    name: str
+    kind: Literal["counter", "gauge"]
+    labels: tuple[str, ...]
+    help: str
+
+    def key(self, labels: dict[str, str]) -> tuple[str, ...]:
+        """The label values in declaration order; ValueError naming the labels if wrong."""
+        if set(labels) != set(self.labels):
+            raise ValueError(
+                f"{self.name} takes the labels {list(self.labels)}, got {sorted(labels)}"
+            )
+        return tuple(str(labels[name]) for name in self.labels)
+
+
+COMPONENT_RESTARTS = Measure(
+    "component_restarts_total", "counter", ("component",), "Restarts by the supervisor"
+)
+RECONNECTS = Measure(
+    "reconnects_total",
+    "counter",
+    ("session", "reason"),
+    "Connect/Reconnect clicks, by what the page showed",
+)
+DIALOGS = Measure("dialogs_total", "counter", ("session", "kind"), "Colab dialogs answered")
+RERUNS = Measure("reruns_total", "counter", ("session",), "Bootstrap re-runs")
+VM_RESETS = Measure("vm_resets_total", "counter", ("session",), "Fresh VMs handed out by Colab")
+TUNNEL_BYTES = Measure(
+    "tunnel_bytes_total",
+    "counter",
+    ("session", "direction"),
+    "Bytes through the forwarded ports (in: from Colab, out: to Colab)",
+)
+TUNNEL_REFUSED = Measure(
+    "tunnel_refused_total", "counter", ("reason",), "Connections and requests refused"
+)
+TUNNEL_PENALISED = Measure(
+    "tunnel_penalised_sources",
+    "gauge",
+    (),
+    "Sources with a failed-login penalty on record (serving it or within penalty_max)",
+)
+BROWSER_PSS = Measure("browser_pss_bytes", "gauge", (), "Chromium's memory (PSS, all processes)")
+BROWSER_RESTARTS = Measure("browser_restarts_total", "counter", ("reason",), "Chromium restarts")
+DDNS_PUBLISHED = Measure(
+    "ddns_published_timestamp_seconds",
+    "gauge",
+    ("family",),
+    "When the provider last accepted or confirmed the address",
+)
+DDNS_ERRORS = Measure("ddns_errors_total", "counter", ("kind",), "DDNS failures by kind")
+
+MEASURES: tuple[Measure, ...] = (
+    COMPONENT_RESTARTS,
+    RECONNECTS,
+    DIALOGS,
+    RERUNS,
+    VM_RESETS,
+    TUNNEL_BYTES,
+    TUNNEL_REFUSED,
+    TUNNEL_PENALISED,
+    BROWSER_PSS,
+    BROWSER_RESTARTS,
+    DDNS_PUBLISHED,
+    DDNS_ERRORS,
+)
+
+
+class Counters(Protocol):
+    """Where a component's measures go: the State, or ``NO_COUNTERS`` in a unit test."""
+
+    def count(self, measure: Measure, n: float = 1, /, **labels: str) -> None: ...
+
+    def gauge(self, measure: Measure, value: float, /, **labels: str) -> None: ...
+
+
+class _NoCounters:
+    def count(self, measure: Measure, n: float = 1, /, **labels: str) -> None:
+        measure.key(labels)
+
+    def gauge(self, measure: Measure, value: float, /, **labels: str) -> None:
+        measure.key(labels)
+
+
+NO_COUNTERS: Counters = _NoCounters()

@@ -23,6 +23,8 @@ COMPONENTS = (
     "gateway.ddns",
     "gateway.healer",
     "gateway.sync",
+    "gateway.metrics",
+    "gateway.heartbeat",
 )
 # What wires components together or drives them from outside; nothing below may import it.
 OUTSIDE = (

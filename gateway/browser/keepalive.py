@@ -44,7 +44,18 @@ from gateway.browser.page_state import (
 from gateway.browser.rerun import RerunOutcome, run_all, run_bootstrap
 from gateway.component import Context
 from gateway.config import Config
-from gateway.vocabulary import Command, Health, RerunBootstrap, RuntimeState
+from gateway.vocabulary import (
+    BROWSER_PSS,
+    BROWSER_RESTARTS,
+    DIALOGS,
+    RECONNECTS,
+    RERUNS,
+    VM_RESETS,
+    Command,
+    Health,
+    RerunBootstrap,
+    RuntimeState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +191,7 @@ class Worker:
             if self.stopping.is_set() or self._login_running():
                 continue
             self.restarts += 1
+            self.ctx.state.count(BROWSER_RESTARTS, reason=restart_reason(reason, missing))
             if time.monotonic() - started >= HEALTHY_RUN:
                 backoff.reset()
             wait = backoff.failure()
@@ -210,7 +222,14 @@ class Worker:
                 driver.switch_to.new_window("window")
             session.handle = driver.current_window_handle
             self._open(session)
-        self.ctx.health(Health.OK, "Chromium started", brief="", restarts=self.restarts)
+        version = str(driver.capabilities.get("browserVersion") or "")
+        self.ctx.health(
+            Health.OK,
+            "Chromium started",
+            brief="",
+            restarts=self.restarts,
+            chromium_version=version,
+        )
         while not self.stopping.is_set():
             self.beat()
             if self._login_running():
@@ -274,6 +293,9 @@ class Worker:
             )
         elif session.last_decision is None or session.last_decision.state != decision.state:
             log.info("%s: %s", session.name, decision.message)
+        previous_vm = session.last_decision.vm_id if session.last_decision else None
+        if previous_vm and decision.vm_id and decision.vm_id != previous_vm:
+            self.ctx.state.count(VM_RESETS, session=session.name)
         session.last_decision = decision
         facts: dict[str, Any] = {
             "state": decision.state,
@@ -342,6 +364,10 @@ class Worker:
     def _act(self, session: _Session, action: Action, view: PageView) -> None:
         driver = self.browser_driver()
         log.info("%s: %s", session.name, action.why or action.name)
+        if action.name == "click_dialog":
+            self.ctx.state.count(DIALOGS, session=session.name, kind=view.kind)
+        if action.name == "click_connect" or action.why == "reconnect":
+            self.ctx.state.count(RECONNECTS, session=session.name, reason=view.kind)
         if action.name == "click_connect":
             driver.execute_script(colab_dom.CLICK_CONNECT_JS, self.sel)
         elif action.name == "click_dialog":
@@ -438,6 +464,7 @@ class Worker:
         outcome = self._run(mode)
         if outcome.ran:
             self.ctx.state.update_runtime(session.name, last_rerun=now)
+            self.ctx.state.count(RERUNS, session=session.name)
         if outcome.healthy:
             session.drift_note = ""
             return
@@ -513,6 +540,7 @@ class Worker:
         self._memory_checked = now
         pss = browser.pss_mb()
         self.ctx.state.set_details(self.ctx.name, chromium_pss_mb=round(pss, 1))
+        self.ctx.state.gauge(BROWSER_PSS, pss * 1024 * 1024)
         limit = self.config.browser.max_memory_mb
         if pss > limit:
             raise BrowserDied(f"Chromium uses {pss:.0f} MB (PSS), above max_memory_mb {limit}")
@@ -545,3 +573,17 @@ def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
     return f"{type(exc).__name__}: {first}"[:300]
+
+
+def restart_reason(reason: str, missing: bool) -> str:
+    """A few words for the restarts metric's label (the reason itself is free text)."""
+    if missing:
+        return "not_found"
+    for words, label in (
+        ("max_memory_mb", "memory"),
+        ("exited", "exited"),
+        ("stopped answering", "hung"),
+    ):
+        if words in reason:
+            return label
+    return "error"

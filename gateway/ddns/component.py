@@ -21,7 +21,7 @@ class DdnsComponent:
     async def run(self, ctx: Context) -> None:
         config = ctx.config.ddns
         store = Store(ctx.paths.ddns_state)
-        updater = await asyncio.to_thread(Updater, config, store)
+        updater = await asyncio.to_thread(lambda: Updater(config, store, counters=ctx.state))
         log.info(
             "updating %s via %s (%s), User-Agent %r",
             config.hostname,

@@ -38,6 +38,7 @@ from gateway.ddns.providers import Provider, make_provider
 from gateway.ddns.store import Accepted, Stop, Store, clock_is_synchronised, key
 from gateway.durations import format_duration
 from gateway.state import Health
+from gateway.vocabulary import DDNS_ERRORS, DDNS_PUBLISHED, NO_COUNTERS, Counters
 
 log = logging.getLogger("gateway.ddns")
 
@@ -101,9 +102,11 @@ class Updater:
         clock_synced: Callable[[], bool] = clock_is_synchronised,
         rng: Callable[[], float] = random.random,
         if_inet6: Path = IF_INET6,
+        counters: Counters = NO_COUNTERS,
     ) -> None:
         self.config = config
         self.store = store
+        self.counters = counters
         self.http = http or Http(user_agent(config.contact), config.timeout)
         self.detector = detector or Detector.from_config(config.detect, self.http, if_inet6)
         self.provider = provider or make_provider(config, self.http)
@@ -132,6 +135,7 @@ class Updater:
             if last is not None:
                 status.published = last.address
                 status.last_change = last.changed_at
+                counters.gauge(DDNS_PUBLISHED, last.sent_at, family=family)
         for stop in store.lift_stops_except(self.hash):
             log.info(
                 "the configuration changed: updates of %s resume (stopped by %r)",
@@ -168,6 +172,7 @@ class Updater:
                 _log_once(status.last_error, message, logging.WARNING)
                 status.last_error = message
                 status.next_check = now + self.config.check_every
+                self.counters.count(DDNS_ERRORS, kind="detect")
                 lines.append(f"{LABEL[family]}: {message}")
                 continue
             detected[family] = result.address
@@ -202,6 +207,7 @@ class Updater:
                     refreshed = Accepted(last.address, now, last.changed_at, synced, self.target)
                     self.store.remember(record_key, refreshed)
                     self._sent_mono[family] = self.monotonic()
+                    self.counters.gauge(DDNS_PUBLISHED, now, family=family)
         return lines
 
     def _known(self, detected: dict[Family, str]) -> dict[Family, str]:
@@ -249,6 +255,8 @@ class Updater:
             status.last_error, status.failures = None, 0
             status.next_check = now + self.config.check_every
             self._sent_mono[family] = self.monotonic()
+            if not dry_run:
+                self.counters.gauge(DDNS_PUBLISHED, now, family=family)
             # A read-back record that held the address already needs no write: the file
             # lives on an SD card, and Cloudflare's records need no refresh.
             held_already = (
@@ -274,6 +282,7 @@ class Updater:
         _log_once(status.last_error, failed.message, level)
         status.last_error = failed.message
         status.failures += 1
+        self.counters.count(DDNS_ERRORS, kind=failed.kind)
         if failed.kind == "fatal":
             self.store.add_stop(
                 self.hash, Stop(self.config.hostname, failed.code or "fatal", failed.message, now)

@@ -119,6 +119,7 @@ class LoopHarness:
         self.identity = self.workdir / "pi-ssh" / "id_ed25519"
         self.tunnel_port = 0
         self.ssh_port = 0
+        self.metrics_port = 0
         self.hook_errors: list[str] = []
         self.cell = ""
         self.secrets: dict[str, str] = {}
@@ -165,7 +166,12 @@ class LoopHarness:
         )  # fmt: skip
         self.tunnel_port = free_port(self.network.pi_address)
         self.ssh_port = free_port("127.0.0.1")
+        self.metrics_port = free_port("127.0.0.1")
         self.config_path.write_text(self.config_text())
+        self.log(
+            f"metrics: {self.metrics_url} (on the Pi's loopback, inside its namespace) "
+            f"and the textfile {self.metrics_textfile}"
+        )
         self.prepare_notebook()
         self.start_daemon()
 
@@ -197,8 +203,27 @@ ssh:
   server_alive_interval: 2s
 daemon:
   log_level: debug
+metrics:
+  listen: 127.0.0.1:{self.metrics_port}
+  textfile: {self.metrics_textfile}
+  textfile_every: 5s
 {self.top_yaml}
 """
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def metrics_textfile(self) -> Path:
+        return self.workdir.resolve() / "metrics.prom"
+
+    def scrape(self) -> str:
+        """The daemon's /metrics, read from the Pi's namespace (this thread is in it)."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as answer:  # noqa: S310
+            return str(answer.read().decode())
 
     def cli(self, *args: str) -> str:
         """Run ``colab-gateway ARGS`` against the harness's config and state; its stdout."""

@@ -23,6 +23,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -83,6 +84,19 @@ def _die_with_parent() -> None:
     than wait on the channel forever (systemd would reap it, a test or a shell won't)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def attach_command(session: str, uid: int | None = None) -> str:
+    """What a person types to attach. The server runs as this daemon's user: under the
+    role's dedicated system user (no login, uid < 1000) that means through sudo."""
+    uid = os.getuid() if uid is None else uid
+    if uid == 0 or uid >= 1000:
+        return f"tmux attach -t {session}"
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    return f"sudo -u {shlex.quote(user)} tmux attach -t {session}"
 
 
 class TmuxKeeper:
@@ -146,13 +160,21 @@ class TmuxKeeper:
         if session in self._not_before:
             return self._not_before[session]
         created = self._created_at.get(session)
-        if created is None or now - created >= QUICK_EXIT:
+        if created is None:
+            return now
+        if now - created >= QUICK_EXIT:
             self._quick_deaths.pop(session, None)
+            log.info(
+                "window %s closed %.1fs after it was created; recreating it", session, now - created
+            )
             return now
         # Gone right after it was made. Once may be the user's hand; again is a crash
         # loop: try again with a growing pause instead of spinning.
         deaths = self._quick_deaths[session] = self._quick_deaths.get(session, 0) + 1
         if deaths < 2:
+            log.info(
+                "window %s closed %.1fs after it was created; recreating it", session, now - created
+            )
             return now
         delay = self._respawn.delay(deaths - 1)
         self._not_before[session] = now + delay
@@ -303,7 +325,7 @@ class TmuxKeeper:
             return
         ctx.health(
             Health.OK,
-            f"tmux session {name} has window(s) {windows}; attach with: tmux attach -t {name}",
+            f"tmux session {name} has window(s) {windows}; attach with: {attach_command(name)}",
             brief="",
             tmux_session=name,
             windows=wanted,

@@ -212,7 +212,8 @@ def render_notebook(cell: str, session: str) -> str:
                 "metadata": {"id": "colab-gateway-notes"},
                 "source": [
                     "The cell above keeps this VM reachable from the gateway: "
-                    "`ssh -p <port> root@localhost` on the Pi, or `tmux attach`. "
+                    "`ssh -p <port> root@localhost` on the Pi, or its tmux session "
+                    "(`sudo -u colab-gateway tmux attach`, docs/daily-use.md). "
                     "Your own cells go below.\n"
                 ],
             },

@@ -105,10 +105,15 @@ wait_port_free() {
 # process group: found by those arguments even when tunnel.pid is gone. Prints "PID ID".
 LOOP_MARK=colab-gateway-tunnel-loop
 loop_list() {
-    local f pid args
+    local f pid args my_mnt
+    # Another machine sharing this pid space (a container beside this one, another
+    # simulated VM) may run a loop with the same GW_DIR path: one in another mount
+    # namespace has another GW_DIR and is never this cell's to stop.
+    my_mnt=$(readlink /proc/self/ns/mnt 2>/dev/null || true)
     for f in $(grep -lzsxF -- "$LOOP_MARK" /proc/[0-9]*/cmdline 2>/dev/null || true); do
         pid=${f#/proc/}
         pid=${pid%/cmdline}
+        [ "$(readlink "/proc/$pid/ns/mnt" 2>/dev/null || true)" = "$my_mnt" ] || continue
         # Subshells of a loop share its command line; only the group leader is the loop.
         [ "$(cut -d' ' -f5 "/proc/$pid/stat" 2>/dev/null || true)" = "$pid" ] || continue
         mapfile -t args < <(tr '\0' '\n' <"$f" 2>/dev/null | tail -n 3)

@@ -46,6 +46,7 @@ class TunnelComponent:
             ctx.paths.known_hosts,
             publish,
             known_sources=ctx.paths.state_dir / KNOWN_SOURCES_FILE,
+            counters=ctx.state,
         )
         self.endpoint = endpoint
         try:

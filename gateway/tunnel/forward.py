@@ -10,6 +10,7 @@ calls) per byte.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import asyncssh
@@ -25,6 +26,7 @@ async def open_forward_listener(
     dest_host: str,
     dest_port: int,
     tunnel: TunnelConfig,
+    count: Callable[[str, int], None] = lambda direction, n: None,
 ) -> asyncssh.SSHListener:
     """Listen on ``listen_host:listen_port``; each connection becomes a forwarded-tcpip
     channel naming ``dest_host:dest_port``, the address the client asked to be bound (an
@@ -33,8 +35,25 @@ async def open_forward_listener(
         raise OSError("connection closed")
 
     async def open_channel(session_factory: Any, orig_host: str, orig_port: int) -> Any:
+        def counted() -> Any:
+            # asyncssh's channel-side forwarder: what it receives came from Colab, what it
+            # writes goes there. Wrapping its two methods costs one call per chunk.
+            forwarder = session_factory()
+            received, write = forwarder.data_received, forwarder.write
+
+            def data_received(data: bytes, datatype: int | None = None) -> None:
+                count("in", len(data))
+                received(data, datatype)
+
+            def write_out(data: bytes) -> None:
+                count("out", len(data))
+                write(data)
+
+            forwarder.data_received, forwarder.write = data_received, write_out
+            return forwarder
+
         return await conn.create_connection(
-            session_factory,
+            counted,
             dest_host,
             dest_port,
             orig_host,

@@ -41,6 +41,13 @@ from gateway.tunnel.guard import Guard
 from gateway.tunnel.keys import KeyStore
 from gateway.tunnel.known_sources import FILE_NAME as KNOWN_SOURCES_FILE
 from gateway.tunnel.known_sources import KnownSources
+from gateway.vocabulary import (
+    NO_COUNTERS,
+    TUNNEL_BYTES,
+    TUNNEL_PENALISED,
+    TUNNEL_REFUSED,
+    Counters,
+)
 
 log = logging.getLogger("gateway.tunnel")
 
@@ -100,12 +107,14 @@ class Endpoint:
         port: int | None = None,
         known_sources: Path | None = None,
         cpuinfo: Path = cipher_choice.CPUINFO,
+        counters: Counters = NO_COUNTERS,
     ) -> None:
         self.config = config
         self.tunnel = config.tunnel
         self.keys = keys
         self.known_hosts = known_hosts
         self.on_change = on_change
+        self.counters = counters
         self.host = self.tunnel.listen_host if host is None else host
         self.port = self.tunnel.listen_port if port is None else port
         # An explicit tunnel.ciphers wins; otherwise the cheapest per byte on this CPU.
@@ -265,7 +274,15 @@ class Endpoint:
             return False
         try:
             listener = await open_forward_listener(
-                owner.conn, LOOPBACK, port, requested_host, port, self.tunnel
+                owner.conn,
+                LOOPBACK,
+                port,
+                requested_host,
+                port,
+                self.tunnel,
+                lambda direction, n: self.counters.count(
+                    TUNNEL_BYTES, n, session=session, direction=direction
+                ),
             )
         except OSError as exc:
             log.error(
@@ -383,6 +400,7 @@ class Connection(asyncssh.SSHServer):
         reason = self.endpoint.guard.admit(self.peer)
         if reason is not None:
             self.endpoint.refusals.log(f"refused a connection from {self.peer_text}: {reason}")
+            self.endpoint.counters.count(TUNNEL_REFUSED, reason=refusal_kind(reason))
             # Closed before asyncssh sends its banner: a refused source learns nothing, and
             # costs no key exchange.
             self.closed = True
@@ -398,6 +416,7 @@ class Connection(asyncssh.SSHServer):
             if self.admitted:
                 why = untrusted(_reason(exc)) if exc else "closed before logging in"
                 self.endpoint.guard.failed(self.peer, f"no login ({why})")
+                self.endpoint.counters.gauge(TUNNEL_PENALISED, len(self.endpoint.guard.penalties))
             return
         links = self.endpoint.sessions.get(self.session)
         if links is not None:
@@ -421,6 +440,7 @@ class Connection(asyncssh.SSHServer):
     def refuse(self, what: str) -> None:
         who = f"session {self.session}" if self.session else "an unauthenticated client"
         self.endpoint.refusals.log(f"refused {what} from {who} at {self.peer_text}")
+        self.endpoint.counters.count(TUNNEL_REFUSED, reason="request")
 
     # -- authentication ------------------------------------------------------------------------
 
@@ -459,6 +479,7 @@ class Connection(asyncssh.SSHServer):
         assert self._offered is not None
         self.session, self.key_data = self._offered
         self.endpoint.guard.authenticated(self.peer)
+        self.endpoint.counters.gauge(TUNNEL_PENALISED, len(self.endpoint.guard.penalties))
         self.endpoint.sessions[self.session].connections.add(self)
         log.info("session %s: Colab logged in from %s", self.session, self.peer_text)
         self.endpoint.changed(self.session)
@@ -566,3 +587,12 @@ def _reason(exc: Exception | None) -> str:
 
 def describe_algorithms(ciphers: Sequence[str]) -> str:
     return f"kex {KEX_ALGS[0]}, ciphers {', '.join(ciphers)}, MACs {', '.join(MAC_ALGS)}"
+
+
+def refusal_kind(reason: str) -> str:
+    """The refusals metric's label for a reason ``Guard.admit`` gave."""
+    if reason.startswith("penalised"):
+        return "penalised"
+    if "max_unauthenticated_per_source" in reason:
+        return "per_source"
+    return "random_drop"

@@ -551,3 +551,28 @@ def test_the_cells_own_sshd_is_reused_and_exactly_one_loop_remains(
         wait_until(lambda: tunnel_clients(port) == 1, 15, "one tunnel client")
         r.wait_for(lambda f: f["connections"] == 1)
         assert loops(vm.dir) == [new_loop]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace (unshare -m)")
+def test_a_loop_of_the_same_dir_in_another_mount_namespace_is_never_stopped(
+    tmp_path: Path, pi_key: Path
+) -> None:
+    """Machines that share one pid space (containers side by side, the simulated VMs) each
+    have their own /root/.colab-gateway: a cell must not take the other's loop for its own."""
+    config = make_config(tmp_path)
+    with running_endpoint(config, tmp_path / "state") as r:
+        vm = vm_for(tmp_path, r, config, pi_key)
+        # The other machine's loop, by its command line exactly like one of ours.
+        argv = ["unshare", "--mount", "--", "setsid", "bash", "-c", "sleep 120 & wait"]
+        other = subprocess.Popen([*argv, "colab-gateway-tunnel-loop", str(vm.dir), "other"])
+        try:
+            wait_until(lambda: other.pid in loops(vm.dir), 10, "the other machine's loop")
+            done = vm.run_bootstrap()
+            assert done.returncode == 0, done.stderr
+            assert_tunnel_serves(r, config, pi_key, vm)
+            assert "replaced the loop" not in done.stdout
+            assert other.poll() is None, "the cell stopped another machine's loop"
+            assert len(loops(vm.dir)) == 2  # ours and the other machine's
+        finally:
+            os.killpg(other.pid, signal.SIGKILL)  # bash and its sleep
+            other.wait()

@@ -1,0 +1,1 @@
+"""The ``heartbeat`` component: healthchecks.io / Uptime Kuma pings of the whole chain."""

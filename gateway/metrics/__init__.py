@@ -1,0 +1,1 @@
+"""The ``metrics`` component: Prometheus metrics of the whole chain, read from the State."""

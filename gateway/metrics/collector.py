@@ -1,0 +1,143 @@
+"""Turns a Snapshot of the State into Prometheus metric families.
+
+Everything comes from ``State.view()``, a copy taken under the State's lock: a scrape
+never waits on a component, and a component never waits on a scrape.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Iterator
+from functools import cache
+from importlib import metadata
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway import __version__
+from gateway.snapshot import Snapshot
+from gateway.vocabulary import (
+    COMPONENT_RESTARTS,
+    MEASURES,
+    RERUNS,
+    TUNNEL_BYTES,
+    TUNNEL_PENALISED,
+    VM_RESETS,
+    Health,
+    Measure,
+    RuntimeState,
+)
+
+PREFIX = "colab_gateway_"
+
+# 0 ok, 1 degraded, 2 failed (issue 17); starting counts as degraded, stopped as failed.
+HEALTH_VALUE = {
+    Health.OK: 0,
+    Health.STARTING: 1,
+    Health.DEGRADED: 1,
+    Health.FAILED: 2,
+    Health.STOPPED: 2,
+}
+# Runtime states only a person can get out of.
+NEEDS_HUMAN = {RuntimeState.SIGNED_OUT, RuntimeState.NEEDS_HUMAN, RuntimeState.RECAPTCHA}
+
+
+@cache
+def _package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def build_labels(snapshot: Snapshot) -> dict[str, str]:
+    browser = snapshot.components.get("browser")
+    chromium = browser.details.get("chromium_version") if browser else None
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "asyncssh": _package_version("asyncssh"),
+        "selenium": _package_version("selenium"),
+        "chromium": str(chromium or ""),  # known once the browser has started
+    }
+
+
+def _zeros(snapshot: Snapshot) -> dict[Measure, list[tuple[str, ...]]]:
+    """Series that exist before their first event, so that rate() and alerts see a 0."""
+    sessions = sorted(snapshot.sessions)
+    return {
+        COMPONENT_RESTARTS: [(name,) for name in snapshot.components],
+        RERUNS: [(s,) for s in sessions],
+        VM_RESETS: [(s,) for s in sessions],
+        TUNNEL_BYTES: [(s, d) for s in sessions for d in ("in", "out")],
+        TUNNEL_PENALISED: [()] if snapshot.runs("tunnel") else [],
+    }
+
+
+def families(snapshot: Snapshot) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """Every metric of issue 17 (``sync`` ones once sync exists)."""
+    health = GaugeMetricFamily(
+        PREFIX + "component_health",
+        "Health of each component: 0 ok, 1 degraded or starting, 2 failed",
+        labels=["component"],
+    )
+    for name, component in snapshot.components.items():
+        health.add_metric([name], HEALTH_VALUE[component.health])
+    yield health
+
+    sessions = sorted(snapshot.sessions.items())
+
+    def per_session(name: str, doc: str, value: Callable[[str], float]) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(PREFIX + name, doc, labels=["session"])
+        for session, _ in sessions:
+            family.add_metric([session], value(session))
+        return family
+
+    runtime = {name: s.runtime for name, s in sessions}
+    tunnel = {name: s.tunnel for name, s in sessions}
+    yield per_session(
+        "runtime_connected",
+        "1 while the Colab runtime is connected",
+        lambda s: float(runtime[s].state == RuntimeState.CONNECTED),
+    )
+    yield per_session(
+        "runtime_gpu", "1 while the runtime has a GPU", lambda s: float(bool(runtime[s].gpu))
+    )
+    yield per_session(
+        "runtime_needs_human",
+        "1 while only a person can help (signed out, reCAPTCHA, gave up)",
+        lambda s: float(runtime[s].state in NEEDS_HUMAN),
+    )
+    yield per_session(
+        "tunnel_up", "1 while the session's tunnel is up", lambda s: float(tunnel[s].up)
+    )
+
+    zeros = _zeros(snapshot)
+    for measure in MEASURES:
+        values = dict.fromkeys(zeros.get(measure, ()), 0.0)
+        values.update(snapshot.measures.get(measure, {}))
+        kind = CounterMetricFamily if measure.kind == "counter" else GaugeMetricFamily
+        family = kind(PREFIX + measure.name, measure.help, labels=list(measure.labels))
+        for key, value in sorted(values.items()):
+            family.add_metric(list(key), value)
+        yield family
+
+    yield GaugeMetricFamily(
+        PREFIX + "up_seconds",
+        "Seconds since the daemon started",
+        value=max(0.0, snapshot.now - snapshot.started_at),
+    )
+
+
+class StateCollector(Collector):
+    """What prometheus_client's registry asks at every scrape."""
+
+    def __init__(self, view: Callable[[], Snapshot]) -> None:
+        self.view = view
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+        snapshot = self.view()
+        yield InfoMetricFamily(
+            PREFIX + "build", "Versions of the gateway and what it runs", build_labels(snapshot)
+        )
+        yield from families(snapshot)
