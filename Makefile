@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and the demo use: the real programs, never mocks.
-SYSTEM_PACKAGES := chromium chromium-driver tmux openssh-client openssh-server \
+SYSTEM_PACKAGES := chromium chromium-driver tmux openssh-client openssh-server rsync \
 	iproute2 procps debootstrap systemd-container xvfb
 PYTEST_ARGS ?=
 # Test workers. Most tests wait on real programs (Chromium, sshd, tmux, a booting machine)
@@ -12,13 +12,13 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .PHONY: help venv system-deps deps test lint format demo bench bench-tunnel bench-browser \
-	bench-recovery bench-tmux clean
+	bench-recovery bench-tmux bench-sync clean
 
 help:
 	@echo "make test    install what the tests need, then run them all"
 	@echo "make demo    the whole loop against a simulated Colab on this machine"
 	@echo "make lint    ruff check, ruff format --check, mypy"
-	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux"
+	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux | bench-sync"
 
 $(BIN)/colab-gateway: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,7 +65,7 @@ format: venv
 demo: deps
 	$(BIN)/colab-gateway demo
 
-bench: bench-tunnel bench-browser bench-recovery bench-tmux
+bench: bench-tunnel bench-browser bench-recovery bench-tmux bench-sync
 
 bench-tunnel: deps
 	$(BIN)/python bench/bench_tunnel.py
@@ -78,6 +78,10 @@ bench-recovery: deps
 
 bench-tmux: deps
 	$(BIN)/python bench/bench_tmux_reconnect.py
+
+# BENCH_SYNC_ARGS="--mb 256" for a smaller tree on a slow machine.
+bench-sync: deps
+	$(BIN)/python bench/bench_sync.py $(BENCH_SYNC_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -102,6 +102,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
     from gateway.browser import commands as browser_commands
     from gateway.ddns.commands import register as register_ddns
     from gateway.doctor import command as doctor
+    from gateway.sync import commands as sync_commands
     from gateway.tmux.commands import register_shell, register_ssh_config
     from gateway.tunnel import commands as tunnel_commands
 
@@ -114,6 +115,7 @@ def extra_commands() -> list[Callable[[Any], None]]:
         demo.register,
         doctor.register,
         alerts_commands.register,
+        sync_commands.register,
     ]
 
 

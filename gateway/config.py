@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.colab_selectors import DEFAULTS as SELECTOR_DEFAULTS
+from gateway.sizes import parse_size
 from gateway.yaml_binder import (
     MAX_CONFIG_BYTES,
     ConfigError,
@@ -100,16 +101,71 @@ def _default_forwards() -> dict[str, Forward]:
     return {"ssh": Forward(colab=22, local=20022)}
 
 
+def _size(value: str) -> None:
+    if value:
+        parse_size(value)
+
+
+def _vm_path(value: str) -> None:
+    if not value.startswith("/") or value.rstrip("/") == "" or "/../" in value + "/":
+        raise ValueError(
+            f"{value!r} is not an absolute path on the VM below /: write e.g. /content/outputs"
+        )
+
+
+@dataclass(frozen=True)
+class ResumeConfig:
+    """What runs in the VM after a restore."""
+
+    command: str = ""  # empty: nothing runs
+    # window: typed into the session's tmux window; background: nohup, output logged on the
+    # VM in /root/.colab-gateway/resume.log
+    where: Literal["window", "background"] = "background"
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Keep a session's files on the Pi and put them back into every new VM."""
+
+    paths: list[str] = setting(factory=list, check=_vm_path)  # empty: sync is off
+    exclude: list[str] = setting(factory=list)  # rsync patterns, e.g. '*.tmp', '__pycache__/'
+    every: Duration = setting(Duration(120), min=10, max=86400)
+    max_size: str = setting("", check=_size)  # refuse a pull bigger than this; empty: no limit
+    keep: int = setting(3, min=1, max=100)
+    bandwidth: str = setting("", check=_size)  # bytes per second, e.g. 5M; empty: no limit
+    resume: ResumeConfig = setting(factory=ResumeConfig)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.paths)
+
+    @property
+    def max_bytes(self) -> int | None:
+        return parse_size(self.max_size) if self.max_size else None
+
+    @property
+    def bandwidth_bytes(self) -> int | None:
+        return parse_size(self.bandwidth) if self.bandwidth else None
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     name: str = setting(check=_session_name)
     notebook_url: str = setting(check=_url)
     forwards: dict[str, Forward] = setting(factory=_default_forwards)
+    sync: SyncConfig = setting(factory=SyncConfig)
 
     def check(self) -> list[tuple[str, str]]:
+        problems = []
         if "ssh" not in self.forwards:
-            return [("forwards", "needs an 'ssh' entry (the port tmux and ssh-config use)")]
-        return []
+            problems.append(("forwards", "needs an 'ssh' entry (the port tmux and ssh-config use)"))
+        if self.sync.resume.command and not self.sync.enabled:
+            problems.append(
+                ("sync", "resume.command needs sync.paths: without them nothing is restored")
+            )
+        if len(set(self.sync.paths)) != len(self.sync.paths):
+            problems.append(("sync", f"paths repeat an entry: {self.sync.paths}"))
+        return problems
 
     @property
     def ssh_port(self) -> int:
@@ -448,6 +504,18 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """The Pi's side of sessions[].sync: where snapshots live and how much disk they may take."""
+
+    # Refuse a pull when the state directory's file system would keep less free than this.
+    disk_floor: str = setting("1G", check=_size)
+
+    @property
+    def disk_floor_bytes(self) -> int:
+        return parse_size(self.disk_floor)
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # A component that shows no progress this long is wedged: the watchdog pings stop and
@@ -509,6 +577,7 @@ class Config:
     ssh: SshConfig = setting(factory=SshConfig)
     notify: NotifyConfig = setting(factory=NotifyConfig)
     daemon: DaemonConfig = setting(factory=DaemonConfig)
+    sync: StorageConfig = setting(factory=StorageConfig)
     metrics: MetricsConfig = setting(factory=MetricsConfig)
     healthcheck: HealthcheckConfig = setting(factory=HealthcheckConfig)
 

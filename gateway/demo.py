@@ -63,7 +63,7 @@ def run_demo(
 ) -> int:
     from gateway.sim import netns
     from gateway.sim.harness import HarnessError, LoopHarness
-    from gateway.sim.scenarios import FAULTS, bring_up
+    from gateway.sim.scenarios import FAULTS, SYNC_DEMO, bring_up
     from gateway.sim.vm import install_signal_guard
 
     timeline = Timeline(out)
@@ -78,7 +78,9 @@ def run_demo(
     base.mkdir(parents=True, exist_ok=True)
     timeline(f"working directory {base} (config, state, logs)")
     steps = []
-    harness = LoopHarness(base, log=timeline)
+    # sessions[].sync on, for the "sync" step; it costs the other steps nothing (no
+    # snapshot, nothing to restore, until that step pulls).
+    harness = LoopHarness(base, log=timeline, sync=SYNC_DEMO, top="sync: {disk_floor: 10M}")
     try:
         try:
             harness.start()
@@ -186,7 +188,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--faults",
-        default="tunnel,reset,dialog,chromium",
+        default="tunnel,reset,dialog,chromium,sync",
         help="comma-separated faults to inject, in order (default: %(default)s)",
     )
     parser.add_argument("--workdir", help="keep config, state and logs here (default: a temp dir)")

@@ -71,6 +71,11 @@ class Paths:
         return self.state_dir / "screenshots"
 
     @property
+    def sync_dir(self) -> Path:
+        """Snapshots of the sessions' files (sessions[].sync), one directory per session."""
+        return self.state_dir / "sync"
+
+    @property
     def ddns_state(self) -> Path:
         return self.state_dir / "ddns.json"
 

@@ -5,15 +5,26 @@ This is the one place that wires components to the daemon; they never import eac
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gateway.alerts.component import AlertsComponent
 from gateway.browser.component import BrowserKeeper
 from gateway.component import ComponentSpec
+from gateway.config import Config, SessionConfig, SyncConfig
 from gateway.ddns.component import DdnsComponent
 from gateway.healer.component import Healer
 from gateway.heartbeat.component import HeartbeatComponent
 from gateway.metrics.component import MetricsComponent
+from gateway.sync.component import SyncComponent
 from gateway.tmux.component import TmuxKeeper
 from gateway.tunnel.component import TunnelComponent
+
+
+def _sessions_but_sync(c: Config) -> tuple[SessionConfig, ...]:
+    """The sessions as the components other than sync see them: a change of
+    ``sessions[].sync`` must not restart the tunnel (dropping the VM's connection) nor
+    the browser."""
+    return tuple(replace(s, sync=SyncConfig()) for s in c.sessions)
 
 
 def all_specs() -> list[ComponentSpec]:
@@ -21,13 +32,13 @@ def all_specs() -> list[ComponentSpec]:
         ComponentSpec(
             name="healer",
             enabled=lambda c: True,
-            relevant=lambda c: (c.sessions, c.browser.rerun, c.browser.rerun_after),
+            relevant=lambda c: (_sessions_but_sync(c), c.browser.rerun, c.browser.rerun_after),
             factory=Healer,
         ),
         ComponentSpec(
             name="tunnel",
             enabled=lambda c: c.tunnel.enabled,
-            relevant=lambda c: (c.tunnel, c.sessions),
+            relevant=lambda c: (c.tunnel, _sessions_but_sync(c)),
             factory=TunnelComponent,
         ),
         ComponentSpec(
@@ -44,9 +55,16 @@ def all_specs() -> list[ComponentSpec]:
             factory=TmuxKeeper,
         ),
         ComponentSpec(
+            name="sync",
+            enabled=lambda c: c.tunnel.enabled and any(s.sync.enabled for s in c.sessions),
+            # It logs into the VMs as ssh.identity through the sessions' forwards.
+            relevant=lambda c: (c.sessions, c.sync, c.ssh),
+            factory=SyncComponent,
+        ),
+        ComponentSpec(
             name="browser",
             enabled=lambda c: c.browser.enabled and bool(c.sessions),
-            relevant=lambda c: (c.sessions, c.browser),
+            relevant=lambda c: (_sessions_but_sync(c), c.browser),
             factory=BrowserKeeper,
         ),
         ComponentSpec(

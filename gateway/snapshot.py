@@ -16,9 +16,11 @@ from gateway import status_line
 from gateway.vocabulary import (
     Health,
     Measure,
+    RestoreState,
     RuntimeFacts,
     RuntimeState,
     SessionState,
+    SyncFacts,
     TunnelFacts,
 )
 
@@ -153,7 +155,9 @@ def _optional_flag(value: object, what: str) -> bool | None:
     return None if value is None else _flag(value, what)
 
 
-def _enum(kind: type[Health] | type[RuntimeState], value: object, what: str) -> Any:
+def _enum(
+    kind: type[Health] | type[RuntimeState] | type[RestoreState], value: object, what: str
+) -> Any:
     try:
         return kind(value)
     except ValueError:
@@ -207,5 +211,42 @@ def _session(name: str, value: object) -> SessionState:
             message=_text(runtime.get("message"), f"{where}.runtime.message"),
             screenshot=_optional_text(runtime.get("screenshot"), f"{where}.runtime.screenshot"),
             last_rerun=_optional_number(runtime.get("last_rerun"), f"{where}.runtime.last_rerun"),
+            dialog_at=_optional_number(runtime.get("dialog_at"), f"{where}.runtime.dialog_at"),
+        ),
+        sync=_sync(_mapping(raw.get("sync", {}), f"{where}.sync"), f"{where}.sync"),
+    )
+
+
+def _count(value: object, what: str) -> int:
+    number = _number(value, what)
+    if number != int(number) or number < 0:
+        raise ValueError(f"{what} is {value!r}, not a count")
+    return int(number)
+
+
+def _sync(raw: Mapping[str, Any], where: str) -> SyncFacts:
+    return SyncFacts(
+        enabled=_flag(raw.get("enabled", False), f"{where}.enabled"),
+        snapshots=_count(raw.get("snapshots", 0), f"{where}.snapshots"),
+        disk_bytes=_count(raw.get("disk_bytes", 0), f"{where}.disk_bytes"),
+        newest=_optional_text(raw.get("newest"), f"{where}.newest"),
+        newest_at=_optional_number(raw.get("newest_at"), f"{where}.newest_at"),
+        pulling=_flag(raw.get("pulling", False), f"{where}.pulling"),
+        last_pull_at=_optional_number(raw.get("last_pull_at"), f"{where}.last_pull_at"),
+        last_pull_bytes=_count(raw.get("last_pull_bytes", 0), f"{where}.last_pull_bytes"),
+        last_pull_seconds=_number(raw.get("last_pull_seconds", 0.0), f"{where}.last_pull_seconds"),
+        last_pull_reason=_text(raw.get("last_pull_reason"), f"{where}.last_pull_reason"),
+        last_attempt_at=_optional_number(raw.get("last_attempt_at"), f"{where}.last_attempt_at"),
+        problem=_text(raw.get("problem"), f"{where}.problem"),
+        restore=_enum(RestoreState, raw.get("restore", "idle"), f"{where}.restore"),
+        restore_snapshot=_optional_text(raw.get("restore_snapshot"), f"{where}.restore_snapshot"),
+        restore_snapshot_at=_optional_number(
+            raw.get("restore_snapshot_at"), f"{where}.restore_snapshot_at"
+        ),
+        restore_bytes=_count(raw.get("restore_bytes", 0), f"{where}.restore_bytes"),
+        restore_message=_text(raw.get("restore_message"), f"{where}.restore_message"),
+        ready_for=_optional_text(raw.get("ready_for"), f"{where}.ready_for"),
+        resume_window_for=_optional_text(
+            raw.get("resume_window_for"), f"{where}.resume_window_for"
         ),
     )

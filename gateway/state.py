@@ -25,6 +25,7 @@ from gateway.vocabulary import (
     RuntimeFacts,
     RuntimeState,
     SessionState,
+    SyncFacts,
     TunnelFacts,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "RuntimeState",
     "SessionState",
     "State",
+    "SyncFacts",
     "TunnelFacts",
 ]
 
@@ -182,7 +184,14 @@ class State:
                 facts["state"] = RuntimeState(facts["state"])  # ValueError for a made-up one
             if "state" in facts and facts["state"] != runtime.state:
                 runtime.since = time.time()
+                if facts["state"] == RuntimeState.DIALOG:
+                    runtime.dialog_at = runtime.since
             if _assign(runtime, facts):
+                self._bump()
+
+    def update_sync(self, session: str, **facts: Any) -> None:
+        with self._lock:
+            if _assign(self.session(session).sync, facts):
                 self._bump()
 
     def drop_sessions_except(self, names: set[str]) -> None:

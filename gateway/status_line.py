@@ -7,10 +7,12 @@ is what each of them says about one session, so the three never disagree.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from gateway.durations import format_duration
-from gateway.vocabulary import Health, SessionState
+from gateway.sizes import format_size
+from gateway.vocabulary import Health, RestoreState, SessionState, SyncFacts
 
 if TYPE_CHECKING:  # a Snapshot renders itself with summary(): no import at run time
     from gateway.snapshot import Snapshot
@@ -42,7 +44,41 @@ def session_facts(
         runtime = session.runtime
         gpu = " (GPU)" if runtime.gpu else ""
         facts.append(f"runtime {runtime.state.words}{gpu}")
+    if session.sync.enabled:
+        facts.append(sync_words(session.sync))
     return facts
+
+
+def restore_words(sync: SyncFacts) -> str:
+    """``restoring 1.2 GB from 14:02 snapshot…``: what the tmux pane shows while it waits."""
+    taken = (
+        time.strftime("%H:%M", time.localtime(sync.restore_snapshot_at))
+        if sync.restore_snapshot_at
+        else "the newest"
+    )
+    if sync.restore == RestoreState.RESTORING:
+        return f"restoring {format_size(sync.restore_bytes)} from {taken} snapshot…"
+    if sync.restore == RestoreState.RESUMING:
+        return f"restored {format_size(sync.restore_bytes)} from {taken} snapshot; resuming…"
+    if sync.restore == RestoreState.FAILED:
+        return f"restore failed: {sync.restore_message}"
+    return f"restore {sync.restore.value}"
+
+
+def sync_words(sync: SyncFacts) -> str:
+    """``sync 3 snapshots 2.4 GB, last 14:02 1.2 GB in 4s``, or why it does not work."""
+    if sync.restore in (RestoreState.RESTORING, RestoreState.RESUMING, RestoreState.FAILED):
+        return restore_words(sync)
+    if sync.problem:
+        return f"sync refused: {sync.problem}"
+    words = f"sync {sync.snapshots} snapshots {format_size(sync.disk_bytes)}"
+    if sync.last_pull_at:
+        at = time.strftime("%H:%M", time.localtime(sync.last_pull_at))
+        took = format_duration(sync.last_pull_seconds)
+        words += f", last {at} {format_size(sync.last_pull_bytes)} in {took}"
+    if sync.pulling:
+        words += ", pulling"
+    return words
 
 
 def session_line(snapshot: Snapshot, session: SessionState) -> str:
@@ -79,6 +115,11 @@ def report(snapshot: Snapshot) -> str:
             lines.append(f"    Colab dialed in from {tunnel.peer}")
         if tunnel.hostkey_fingerprint:
             lines.append(f"    Colab host key {tunnel.hostkey_fingerprint}")
+        if session.sync.enabled:
+            sync = session.sync
+            lines.append(f"    {sync_words(sync)}; restore {sync.restore.value}")
+            if sync.restore_message and sync.restore != RestoreState.FAILED:
+                lines.append(f"    restore: {sync.restore_message}")
         if runtime.screenshot:
             lines.append(f"    latest screenshot {runtime.screenshot}")
     return "\n".join(lines)

@@ -8,10 +8,12 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from gateway.secrets import redact
 from gateway.state import State
+from gateway.vocabulary import SyncNow
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,22 @@ class StatusServer:
             await writer.drain()
             await self.state.wait_changed(version, WATCH_HEARTBEAT)
 
+    def sync_now(self, session: str) -> dict[str, object]:
+        """``sync SESSION``: ask the sync component for a pull now (``colab-gateway sync
+        SESSION --now``)."""
+        view = self.state.view()
+        if not view.runs("sync"):
+            return {"error": "the daemon runs no sync: set sessions[].sync.paths in the config"}
+        facts = view.sessions.get(session)
+        if facts is None or not facts.sync.enabled:
+            synced = [n for n, s in view.sessions.items() if s.sync.enabled]
+            return {
+                "error": f"session {session!r} has no sync.paths "
+                f"(sessions that sync: {', '.join(synced) or 'none'})"
+            }
+        self.state.post(SyncNow(session, reason="colab-gateway sync --now"))
+        return {"ok": True, "requested_at": time.time()}
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
@@ -71,8 +89,11 @@ class StatusServer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._watch(writer)
                 return
+            verb, _, argument = request.partition(" ")
             if request == "status":
                 reply = self.state.snapshot()
+            elif verb == "sync":
+                reply = self.sync_now(argument.strip())
             else:
                 reply = {"error": f"unknown request {request[:40]!r}; try 'status'"}
             writer.write(_line(reply))
@@ -92,12 +113,13 @@ def _line(reply: dict[str, object]) -> bytes:
     return redact(json.dumps(reply)).encode() + b"\n"
 
 
-def query(path: Path, timeout: float = 5.0) -> dict[str, object]:
-    """Blocking client for the CLI: the daemon's snapshot, or OSError if it is not there."""
+def query(path: Path, timeout: float = 5.0, request: str = "status") -> dict[str, object]:
+    """Blocking client for the CLI: the daemon's answer (its snapshot for ``status``), or
+    OSError if it is not there."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(b"status\n")
+        sock.sendall(request.encode() + b"\n")
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)

@@ -85,6 +85,54 @@ class RuntimeFacts:
     message: str = ""
     screenshot: str | None = None
     last_rerun: float | None = None
+    # Wall clock a dialog last appeared on the page (``state`` became DIALOG): a sign that
+    # Colab may end the runtime soon. Kept after the dialog is answered, so that a reader
+    # that looks only now and then still sees that one came.
+    dialog_at: float | None = None
+
+
+class RestoreState(str, Enum):
+    """Where putting the newest snapshot back into a new VM stands."""
+
+    IDLE = "idle"  # no new VM seen yet
+    RESTORING = "restoring"
+    RESUMING = "resuming"  # files are back; the resume command is being started
+    DONE = "done"
+    NOTHING = "nothing"  # no snapshot to restore: the VM starts empty
+    FAILED = "failed"  # reported; tried again with backoff
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class SyncFacts:
+    """Published by the sync component for one session (sessions[].sync)."""
+
+    enabled: bool = False
+    snapshots: int = 0
+    disk_bytes: int = 0  # what the session's snapshots take on the Pi (hard links once)
+    newest: str | None = None  # id of the newest complete snapshot
+    newest_at: float | None = None  # wall clock it was taken
+    pulling: bool = False
+    last_pull_at: float | None = None  # wall clock a pull last completed
+    last_pull_bytes: int = 0  # size of the tree it pulled
+    last_pull_seconds: float = 0.0
+    last_pull_reason: str = ""  # every, colab-gateway sync --now, Colab shows a dialog
+    # Wall clock the last pull that ended (done, refused or failed) had started: a pull
+    # asked for at T is over once this is >= T and ``pulling`` is false.
+    last_attempt_at: float | None = None
+    problem: str = ""  # why the last pull was refused or failed; empty when it worked
+    restore: RestoreState = RestoreState.IDLE
+    restore_snapshot: str | None = None
+    restore_snapshot_at: float | None = None
+    restore_bytes: int = 0
+    restore_message: str = ""
+    # The VM (its host key fingerprint) for which restore is over, done or nothing to do:
+    # the tmux pane waits for this before it starts the VM's shell.
+    ready_for: str | None = None
+    # resume.where=window: the VM whose window should run resume.command (the pane does).
+    resume_window_for: str | None = None
 
 
 @dataclass
@@ -92,6 +140,7 @@ class SessionState:
     name: str
     tunnel: TunnelFacts = field(default_factory=TunnelFacts)
     runtime: RuntimeFacts = field(default_factory=RuntimeFacts)
+    sync: SyncFacts = field(default_factory=SyncFacts)
 
 
 # -- commands: the healer (or a test) asks a component to do something ---------------------
@@ -113,6 +162,16 @@ class RerunBootstrap(Command):
     reason: str  # for the log: why the healer asked
 
     target: ClassVar[str] = "browser"
+
+
+@dataclass(frozen=True)
+class SyncNow(Command):
+    """Ask the sync component for a pull of ``session`` now (``colab-gateway sync --now``,
+    or Colab showing signs of ending the runtime)."""
+
+    reason: str
+
+    target: ClassVar[str] = "sync"
 
 
 # -- measures: counters and gauges components publish as events happen ---------------------

@@ -22,6 +22,7 @@ COMPONENTS = (
     "gateway.tmux",
     "gateway.ddns",
     "gateway.healer",
+    "gateway.sync",
     "gateway.metrics",
     "gateway.heartbeat",
     "gateway.alerts",

@@ -90,8 +90,19 @@ class PaneLogin:
 
 
 class LoopHarness:
-    def __init__(self, workdir: Path, *, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        log: Callable[[str], None] | None = None,
+        sync: str = "",
+        top: str = "",
+    ) -> None:
+        """``sync``: the session's ``sync:`` block (YAML, one mapping line, e.g.
+        ``{paths: [/root/work]}``); ``top``: more top-level YAML for the config."""
         self.workdir = Path(workdir)
+        self.sync_yaml = sync
+        self.top_yaml = top
         self.log = log or (lambda text: None)
         self.network = SimNetwork()
         self.vm: SimVM | None = None
@@ -172,6 +183,7 @@ sessions:
     notebook_url: {self.sim.url}
     forwards:
       ssh: {{colab: 22, local: {self.ssh_port}}}
+{f"    sync: {self.sync_yaml}" if self.sync_yaml else ""}
 tunnel:
   listen: {self.network.pi_address}:{self.tunnel_port}
   public_host: {self.network.pi_address}
@@ -195,6 +207,7 @@ metrics:
   listen: 127.0.0.1:{self.metrics_port}
   textfile: {self.metrics_textfile}
   textfile_every: 5s
+{self.top_yaml}
 """
 
     @property
@@ -385,6 +398,10 @@ metrics:
         if check and result.returncode != 0:
             raise HarnessError(f"tmux {' '.join(args)}: {result.stderr.strip()}")
         return result
+
+    @property
+    def session(self) -> str:
+        return SESSION
 
     @property
     def pane(self) -> str:

@@ -227,9 +227,75 @@ def chromium_killed(h: LoopHarness) -> Step:
     return _attempt(step, body)
 
 
+# The demo's sessions[].sync: what `sync_across_reset` shows.
+SYNC_DEMO = (
+    "{paths: [/root/work], every: 10m, "
+    "resume: {command: 'date +%T >> /root/resumed.txt', where: background}}"
+)
+SYNC_BOUND = 60.0
+
+
+def sync_across_reset(h: LoopHarness) -> Step:
+    """A file written in the VM is pulled to the Pi; Colab resets the VM; the new VM has the
+    file before the pane's shell starts, and the resume command ran once."""
+    step = Step("files across a reset", "pane in the new VM, files back", SYNC_BOUND)
+    assert h.vm is not None
+    vm = h.vm
+
+    def body() -> None:
+        if "/root/work" not in h.sync_yaml:
+            raise HarnessError("the harness has no sessions[].sync with /root/work")
+        work = vm.root_home / "work"
+        work.mkdir(exist_ok=True)
+        text = f"epoch 7 checkpoint from {vm.hostname}"
+        (work / "results.txt").write_text(text + "\n")
+        h.log(f"wrote /root/work/results.txt in {vm.hostname}: {text!r}")
+        start = time.monotonic()
+        pulled = h.cli("sync", h.session, "--now").strip().splitlines()[-1]
+        step.extra["pull (sync --now)"] = time.monotonic() - start
+        h.log(f"sync: {pulled}")
+        old = vm.hostname
+        start, start_wall = time.monotonic(), time.time()
+        h.log(f"FAULT: Colab resets the VM {old}")
+        h.sim.reset_vm()
+        key = vm.host_key_fingerprint()
+        h.wait(
+            "the tunnel comes back from the new VM",
+            lambda: h.tunnel_up_since(start_wall, key),
+            step.bound,
+        )
+        step.extra["tunnel up"] = time.monotonic() - start
+        h.wait(
+            "the files are restored into the new VM",
+            lambda: h.session_facts().get("sync", {}).get("ready_for") == key,
+            max(0.1, step.bound - (time.monotonic() - start)),
+        )
+        step.extra["files restored"] = time.monotonic() - start
+        h.log(f"sync: {h.session_facts().get('sync', {}).get('restore_message', '')}")
+        h.wait(
+            "the pane logs into the new VM",
+            lambda: h.pane_logins(vm.hostname) > 0,
+            max(0.1, step.bound - (time.monotonic() - start)),
+        )
+        step.seconds = time.monotonic() - start
+        answer = h.pane_run("cat /root/work/results.txt")
+        h.log(f"tmux: typed `cat /root/work/results.txt` in {vm.hostname}'s pane → {answer}")
+        if answer != text:
+            raise HarnessError(f"the new VM's pane shows {answer!r}, not {text!r}")
+        resumed = vm.root_home / "resumed.txt"
+        h.wait("resume.command runs", resumed.exists, 20)
+        runs = resumed.read_text().split()
+        h.log(f"resume.command ran {len(runs)} time(s) in {vm.hostname}, at {', '.join(runs)}")
+        if len(runs) != 1:
+            raise HarnessError(f"resume.command ran {len(runs)} times, not once")
+
+    return _attempt(step, body)
+
+
 FAULTS: dict[str, Callable[[LoopHarness], Step]] = {
     "tunnel": tunnel_killed,
     "reset": vm_reset,
     "dialog": disconnect_dialog,
     "chromium": chromium_killed,
+    "sync": sync_across_reset,
 }

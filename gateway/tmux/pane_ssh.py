@@ -34,7 +34,8 @@ from gateway.known_hosts import pinned_keys
 from gateway.paths import Paths
 from gateway.snapshot import Snapshot
 from gateway.tmux.sshconfig import load_ssh_view
-from gateway.vocabulary import TunnelFacts
+from gateway.vm_ssh import ssh_argv
+from gateway.vocabulary import RestoreState, TunnelFacts
 
 REFRESH = 1.0  # the waiting screen's clock ticks once a second
 RECONNECT = 0.5  # how often to look for the daemon's status socket while it is away
@@ -223,39 +224,34 @@ def waiting_line(snapshot: Snapshot, session: str, now: float) -> str:
 @dataclass(frozen=True)
 class SshPlan:
     argv: list[str]
+    resume_vm: str | None = None  # this ssh runs sync.resume.command first, for this VM
 
 
-def ssh_argv(config: Config, session: str, paths: Paths) -> list[str]:
-    port = config.session(session).ssh_port
-    identity = os.path.expanduser(config.ssh.identity)
-    return [
-        "ssh",
-        "-p",
-        str(port),
-        "-i",
-        identity,
-        "-o",
-        f"UserKnownHostsFile={paths.known_hosts}",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"ServerAliveInterval={max(1, round(config.ssh.server_alive_interval))}",
-        "-o",
-        "ServerAliveCountMax=3",
-        # Never prompt in an unattended pane: no password, no passphrase, only our key.
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "ConnectTimeout=10",
-        "root@localhost",
-    ]
+def restore_wait(config: Config, session: str, snapshot: Snapshot | None) -> str:
+    """Why the shell must not start yet because the sync is putting files back into the new
+    VM (``restoring 1.2 GB from 14:02 snapshot…``), or "" when it may."""
+    if not config.session(session).sync.enabled:
+        return ""
+    facts = snapshot.sessions.get(session) if snapshot is not None else None
+    if facts is None:
+        return "waiting for the daemon to say whether files are restored into this VM…"
+    vm, sync = facts.tunnel.hostkey_fingerprint, facts.sync
+    if vm is not None and sync.ready_for == vm:
+        return ""
+    if sync.restore == RestoreState.FAILED:
+        # Retried in the background (it never overwrites newer files): let the person in.
+        return ""
+    if sync.restore in (RestoreState.RESTORING, RestoreState.RESUMING):
+        return status_line.restore_words(sync)
+    return "looking for a snapshot to restore into the new VM…"
 
 
-def plan_ssh(session: str, paths: Paths) -> SshPlan | str:
+def plan_ssh(
+    session: str,
+    paths: Paths,
+    snapshot: Snapshot | None = None,
+    resumed: str | None = None,
+) -> SshPlan | str:
     """The ssh command line, or what keeps us from running it (a sentence for the screen)."""
     try:
         config = load_ssh_view(paths.config)
@@ -276,6 +272,17 @@ def plan_ssh(session: str, paths: Paths) -> SshPlan | str:
             f"tunnel up, but no host key for [localhost]:{port} is pinned in "
             f"{paths.known_hosts} yet"
         )
+    waiting = restore_wait(config, session, snapshot)
+    if waiting:
+        return waiting
+    resume = config.session(session).sync.resume
+    facts = snapshot.sessions.get(session) if snapshot is not None else None
+    vm = facts.sync.resume_window_for if facts is not None else None
+    if resume.command and resume.where == "window" and vm is not None and vm != resumed:
+        # sync.resume.where=window: the command runs in this window, then the usual shell.
+        argv = ssh_argv(config, session, paths)
+        remote = f'{resume.command}; exec "${{SHELL:-/bin/bash}}" -l'
+        return SshPlan([*argv[:-1], "-t", argv[-1], remote], resume_vm=vm)
     return SshPlan(ssh_argv(config, session, paths))
 
 
@@ -341,6 +348,7 @@ def run(session: str, paths: Paths, *, stdin_fd: int = 0, out: TextIO | None = N
     terminal = Terminal(stdin_fd, out)
     watch = Watch(paths.status_socket)
     last: Attempt | None = None
+    resumed: str | None = None  # the VM whose resume.command this window ran
     # ssh that fails at once is tried again after 1 s, doubling up to 30 s.
     backoff = Backoff(1.0, MAX_BACKOFF)
     retry_at = 0.0
@@ -358,8 +366,9 @@ def run(session: str, paths: Paths, *, stdin_fd: int = 0, out: TextIO | None = N
                 if tunnel and tunnel.up:
                     fresh = last is None or tunnel.since != last.tunnel_since
                     if fresh or now >= retry_at:
-                        plan = plan_ssh(session, paths)
+                        plan = plan_ssh(session, paths, watch.snapshot, resumed)
                         if isinstance(plan, SshPlan):
+                            resumed = plan.resume_vm or resumed
                             watch.close()  # a stale snapshot must not decide what comes next
                             next_connect = 0.0
                             if fresh:

@@ -1,0 +1,50 @@
+"""How the Pi logs into a session's Colab VM: through the tunnel's local ssh forward, as
+the Pi's own user (``ssh.identity``), with the VM's host key checked strictly against the
+key the tunnel pinned in ``<state>/known_hosts``.
+
+One definition for everything that does it: the tmux pane's ssh client and the sync's
+rsync (``-e``), so the two can never disagree about how the VM is trusted.
+"""
+
+from __future__ import annotations
+
+import os
+
+from gateway.config import Config
+from gateway.paths import Paths
+
+VM_LOGIN = "root@localhost"
+
+
+def ssh_options(config: Config, session: str, paths: Paths) -> list[str]:
+    """Everything between ``ssh`` and the destination."""
+    port = config.session(session).ssh_port
+    identity = os.path.expanduser(config.ssh.identity)
+    return [
+        "-p",
+        str(port),
+        "-i",
+        identity,
+        "-o",
+        f"UserKnownHostsFile={paths.known_hosts}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"ServerAliveInterval={max(1, round(config.ssh.server_alive_interval))}",
+        "-o",
+        "ServerAliveCountMax=3",
+        # Never prompt unattended: no password, no passphrase, only our key.
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ConnectTimeout=10",
+    ]
+
+
+def ssh_argv(config: Config, session: str, paths: Paths) -> list[str]:
+    """``ssh ... root@localhost``: an interactive login into the session's VM."""
+    return ["ssh", *ssh_options(config, session, paths), VM_LOGIN]
