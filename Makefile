@@ -12,13 +12,13 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .PHONY: help venv system-deps deps test lint format demo bench bench-tunnel bench-browser \
-	bench-recovery bench-tmux bench-sync clean
+	bench-recovery bench-idle bench-tmux bench-sync clean
 
 help:
 	@echo "make test    install what the tests need, then run them all"
 	@echo "make demo    the whole loop against a simulated Colab on this machine"
 	@echo "make lint    ruff check, ruff format --check, mypy"
-	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux | bench-sync"
+	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux | bench-sync | bench-idle"
 
 $(BIN)/colab-gateway: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,7 +65,7 @@ format: venv
 demo: deps
 	$(BIN)/colab-gateway demo
 
-bench: bench-tunnel bench-browser bench-recovery bench-tmux bench-sync
+bench: bench-tunnel bench-browser bench-recovery bench-tmux bench-sync bench-idle
 
 bench-tunnel: deps
 	$(BIN)/python bench/bench_tunnel.py
@@ -75,6 +75,9 @@ bench-browser: deps
 
 bench-recovery: deps
 	$(BIN)/python bench/bench_recovery.py
+
+bench-idle: deps
+	$(BIN)/python bench/bench_daemon_idle.py
 
 bench-tmux: deps
 	$(BIN)/python bench/bench_tmux_reconnect.py
