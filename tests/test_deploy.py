@@ -8,11 +8,16 @@ playbook runs with the role's defaults for the package source (a wheel it builds
 working tree and installs by hash) and with a virtualenv outside /opt. The tests below share
 that one machine, each leaving it as deployed, so any order works; the machine is powered
 off and its root removed afterwards, whether they pass or fail.
+
+Ansible runs on this side with the newest ansible-core the newest Python here (>= 3.12)
+can install, in a virtualenv cached in CACHE_DIR; without such a Python, with the project
+venv's own, and the module says so (test_the_newest_ansible_core_ran records which ran).
 """
 
 from __future__ import annotations
 
 import configparser
+import contextlib
 import fcntl
 import glob
 import hashlib
@@ -26,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +63,17 @@ PYTHON_PACKAGES = (
 BOOT_TIMEOUT = 120.0
 PLAYBOOK_TIMEOUT = 1200.0
 
-pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(2400)]
+# ansible-core 2.20 and later refuse a controller Python older than 3.12.
+NEWEST_CORE_PYTHON = (3, 12)
+FALLBACK_WARNING = "the deploy test ran ansible-core"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.root,
+    pytest.mark.timeout(2400),
+    # Warnings are errors (pyproject.toml); this one only reports which ansible-core ran.
+    pytest.mark.filterwarnings(f"default:{FALLBACK_WARNING}:UserWarning"),
+]
 
 
 def _missing_prerequisite() -> str | None:
@@ -69,6 +85,129 @@ def _missing_prerequisite() -> str | None:
     if not (Path(sys.executable).parent / "ansible-playbook").exists():
         return "needs ansible-playbook in the venv (pip install -e '.[test]')"
     return None
+
+
+# ---- the controller: the newest ansible-core -------------------------------------------
+
+
+def newest_python_for_ansible_core() -> tuple[tuple[int, ...], Path] | None:
+    """The newest Python >= 3.12 on this machine that can make a virtualenv, or None.
+
+    The newest ansible-core needs a newer controller Python (2.20+: >= 3.12) than the
+    project venv may have (3.11 on CI's image), and the issue wants the deploy test to run
+    the newest. CI's image has pyenv builds under /root/.pyenv (its python3.1x on PATH are
+    pyenv shims, which fail for a version pyenv has not selected); a Debian box may have a
+    python3.12/3.13 of its own, or neither. Each candidate is run once to learn its real
+    path and version, and whether it has venv + ensurepip (Debian's python3.X-venv).
+    """
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(19, 11, -1)]
+    candidates += glob.glob("/root/.pyenv/versions/3.1[2-9]*/bin/python3")
+    found = []
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [
+                candidate,
+                "-c",
+                "import ensurepip, sys, venv; print(sys.executable, *sys.version_info[:3])",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if probe.returncode != 0:
+            continue
+        executable, *version = probe.stdout.split()
+        if tuple(map(int, version)) >= NEWEST_CORE_PYTHON:
+            found.append((tuple(map(int, version)), Path(executable)))
+    return max(found) if found else None
+
+
+def newest_ansible_core(python: Path) -> str:
+    """The newest ansible-core release this Python may install (pip honours Requires-Python)."""
+    result = subprocess.run(
+        [
+            str(python),
+            *("-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps"),
+            *("--quiet", "--report", "-", "ansible-core"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"{python} -m pip could not resolve ansible-core:\n{result.stderr[-3000:]}")
+    return str(json.loads(result.stdout)["install"][0]["metadata"]["version"])
+
+
+def ansible_core_version(playbook: Path) -> tuple[str, str]:
+    """(ansible-core version, Python version) that this ansible-playbook runs, as it says."""
+    out = subprocess.run(
+        [str(playbook), "--version"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    core = re.search(r"\[core ([^\]]+)\]", out)
+    python = re.search(r"python version = (\S+)", out)
+    assert core and python, out
+    return core.group(1), python.group(1)
+
+
+def ansible_core_venv(python: Path, version: tuple[int, ...], core: str) -> Path:
+    """A virtualenv of that Python with ansible-core == core, made once and cached."""
+    venv = CACHE_DIR / f"ansible-core-{core}-py{'.'.join(map(str, version))}"
+    playbook = venv / "bin/ansible-playbook"
+    with cache_lock():
+        with contextlib.suppress(subprocess.CalledProcessError, OSError, AssertionError):
+            if ansible_core_version(playbook)[0] == core:
+                return venv
+        # Absent, half made by an interrupted run, or its Python gone: make it again.
+        shutil.rmtree(venv, ignore_errors=True)
+        try:
+            subprocess.run(
+                [str(python), "-m", "venv", str(venv)], check=True, capture_output=True, text=True
+            )
+            subprocess.run(
+                [str(venv / "bin/python"), "-m", "pip", "install", "-q", f"ansible-core=={core}"],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+        except subprocess.CalledProcessError as exc:
+            shutil.rmtree(venv, ignore_errors=True)
+            pytest.fail(f"making {venv} failed: {exc}\n{exc.stdout}\n{exc.stderr[-3000:]}")
+    return venv
+
+
+@dataclass(frozen=True)
+class Controller:
+    """The ansible-playbook every play of this module runs, and why that one."""
+
+    playbook: Path
+    core: str  # the ansible-core it runs
+    python: str  # the Python version it runs on
+
+
+@pytest.fixture(scope="module")
+def controller() -> Controller:
+    newest = newest_python_for_ansible_core()
+    if newest is None:
+        playbook = Path(sys.executable).parent / "ansible-playbook"
+        core, python = ansible_core_version(playbook)
+        message = (
+            f"{FALLBACK_WARNING} {core} of the project venv (Python {python}): no Python >= "
+            f"{'.'.join(map(str, NEWEST_CORE_PYTHON))} here (python3.12+ on PATH or under "
+            "/root/.pyenv/versions) to run ansible-core 2.20 or later"
+        )
+        print(message)
+        warnings.warn(message, UserWarning, stacklevel=1)
+        return Controller(playbook, core, python)
+    version, python_path = newest
+    newest_core = newest_ansible_core(python_path)
+    playbook = ansible_core_venv(python_path, version, newest_core) / "bin/ansible-playbook"
+    core, python = ansible_core_version(playbook)
+    print(f"ansible-core {core} on Python {python} ({python_path}) runs the playbook")
+    return Controller(playbook, core, python)
 
 
 # ---- the cached root ---------------------------------------------------------------
@@ -108,13 +247,20 @@ def debian_mirror() -> str:
     pytest.skip(f"this host's apt has no source for Debian {SUITE} to debootstrap from")
 
 
+@contextlib.contextmanager
+def cache_lock() -> Iterator[None]:
+    """One builder of anything in CACHE_DIR at a time (parallel test runs share it)."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def cached_root_tarball() -> Path:
     """debootstrap once per machine; later runs unpack the tarball in a few seconds."""
     key = hashlib.sha256(f"{SUITE} {INCLUDE} {LOGIN_USER} v1".encode()).hexdigest()[:12]
     tarball = CACHE_DIR / f"debian-{SUITE}-{key}.tar"
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time
+    with cache_lock():
         if tarball.exists():
             return tarball
         build = CACHE_DIR / f"build-{os.getpid()}"
@@ -396,16 +542,19 @@ def remove_python(root: Path) -> None:
 @dataclass
 class Deployment:
     machine: Machine
+    controller: Controller
     inventory: Path
     workdir: Path
     tunnel_port: int
     first_run_seconds: float
 
     def play(self, *extra: str) -> subprocess.CompletedProcess[str]:
-        return run_playbook(self.inventory, self.workdir, *extra)
+        return run_playbook(self.controller, self.inventory, self.workdir, *extra)
 
 
-def run_playbook(inventory: Path, workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_playbook(
+    controller: Controller, inventory: Path, workdir: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(REPO / "ansible/ansible.cfg"),
@@ -416,7 +565,7 @@ def run_playbook(inventory: Path, workdir: Path, *extra: str) -> subprocess.Comp
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
     }
     command = [
-        str(Path(sys.executable).parent / "ansible-playbook"),
+        str(controller.playbook),
         "-i",
         str(inventory),
         str(REPO / "ansible/playbook.yml"),
@@ -445,7 +594,9 @@ def changed_tasks(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def deployed(machine: Machine, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+def deployed(
+    machine: Machine, controller: Controller, tmp_path_factory: pytest.TempPathFactory
+) -> Deployment:
     workdir = tmp_path_factory.mktemp("ansible")
     assert machine.run("command -v python3 python3.11", check=False).stdout == ""
     tunnel_port = free_port()
@@ -492,11 +643,11 @@ def deployed(machine: Machine, tmp_path_factory: pytest.TempPathFactory) -> Depl
         )
     )
     started = time.monotonic()
-    result = run_playbook(inventory, workdir)
+    result = run_playbook(controller, inventory, workdir)
     seconds = time.monotonic() - started
     assert result.returncode == 0, f"first playbook run failed:\n{result.stdout[-6000:]}"
     print(f"first playbook run: {seconds:.1f}s, recap {recap(result.stdout)}")
-    return Deployment(machine, inventory, workdir, tunnel_port, seconds)
+    return Deployment(machine, controller, inventory, workdir, tunnel_port, seconds)
 
 
 def wait_active(machine: Machine, unit: str, timeout: float = 60) -> None:
@@ -528,6 +679,24 @@ def tmux_server(machine: Machine) -> tuple[str, str]:
 def test_service_is_active(deployed: Deployment) -> None:
     assert deployed.machine.run("systemctl is-active colab-gateway").stdout.strip() == "active"
     assert deployed.machine.run("systemctl is-active colab-gateway-tmux").stdout.strip() == "active"
+
+
+def test_the_newest_ansible_core_ran(deployed: Deployment) -> None:
+    """The playbook ran with the newest ansible-core the newest Python here may install:
+    2.20 or later (the releases that refuse Python 3.8 targets) when a Python >= 3.12
+    exists, else the project venv's, with a warning."""
+    ran = deployed.controller
+    core, python = ansible_core_version(ran.playbook)  # asked again of what ran
+    print(f"deployed with ansible-core {core} on Python {python} ({ran.playbook})")
+    assert (core, python) == (ran.core, ran.python)
+    newest = newest_python_for_ansible_core()
+    if newest is None:
+        assert ran.playbook == Path(sys.executable).parent / "ansible-playbook"
+        return
+    version, python_path = newest
+    assert python == ".".join(map(str, version)), (python, python_path)
+    assert core == newest_ansible_core(python_path)
+    assert tuple(map(int, core.split(".")[:2])) >= (2, 20), core
 
 
 def test_units_verify_and_report_exposure(deployed: Deployment) -> None:
