@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_tunnel import SSHD, Servers, _wait_port, free_port  # noqa: E402
+from bench_tunnel import SSHD, Servers, _wait_port, free_port, write_sshd_dir  # noqa: E402
 
 from gateway.config import load_config_text  # noqa: E402
 from gateway.paths import Paths  # noqa: E402
@@ -123,26 +123,7 @@ class SyncBench(Servers):
 
     def _start_vm_sshd(self) -> None:
         d = self.tmp / "vm-sshd"
-        d.mkdir()
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")], check=True
-        )
-        (d / "authorized_keys").write_text(Path(f"{self.pi_key}.pub").read_text())
-        (d / "sshd_config").write_text(
-            textwrap.dedent(f"""\
-            Port {self.target}
-            ListenAddress 127.0.0.1
-            HostKey {d / "host"}
-            PidFile {d / "sshd.pid"}
-            AuthorizedKeysFile {d / "authorized_keys"}
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            PermitRootLogin prohibit-password
-            UsePAM no
-            StrictModes no
-            """)
-        )
-        Path("/run/sshd").mkdir(exist_ok=True)
+        write_sshd_dir(d, self.target, Path(f"{self.pi_key}.pub").read_text())
         self._spawn([SSHD, "-D", "-e", "-f", str(d / "sshd_config")])
         host = (d / "host.pub").read_text().split()
         # The pinned key of the VM, as the tunnel writes it for the session's ssh port.

@@ -205,6 +205,33 @@ def rtt(port: int, count: int) -> tuple[float, float]:
 # -- the two servers -----------------------------------------------------------------------------
 
 
+def write_sshd_dir(d: Path, port: int, authorized: str, extra: tuple[str, ...] = ()) -> Path:
+    """A directory with a host key, authorized_keys and an sshd_config for an unprivileged
+    OpenSSH sshd on 127.0.0.1:``port`` (key-only, like the endpoint); returns the config."""
+    d.mkdir()
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")], check=True
+    )
+    (d / "authorized_keys").write_text(authorized)
+    lines = [
+        f"Port {port}",
+        "ListenAddress 127.0.0.1",
+        f"HostKey {d / 'host'}",
+        f"PidFile {d / 'sshd.pid'}",
+        f"AuthorizedKeysFile {d / 'authorized_keys'}",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        "UsePAM no",
+        "StrictModes no",
+        *extra,
+    ]
+    config = d / "sshd_config"
+    config.write_text("\n".join(lines) + "\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    return config
+
+
 class Servers:
     def __init__(self, tmp: Path, profile: str | None) -> None:
         self.tmp = tmp
@@ -301,28 +328,12 @@ class Servers:
 
     def _start_sshd(self) -> None:
         d = self.tmp / "sshd"
-        d.mkdir()
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")], check=True
+        write_sshd_dir(
+            d,
+            self.sshd_port,
+            self.keys.tunnel_key("bench").public + "\n",
+            extra=("AllowTcpForwarding remote", "GatewayPorts no"),
         )
-        (d / "authorized_keys").write_text(self.keys.tunnel_key("bench").public + "\n")
-        (d / "sshd_config").write_text(
-            textwrap.dedent(f"""\
-            Port {self.sshd_port}
-            ListenAddress 127.0.0.1
-            HostKey {d / "host"}
-            PidFile {d / "sshd.pid"}
-            AuthorizedKeysFile {d / "authorized_keys"}
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            PermitRootLogin prohibit-password
-            UsePAM no
-            StrictModes no
-            AllowTcpForwarding remote
-            GatewayPorts no
-            """)
-        )
-        Path("/run/sshd").mkdir(exist_ok=True)
         self.sshd = self._spawn([SSHD, "-D", "-e", "-f", str(d / "sshd_config")])
         self.sshd_host = (d / "host.pub").read_text().split()
 
