@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and the demo use: the real programs, never mocks.
-SYSTEM_PACKAGES := chromium chromium-driver tmux openssh-client openssh-server rsync \
-	iproute2 procps debootstrap systemd-container xvfb
+SYSTEM_PACKAGES := chromium chromium-headless-shell chromium-driver tmux openssh-client \
+	openssh-server rsync iproute2 procps debootstrap systemd-container xvfb
 PYTEST_ARGS ?=
 # Test workers. Most tests wait on real programs (Chromium, sshd, tmux, a booting machine)
 # rather than compute, so two workers fit the 2-core machine CI runs on.

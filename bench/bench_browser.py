@@ -6,12 +6,15 @@
 2. Memory: reload/reconnect cycles for --duration seconds (a reload every --reload-every,
    a disconnect every --disconnect-every), then the PSS summed over all Chromium processes
    (from /proc/PID/smaps_rollup; summed RSS would count shared pages many times).
-   For comparison it first measures plain headless Chromium (only the flags headless
-   needs here) on the same page. PSS splits shared pages among ALL processes mapping them,
-   other Chromium instances on the machine included, so its file part (Chromium's binary)
-   drops while other instances run. Hence also ``anon`` (Pss_Anon + Pss_Shmem, independent
-   of other instances) and ``alone`` (PSS as if no other process mapped Chromium's files;
-   needs root), see bench/chromium_memory.py, and the count of other Chromium processes.
+   The keep-alive runs what ``browser.engine: auto`` picks: Chromium's headless shell where
+   installed (``engine=`` in the RESULT line). For comparison it first measures plain
+   headless Chromium (only the flags headless needs here) on the same page: what a
+   keep-alive script without these choices would run. PSS splits shared pages among ALL
+   processes mapping them, other Chromium instances on the machine included, so its file
+   part (Chromium's binary) drops while other instances run. Hence also ``anon``
+   (Pss_Anon + Pss_Shmem, independent of other instances) and ``alone`` (PSS as if no other
+   process mapped Chromium's files; needs root), see bench/chromium_memory.py, and the
+   count of other Chromium processes.
 
 The setups this replaces clicked every 60 s and reloaded every 10 minutes.
 
@@ -129,6 +132,7 @@ def soak(sim: SimColab, runner: BrowserRunner, duration: float, disconnect_every
     pids = browser.chromium_pids()
     final = measure(pids)
     return {
+        "engine": browser.engine,
         "final": final["pss"],
         "uss": final["uss"],
         "anon": final["anon"],
@@ -183,16 +187,21 @@ def main() -> int:
         f"PSS final {memory['final']:.0f} MB, peak {memory['peak']:.0f} MB, "
         f"anon {memory['anon']:.0f} MB, alone {memory['alone']:.0f} MB, "
         f"{memory['others']} other Chromium processes on the machine; "
-        f"plain headless {plain:.0f} MB; processes left after stop: {len(leftovers)}"
+        f"plain headless {plain:.0f} MB (alone {plain_memory['alone']:.0f} MB); "
+        f"engine {memory['engine']}; processes left after stop: {len(leftovers)}"
     )
+    # own memory against plain headless Chromium's, and the PSS each would have alone
+    ratio = memory["alone"] / plain_memory["alone"] if plain_memory["alone"] else float("nan")
     print(
         f"RESULT reaction_p50_s={p50:.3f} reaction_max_s={max(reactions):.3f} "
         f"chromium_pss_mb={memory['final']:.0f} chromium_pss_peak_mb={memory['peak']:.0f} "
         f"chromium_uss_mb={memory['uss']:.0f} chromium_anon_mb={memory['anon']:.0f} "
         f"chromium_pss_alone_mb={memory['alone']:.0f} other_chromium_procs={memory['others']} "
         f"plain_headless_pss_mb={plain:.0f} plain_headless_uss_mb={plain_uss:.0f} "
-        f"plain_headless_anon_mb={plain_memory['anon']:.0f} soak_s={args.duration:.0f} "
-        f"cpus={os.cpu_count()}"
+        f"plain_headless_anon_mb={plain_memory['anon']:.0f} "
+        f"plain_headless_pss_alone_mb={plain_memory['alone']:.0f} "
+        f"pss_alone_ratio_vs_plain={ratio:.2f} engine={memory['engine']} "
+        f"soak_s={args.duration:.0f} cpus={os.cpu_count()}"
     )
     return 0 if not leftovers else 1
 

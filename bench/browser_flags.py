@@ -58,9 +58,13 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "daemon": Variant(),
+    "daemon": Variant(),  # browser.engine: auto, the headless shell where installed
     "quiet": Variant(mode="quiet"),
     "bare": Variant(mode="bare"),
+    # the full browser (the snap's, or where no headless shell is packaged)
+    "chromium": Variant(config={"engine": "chromium"}),
+    "chromium-quiet": Variant(mode="quiet", config={"engine": "chromium"}),
+    "chromium-bare": Variant(mode="bare", config={"engine": "chromium"}),
     "no-site-isolation": Variant(
         add=("--disable-site-isolation-trials",),
         disable_features=("IsolateOrigins", "site-per-process"),
@@ -108,7 +112,7 @@ VARIANTS: dict[str, Variant] = {
     "no-gpu-compositing": Variant(add=("--disable-gpu-compositing",)),
     # A private copy of Chromium (cp -a /usr/lib/chromium PRIVATE_CHROMIUM): its file pages
     # are shared with no other Chromium on the machine, so its PSS is what it would be alone.
-    "private-binary": Variant(config={"chromium": PRIVATE_CHROMIUM}),
+    "private-binary": Variant(config={"engine": "chromium", "chromium": PRIVATE_CHROMIUM}),
 }
 
 
@@ -144,7 +148,7 @@ def apply(variant: Variant) -> None:
         webdriver.ChromeOptions = WithPrefs  # type: ignore[misc]
 
 
-def run_bare(url: str, window: float, tmp: Path) -> dict[str, Any]:
+def run_bare(url: str, window: float, tmp: Path, config_values: dict[str, Any]) -> dict[str, Any]:
     """A plain Selenium session with the arguments and options launch() builds."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -152,18 +156,12 @@ def run_bare(url: str, window: float, tmp: Path) -> dict[str, Any]:
     from gateway.browser import launch
     from gateway.config import BrowserConfig
 
-    config = BrowserConfig()
+    config = BrowserConfig(**config_values)
     driver_path = launch.find_chromedriver()
-    chromium = launch.find_chromium()
+    engine = launch.find_engine(config, driver_path)
     profile = tmp / "profile"
-    agent = launch.user_agent(launch.chromium_version(chromium))
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in launch.chromium_args(config, profile, agent):
-        options.add_argument(arg)
-    options.unhandled_prompt_behavior = "accept"
-    options.page_load_strategy = "eager"
-    options.add_experimental_option("excludeSwitches", ["enable-automation"])
+    agent = launch.user_agent(launch.chromium_version(engine.binary))
+    options = launch.chrome_options(config, driver_path, engine, profile, agent)
     service = Service(
         executable_path=driver_path,
         log_output=subprocess.DEVNULL,
@@ -233,7 +231,7 @@ def run_one(name: str, window: float, reload_every: float) -> dict[str, Any]:
     apply(variant)
     with SimColab() as sim, tempfile.TemporaryDirectory() as tmp:
         if variant.mode == "bare":
-            return run_bare(sim.url, window, Path(tmp))
+            return run_bare(sim.url, window, Path(tmp), variant.config)
         quiet = variant.mode == "quiet"
         return run_component(sim, window, Path(tmp), quiet, reload_every, variant.config)
 

@@ -253,6 +253,11 @@ class BrowserConfig:
     enabled: bool = True
     chromedriver: str = "auto"  # auto: Debian, Ubuntu snap and Raspberry Pi OS locations
     chromium: str = "auto"
+    # What the keep-alive runs. auto: Chromium's headless shell when headless and installed
+    # (not with the snap), else Chromium: the same engine without the browser's UI, about
+    # 130 MB less (docs/browser.md). `colab-gateway login` always runs `chromium`.
+    engine: Literal["auto", "headless-shell", "chromium"] = "auto"
+    headless_shell: str = "auto"  # auto: Debian's chromium-headless-shell package
     profile_dir: str = ""  # empty: <state>/chromium-profile (the snap needs a non-hidden path)
     headless: bool = True
     display: Literal["none", "xvfb"] = "none"
@@ -280,6 +285,10 @@ class BrowserConfig:
         if not self.headless and self.display == "none" and not os.environ.get("DISPLAY"):
             problems.append(
                 ("headless", "false needs a screen: set display: xvfb on a headless Pi")
+            )
+        if not self.headless and self.engine == "headless-shell":
+            problems.append(
+                ("engine", "headless-shell has no window: set engine: chromium or auto")
             )
         for name in self.selectors:
             if name not in SELECTOR_DEFAULTS:

@@ -235,6 +235,7 @@ class Worker:
             brief="",
             restarts=self.restarts,
             chromium_version=version,
+            chromium_engine=browser.engine,
         )
         while not self.stopping.is_set():
             self.beat()

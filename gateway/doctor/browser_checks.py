@@ -11,9 +11,11 @@ from pathlib import Path
 from gateway.browser import login
 from gateway.browser.launch import (
     BrowserNotFound,
+    Engine,
     chromium_version,
     find_chromedriver,
     find_chromium,
+    find_engine,
     profile_dir,
 )
 from gateway.doctor.env import SERVICE, Env, Unavailable
@@ -52,6 +54,20 @@ def _chromium(env: Env) -> str:
         return find_chromium(env.config.browser.chromium, driver)
 
     return str(env.once("chromium", find))
+
+
+def _engine(env: Env) -> Engine:
+    """What the keep-alive runs (the headless shell or Chromium), as the daemon chooses it."""
+
+    def find() -> Engine:
+        try:
+            driver = _driver(env)
+        except BrowserNotFound:
+            return Engine(_chromium(env))
+        return find_engine(env.config.browser, driver)
+
+    engine: Engine = env.once("engine", find)
+    return engine
 
 
 def _major(env: Env, binary: str) -> str | None:
@@ -97,20 +113,41 @@ def _dpkg(args: list[str]) -> str | None:
 
 
 def check_chromium(env: Env) -> Finding:
+    """The program the keep-alive runs, and the full Chromium ``colab-gateway login`` needs."""
     if off := _browser_off(env):
         return off
     try:
-        chromium = _chromium(env)
+        engine = _engine(env)
     except BrowserNotFound as exc:
         return _not_found(exc)
-    major = _major(env, chromium)
+    major = _major(env, engine.binary)
     if major is None:
+        headless = "" if engine.headless_shell else " --headless=new"
         return fail(
-            f"{chromium} --version printed no version: it does not start",
-            f"run `{chromium} --headless=new --disable-gpu --dump-dom about:blank` as the "
-            "service user to see why; reinstall Chromium",
+            f"{engine.binary} --version printed no version: it does not start",
+            f"run `{engine.binary}{headless} --disable-gpu --dump-dom about:blank` as the "
+            "service user to see why; reinstall it",
         )
-    return ok(f"{chromium}, version {major}, {install_kind(chromium)}")
+    found = f"{engine.binary}, version {major}, {install_kind(engine.binary)}"
+    if not engine.headless_shell:
+        config = env.config.browser
+        if config.engine == "auto" and config.headless and not is_snap(engine.binary):
+            found += (
+                "; `sudo apt-get install chromium-headless-shell` where your distribution has "
+                "it would save about 130 MB (docs/browser.md)"
+            )
+        return ok(found)
+    try:
+        chromium = _chromium(env)
+    except BrowserNotFound as exc:
+        if env.config.browser.chromium != "auto":
+            return _not_found(exc)  # a configured path that is wrong
+        return warn(
+            f"the keep-alive runs the headless shell {found}, but there is no full Chromium "
+            "for `colab-gateway login` (signing in needs a window)",
+            "`sudo apt-get install chromium`, or set browser.chromium to its path",
+        )
+    return ok(f"headless shell {found}; {chromium} for `colab-gateway login`")
 
 
 def check_chromedriver(env: Env) -> Finding:
@@ -131,7 +168,7 @@ def check_chromedriver(env: Env) -> Finding:
     if driver_major is None:
         return fail(f"{driver} --version printed no version: it does not start", _install_fix())
     try:
-        chromium = _chromium(env)
+        chromium = _engine(env).binary  # what the driver will drive
     except BrowserNotFound:
         return warn(f"{driver}, version {driver_major}; no Chromium to compare with", "")
     chromium_major = _major(env, chromium)

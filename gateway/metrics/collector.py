@@ -52,13 +52,15 @@ def _package_version(name: str) -> str:
 
 def build_labels(snapshot: Snapshot) -> dict[str, str]:
     browser = snapshot.components.get("browser")
-    chromium = browser.details.get("chromium_version") if browser else None
+    details = browser.details if browser else {}
+    chromium = details.get("chromium_version")
     return {
         "version": __version__,
         "python": platform.python_version(),
         "asyncssh": _package_version("asyncssh"),
         "selenium": _package_version("selenium"),
         "chromium": str(chromium or ""),  # known once the browser has started
+        "chromium_engine": str(details.get("chromium_engine") or ""),  # headless-shell / chromium
     }
 
 

@@ -38,12 +38,14 @@ def test_lean_flags_keep_chromium_from_preloading_the_omnibox_popups(
 ) -> None:
     # A control Chromium with the same flags minus the two features shows that this
     # Chromium preloads the popups at all, and by when; ours, started first, must not.
+    # The full browser (the snap's; the headless shell has no address bar at all).
+    config = BrowserConfig(engine="chromium")
     with SimColab() as sim:
-        ours = launch.launch(BrowserConfig(), tmp_path / "ours")
+        ours = launch.launch(config, tmp_path / "ours")
         control = None
         try:
             monkeypatch.setattr(launch, "LEAN_FLAGS", without_popup_features(launch.LEAN_FLAGS))
-            control = launch.launch(BrowserConfig(), tmp_path / "control")
+            control = launch.launch(config, tmp_path / "control")
             monkeypatch.undo()
             ours.driver.get(sim.url)
             control.driver.get(sim.url)

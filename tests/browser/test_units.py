@@ -58,7 +58,9 @@ INSTALL_METHODS = {
 def test_launch_arguments_per_install_method(tmp_path: Path, method: str) -> None:
     driver, chromium = INSTALL_METHODS[method]
     profile = launch.profile_dir(BrowserConfig(), tmp_path, chromium)
-    options = launch.chrome_options(BrowserConfig(), driver, chromium, profile, "agent")
+    options = launch.chrome_options(
+        BrowserConfig(), driver, launch.Engine(chromium), profile, "agent"
+    )
     capabilities = options.to_capabilities()["goog:chromeOptions"]
     if method == "snap":
         # The confined driver may not execute /snap/bin/chromium and starts its own.
@@ -70,6 +72,57 @@ def test_launch_arguments_per_install_method(tmp_path: Path, method: str) -> Non
     assert not any(v == "/snap/bin/chromium" for v in capabilities.values())
     assert f"--user-data-dir={profile}" in capabilities["args"]
     assert "--headless=new" in capabilities["args"]
+
+
+def test_auto_engine_is_the_headless_shell_when_debian_installed_it() -> None:
+    engine = launch.find_engine(BrowserConfig(), "/usr/bin/chromedriver")
+    assert engine == launch.Engine("/usr/lib/chromium/chromium-headless-shell", True)
+    assert engine.name == "headless-shell"
+
+
+def test_auto_engine_is_chromium_without_a_shell_headed_or_with_the_snap(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    chromium = launch.Engine("/usr/bin/chromium")
+    headed = BrowserConfig(headless=False, display="xvfb")
+    assert launch.find_engine(headed, "/usr/bin/chromedriver") == chromium
+    assert launch.find_engine(BrowserConfig(engine="chromium"), "/usr/bin/chromedriver") == chromium
+    monkeypatch.setattr(launch, "HEADLESS_SHELL_CANDIDATES", (str(tmp_path / "none"),))
+    assert launch.find_engine(BrowserConfig(), "/usr/bin/chromedriver") == chromium
+    monkeypatch.setattr(launch, "BROWSER_CANDIDATES", ("/usr/bin/chromium",))
+    # the snap's driver drives only the snap's own browser (none here: the next candidate)
+    assert launch.find_engine(BrowserConfig(), "/snap/bin/chromium.chromedriver") == chromium
+
+
+def test_a_headless_shell_asked_for_but_missing_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(launch, "HEADLESS_SHELL_CANDIDATES", (str(tmp_path / "none"),))
+    wanted = BrowserConfig(engine="headless-shell")
+    with pytest.raises(launch.BrowserNotFound, match="apt-get install chromium-headless-shell"):
+        launch.find_engine(wanted, "/usr/bin/chromedriver")
+    with pytest.raises(launch.BrowserNotFound, match="snap's Chromium, which has no headless"):
+        launch.find_engine(wanted, "/snap/bin/chromium.chromedriver")
+    configured = BrowserConfig(headless_shell=str(tmp_path / "shell"))
+    with pytest.raises(launch.BrowserNotFound, match=r"browser\.headless_shell: .*not an exec"):
+        launch.find_engine(configured, "/usr/bin/chromedriver")
+
+
+def test_the_shell_is_named_to_chromedriver_and_gets_no_headless_switch(tmp_path: Path) -> None:
+    shell = launch.Engine("/usr/lib/chromium/chromium-headless-shell", headless_shell=True)
+    options = launch.chrome_options(BrowserConfig(), "/usr/bin/chromedriver", shell, tmp_path, "a")
+    capabilities = options.to_capabilities()
+    # without this name chromedriver waits for a first page the shell never opens
+    assert capabilities["browserName"] == "chrome-headless-shell"
+    assert capabilities["goog:chromeOptions"]["binary"] == shell.binary
+    args = capabilities["goog:chromeOptions"]["args"]
+    assert "--password-store=basic" in args and "--disable-gpu" in args
+    assert not any(arg.startswith("--headless") for arg in args)
+
+
+def test_a_headed_headless_shell_is_a_config_error() -> None:
+    problems = dict(BrowserConfig(engine="headless-shell", headless=False).check())
+    assert "no window" in problems["engine"]
 
 
 def test_profile_dir_default_and_configured(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 from helpers import REPO, StartDaemon, free_port, wait_until
 from helpers.ddns import Echo, FakeServer, Handler
 
+from gateway.browser import launch
 from gateway.browser.launch import chromium_version
 from gateway.doctor import browser_checks, network_checks, service_checks, system_checks
 from gateway.doctor.command import CHECKS, Check, load, run_all, run_check
@@ -140,9 +141,30 @@ def test_a_driver_of_another_major_version_fails(tmp_path: Path) -> None:
     env = make_env(tmp_path, browser_config(chromedriver=str(stub)))
     finding = browser_checks.check_chromedriver(env)
     assert finding.status is Status.FAIL
-    installed = chromium_version("/usr/bin/chromium")
-    assert f"version 120 but /usr/bin/chromium is {installed}" in finding.message
+    shell = "/usr/lib/chromium/chromium-headless-shell"  # what the driver would drive
+    installed = chromium_version(shell)
+    assert f"version 120 but {shell} is {installed}" in finding.message
     assert "browser.chromedriver" in finding.fix
+
+
+def test_the_headless_shell_is_named_with_the_chromium_login_uses(tmp_path: Path) -> None:
+    finding = browser_checks.check_chromium(make_env(tmp_path, browser_config()))
+    assert finding.status is Status.OK, finding
+    assert finding.message.startswith("headless shell /usr/lib/chromium/chromium-headless-shell")
+    assert "deb chromium-headless-shell" in finding.message
+    assert "/usr/bin/chromium for `colab-gateway login`" in finding.message
+
+
+def test_without_a_headless_shell_the_check_says_what_it_would_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launch, "HEADLESS_SHELL_CANDIDATES", (str(tmp_path / "none"),))
+    finding = browser_checks.check_chromium(make_env(tmp_path, browser_config()))
+    assert finding.status is Status.OK, finding
+    assert finding.message.startswith("/usr/bin/chromium, version")
+    assert "apt-get install chromium-headless-shell" in finding.message
+    full = browser_config(engine="chromium")
+    assert "headless-shell" not in browser_checks.check_chromium(make_env(tmp_path, full)).message
 
 
 def test_a_missing_chromium_fails_with_how_to_install_it(tmp_path: Path) -> None:

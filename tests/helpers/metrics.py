@@ -27,7 +27,14 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "colab_gateway_ddns_published_timestamp_seconds": ("family",),
     "colab_gateway_ddns_errors_total": ("kind",),
     "colab_gateway_up_seconds": (),
-    "colab_gateway_build_info": ("asyncssh", "chromium", "python", "selenium", "version"),
+    "colab_gateway_build_info": (
+        "asyncssh",
+        "chromium",
+        "chromium_engine",
+        "python",
+        "selenium",
+        "version",
+    ),
 }
 
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]

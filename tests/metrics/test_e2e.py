@@ -41,6 +41,7 @@ def test_a_colab_disconnect_moves_the_metrics(loop: LoopHarness) -> None:
     assert value(got, "colab_gateway_tunnel_up", session=SESSION) == 1
     (build,) = got["colab_gateway_build_info"]
     assert dict(build)["chromium"], "Chromium's version once the browser runs"
+    assert dict(build)["chromium_engine"] in ("headless-shell", "chromium")
 
     def count(text: str, name: str, **labels: str) -> float:
         return value(text, name, session=SESSION, **labels) or 0.0

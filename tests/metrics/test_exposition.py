@@ -46,7 +46,13 @@ def busy_state() -> State:
     """A State in which every measure has seen an event."""
     state = State()
     state.set_health("tunnel", Health.OK, "up")
-    state.set_health("browser", Health.DEGRADED, "restarting", chromium_version="120.0.1")
+    state.set_health(
+        "browser",
+        Health.DEGRADED,
+        "restarting",
+        chromium_version="120.0.1",
+        chromium_engine="headless-shell",
+    )
     state.update_runtime("colab", state=RuntimeState.CONNECTED, gpu=True)
     state.update_tunnel("colab", up=True)
     state.count(COMPONENT_RESTARTS, component="tunnel")
@@ -79,6 +85,7 @@ def test_every_metric_is_exported_with_its_labels() -> None:
     assert value(got, "colab_gateway_browser_pss_bytes") == 300e6
     (build,) = got["colab_gateway_build_info"]
     assert dict(build)["chromium"] == "120.0.1"
+    assert dict(build)["chromium_engine"] == "headless-shell"
 
 
 def test_a_quiet_state_still_declares_every_metric() -> None:

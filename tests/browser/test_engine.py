@@ -1,0 +1,212 @@
+"""The keep-alive on Chromium's headless shell (browser.engine: auto) and on the full
+browser, with real Chromium, chromedriver and Xvfb: which program runs, that the shell
+keeps the runtime connected, that it shares the signed-in profile with the full Chromium
+of `colab-gateway login` both ways, and that it pays in memory."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.browser import launch, login
+from gateway.config import BrowserConfig
+from gateway.sim import SimColab
+from gateway.sim.runner import BrowserRunner
+
+pytestmark = pytest.mark.slow
+
+SHELL = "/usr/lib/chromium/chromium-headless-shell"
+CHROMIUM = "/usr/lib/chromium/chromium"
+
+
+def program_of(runner: BrowserRunner) -> str:
+    browser = runner.worker().browser
+    assert browser is not None
+    pid = browser.main_pid()
+    assert pid is not None
+    return os.path.realpath(f"/proc/{pid}/exe")
+
+
+def own_memory_mb(runner: BrowserRunner) -> float:
+    """Pss_Anon + Pss_Shmem over the browser's processes: its own memory, whatever other
+    Chromium instances on the machine share of the binary's pages."""
+    browser = runner.worker().browser
+    assert browser is not None
+    total = 0
+    for pid in browser.chromium_pids():
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            name, _, rest = line.partition(":")
+            if name in ("Pss_Anon", "Pss_Shmem"):
+                total += int(rest.split()[0])
+    return total / 1024
+
+
+def survives_a_disconnect_with_a_dialog(sim: SimColab, runner: BrowserRunner) -> None:
+    runner.wait(lambda r: r.runtime.state == "connected", 60, "connected")
+    sim.disconnect(dialog=True)
+    sim.wait_for(lambda s: s.runtime == "connected", 30, "reconnected through the dialog")
+    assert any(e["type"] == "click" and e["target"] == "dialog" for e in sim.events())
+
+
+@pytest.mark.parametrize(
+    ("engine", "program"), [("auto", SHELL), ("chromium", CHROMIUM)], ids=["auto", "chromium"]
+)
+def test_the_engine_runs_its_program_and_keeps_the_runtime_connected(
+    tmp_path: Path, engine: str, program: str
+) -> None:
+    with SimColab() as sim:
+        runner = BrowserRunner(tmp_path, sim, engine=engine)
+        try:
+            survives_a_disconnect_with_a_dialog(sim, runner)
+            assert program_of(runner) == program
+            name = "headless-shell" if program == SHELL else "chromium"
+            status = runner.state.component("browser")
+            assert status.details["chromium_engine"] == name
+            assert runner.worker().restarts == 0
+        finally:
+            runner.stop()
+
+
+def test_the_headless_shell_holds_far_less_own_memory_than_chromium(tmp_path: Path) -> None:
+    """What browser.engine: auto is for (docs/browser.md: 76 against 129 MB here)."""
+    own = {}
+    with SimColab() as sim:
+        for engine in ("headless-shell", "chromium"):
+            runner = BrowserRunner(tmp_path / engine, sim, engine=engine)
+            try:
+                runner.wait(lambda r: r.runtime.state == "connected", 60, "connected")
+                own[engine] = own_memory_mb(runner)
+            finally:
+                runner.stop()
+    assert own["headless-shell"] < 0.8 * own["chromium"], own
+
+
+# -- one profile, two programs -------------------------------------------------------------
+
+
+class CookieSite:
+    """/set/NAME=VALUE answers with a lasting cookie; every page then fetches /loaded, which
+    the browser asks for only once it has taken the page (and its cookie) in. Records the
+    cookies sent with each request."""
+
+    def __init__(self) -> None:
+        site = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                site.seen.append((self.path, self.headers.get("Cookie") or ""))
+                self.send_response(200)
+                if self.path.startswith("/set/"):
+                    cookie = self.path.removeprefix("/set/")
+                    self.send_header("Set-Cookie", f"{cookie}; Max-Age=86400; Path=/")
+                self.send_header("Content-Type", "text/html")
+                self.end_headers()
+                self.wfile.write(b"<html><body><img src=/loaded></body></html>")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.seen: list[tuple[str, str]] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for_load(self, path: str, timeout: float = 60) -> str:
+        """Once ``path`` and its /loaded were asked for: the cookies sent with ``path``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            paths = [p for p, _ in self.seen]
+            if path in paths and "/loaded" in paths[paths.index(path) :]:
+                return self.seen[paths.index(path)][1]
+            assert time.monotonic() < deadline, f"{path} was not loaded (saw {self.seen})"
+            time.sleep(0.1)
+
+
+def cookie_names(profile: Path) -> set[str]:
+    """Names in the profile's cookie store (stored in clear; values are encrypted)."""
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{profile}/Default/Cookies?mode=ro&immutable=1", uri=True)
+        ) as db:
+            return {name for (name,) in db.execute("SELECT name FROM cookies")}
+    except sqlite3.Error:  # not there yet, or caught mid-write
+        return set()
+
+
+@pytest.fixture
+def site() -> Iterator[CookieSite]:
+    cookies = CookieSite()
+    yield cookies
+    cookies.server.shutdown()
+    cookies.server.server_close()
+
+
+def run_login_chromium(
+    profile: Path, site: CookieSite, path: str, until_stored: str | None = None
+) -> str:
+    """The full Chromium as `colab-gateway login` starts it, in a window (Xvfb), until the
+    page was fetched and, like the command, until the profile holds the cookie
+    ``until_stored`` (Chromium commits cookies to disk every 30 s, not at once); then
+    stopped the command's way."""
+    xvfb, display = launch.start_xvfb()
+    try:
+        chromium = subprocess.Popen(
+            login.login_command(launch.find_chromium(), profile, site.url + path, None),
+            env={**os.environ, "DISPLAY": display},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            sent = site.wait_for_load(path)
+            deadline = time.monotonic() + 90
+            while until_stored and until_stored not in cookie_names(profile):
+                assert time.monotonic() < deadline, f"{until_stored} never reached {profile}"
+                time.sleep(0.5)
+            return sent
+        finally:
+            chromium.terminate()
+            # its helpers (the network service writes the cookies) end after the browser
+            deadline = time.monotonic() + 30
+            while launch.session_members(chromium.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            launch.kill_session(chromium.pid)
+            chromium.wait()
+    finally:
+        xvfb.kill()
+        xvfb.wait()
+
+
+def test_the_shell_and_logins_chromium_share_the_signed_in_profile(
+    tmp_path: Path, site: CookieSite
+) -> None:
+    profile = tmp_path / "profile"
+    # 1. a person signs in with `colab-gateway login`: the cookie lands in the profile
+    assert run_login_chromium(profile, site, "/set/SID=signed-in", until_stored="SID") == ""
+    assert cookie_names(profile) == {"SID"}
+    # 2. the keep-alive's headless shell sends it, and takes a rotated one (Google rotates
+    # its __Secure-*PSIDTS cookies while a session lives)
+    shell = launch.launch(BrowserConfig(profile_dir=str(profile)), tmp_path / "state")
+    try:
+        assert shell.engine == "headless-shell"
+        shell.driver.get(f"{site.url}/set/SIDTS=rotated")
+        assert site.wait_for_load("/set/SIDTS=rotated") == "SID=signed-in"
+    finally:
+        shell.close()  # politely: Chromium writes its cookies to the profile on the way out
+    assert cookie_names(profile) == {"SID", "SIDTS"}
+    # 3. the next login sends both
+    sent = run_login_chromium(profile, site, "/look")
+    assert set(sent.split("; ")) == {"SID=signed-in", "SIDTS=rotated"}
