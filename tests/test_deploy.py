@@ -762,6 +762,29 @@ def test_the_checkouts_wheel_is_installed_by_its_hash(deployed: Deployment) -> N
     assert installed == (REPO / "gateway/browser/launch.py").read_text()
 
 
+def test_the_headless_shell_is_installed_at_chromiums_version(deployed: Deployment) -> None:
+    """Debian 12 has chromium-headless-shell from Chromium's own source: the default play
+    (engine auto) installs it next to full Chromium, at the one version of chromium-common
+    both depend on, and leaves the choice to the daemon (browser.engine: auto)."""
+    import yaml
+
+    m = deployed.machine
+    listing = m.run(
+        "dpkg-query -W -f '${Package} ${Version} ${db:Status-Status}\\n' "
+        "chromium chromium-common chromium-driver chromium-headless-shell"
+    ).stdout
+    packages = {
+        name: (version, status) for name, version, status in map(str.split, listing.splitlines())
+    }
+    assert {status for _, status in packages.values()} == {"installed"}, packages
+    versions = {version for version, _ in packages.values()}
+    assert len(versions) == 1, packages
+    print(f"chromium and chromium-headless-shell: {versions.pop()}")
+    assert m.run("test -x /usr/lib/chromium/chromium-headless-shell", check=False).returncode == 0
+    config = yaml.safe_load(m.run("sudo cat /etc/colab-gateway/config.yaml").stdout)
+    assert config["browser"]["engine"] == "auto"
+
+
 def test_a_dedicated_user_keeps_both_sandboxes(deployed: Deployment) -> None:
     """The default service user is a system user without sudo: the tmux server keeps its
     sandbox (no_new_privs, seccomp) and both units remove its IPC objects once both stop."""
@@ -1008,8 +1031,9 @@ PROBE_SKIP = (
 )
 
 
-def chromium_probe_unit(flags: str, marker: str) -> str:
-    """A oneshot unit with colab-gateway.service's [Service] sandbox, running Chromium."""
+def chromium_probe_unit(browser: str, flags: str, marker: str) -> str:
+    """A oneshot unit with colab-gateway.service's [Service] sandbox, running Chromium
+    (``browser``: its command and headless flag)."""
     text = (REPO / "systemd/colab-gateway.service").read_text()
     service = text.split("[Service]", 1)[1].split("[Install]", 1)[0]
     kept = [
@@ -1024,7 +1048,7 @@ def chromium_probe_unit(flags: str, marker: str) -> str:
             f"User={SERVICE_USER}",
             "StandardOutput=journal",
             "TimeoutStartSec=120",
-            "ExecStart=/usr/bin/chromium --headless=new --disable-gpu --no-first-run "
+            f"ExecStart={browser} --disable-gpu --no-first-run "
             f"--disable-background-networking --disable-component-update --disable-sync {flags} "
             "--user-data-dir=/var/lib/colab-gateway/probe-profile "
             f"--dump-dom data:text/html,<p>{marker}</p>",
@@ -1034,20 +1058,26 @@ def chromium_probe_unit(flags: str, marker: str) -> str:
     )
 
 
+# Full Chromium, and the headless shell the daemon runs with engine auto (always headless:
+# it takes no --headless switch). The play installed both (the test above checks).
+BROWSERS = {
+    "chromium": "/usr/bin/chromium --headless=new",
+    "headless-shell": "/usr/bin/chromium-headless-shell",
+}
+
+
+@pytest.mark.parametrize("browser", list(BROWSERS))
 @pytest.mark.parametrize("flags", ["--no-sandbox", ""], ids=["no-sandbox", "own-sandbox"])
-def test_chromium_runs_under_the_units_sandbox(deployed: Deployment, flags: str) -> None:
+def test_chromium_runs_under_the_units_sandbox(
+    deployed: Deployment, flags: str, browser: str
+) -> None:
     """The hardening exceptions are the ones Chromium needs: it renders a page under them."""
     m = deployed.machine
-    m.run(
-        "command -v chromium >/dev/null || sudo DEBIAN_FRONTEND=noninteractive "
-        "apt-get install -y -q --no-install-recommends chromium >/dev/null",
-        timeout=900,
-    )
-    marker = f"probe-{os.getpid()}-{len(flags)}"
-    unit = f"cgw-chromium-probe-{len(flags)}.service"
+    marker = f"probe-{os.getpid()}-{browser}-{len(flags)}"
+    unit = f"cgw-chromium-probe-{browser}-{len(flags)}.service"
     m.run(
         f"sudo tee /etc/systemd/system/{unit} >/dev/null <<'EOF'\n"
-        f"{chromium_probe_unit(flags, marker)}EOF\n"
+        f"{chromium_probe_unit(BROWSERS[browser], flags, marker)}EOF\n"
     )
     m.run("sudo systemctl daemon-reload")
     started = m.run(f"sudo systemctl start {unit}", check=False, timeout=180)

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -367,3 +368,245 @@ def test_chromedriver_gets_no_snap_binary_in_snap_mode(tmp_path: Path) -> None:
         BrowserConfig(), "/snap/bin/chromium.chromedriver", "/snap/bin/chromium", tmp_path, "a"
     )
     assert "binary" not in options.to_capabilities()["goog:chromeOptions"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["auto", "headless-shell", "chromium"])
+def test_role_renders_the_browser_engine(tmp_path: Path, engine: str) -> None:
+    import yaml
+
+    config = _render_config(tmp_path, colab_gateway_browser_engine=engine)
+    rendered = yaml.safe_load(config.read_text())
+    assert rendered["browser"]["engine"] == engine
+    result = _check_config(config)
+    assert result.returncode == 0, result.stderr
+
+
+# What `apt-cache policy chromium chromium-headless-shell` says (its layout, LC_ALL=C) on
+# Debian 12, where both come from one source at one version, and on Raspberry Pi OS, whose
+# own Chromium build ("rpt", with an epoch) has no shell of its own version next to it.
+DEBIAN_VERSION = "156.0.8078.114-1~deb12u1"
+RPT_VERSION = "1:156.0.8078.114-1~deb12u1+rpt1"
+POLICY_STANZA = """{name}:
+  Installed: (none)
+  Candidate: {version}
+  Version table:
+     {version} 500
+        500 {uri} bookworm/main arm64 Packages
+"""
+DEBIAN_URI = "http://deb.debian.org/debian"
+RPI_URI = "http://archive.raspberrypi.com/debian"
+POLICIES = {
+    "debian": POLICY_STANZA.format(name="chromium", version=DEBIAN_VERSION, uri=DEBIAN_URI)
+    + POLICY_STANZA.format(name="chromium-headless-shell", version=DEBIAN_VERSION, uri=DEBIAN_URI),
+    "rpi-debian-shell": POLICY_STANZA.format(name="chromium", version=RPT_VERSION, uri=RPI_URI)
+    + POLICY_STANZA.format(name="chromium-headless-shell", version=DEBIAN_VERSION, uri=DEBIAN_URI),
+    # A package apt has never heard of gets no stanza at all.
+    "rpi-no-shell": POLICY_STANZA.format(name="chromium", version=RPT_VERSION, uri=RPI_URI),
+}
+
+# Stand-ins for dpkg-query, apt-cache and apt-get that log their arguments: this host is
+# neither Raspberry Pi OS nor a machine to install packages on. The deploy test
+# (tests/test_deploy.py) runs the same tasks against a real apt on Debian 12.
+FAKE_TOOLS = {
+    "dpkg-query": """#!/bin/sh
+echo "dpkg-query $*" | tr '\\n' ' ' >>"$FAKE_APT_LOG" && echo >>"$FAKE_APT_LOG"
+shift 3  # -W -f FORMAT
+rc=0
+for p in "$@"; do
+  if grep -qx "$p" "$FAKE_INSTALLED"; then echo "$p installed"
+  else echo "dpkg-query: no packages found matching $p" >&2; rc=1; fi
+done
+exit $rc
+""",
+    "apt-cache": """#!/bin/sh
+echo "apt-cache $*" >>"$FAKE_APT_LOG"
+cat "$FAKE_POLICY"
+""",
+    "apt-get": """#!/bin/sh
+echo "apt-get $*" >>"$FAKE_APT_LOG"
+""",
+}
+
+
+@dataclass
+class PackagePlay:
+    result: subprocess.CompletedProcess[str]
+    calls: list[str]  # each tool's command line, in order
+
+    def installed(self) -> list[str]:
+        lines = [c for c in self.calls if c.startswith("apt-get install")]
+        assert len(lines) <= 1, lines
+        return lines[0].split()[4:] if lines else []
+
+
+def _play_packages(
+    tmp_path: Path, os_name: str, policy: str, installed: set[str], **variables: object
+) -> PackagePlay:
+    """The role's engine checks and package tasks, played on this host with FAKE_TOOLS."""
+    import json
+
+    if not (BIN / "ansible-playbook").exists():
+        pytest.skip("needs ansible-core in the venv (pip install -e '.[test]')")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name, script in FAKE_TOOLS.items():
+        (fake_bin / name).write_text(script)
+        (fake_bin / name).chmod(0o755)
+    (tmp_path / "installed").write_text("".join(f"{p}\n" for p in installed))
+    (tmp_path / "policy").write_text(policy)
+    log = tmp_path / "calls.log"
+    log.touch()
+    playbook = tmp_path / "packages.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "The role's package tasks",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars_files": [
+                        f"{ROLE}/defaults/main.yml",
+                        f"{ROLE}/vars/main.yml",
+                        f"{ROLE}/vars/{os_name}.yml",
+                    ],
+                    "tasks": [
+                        {"ansible.builtin.import_tasks": f"{ROLE}/tasks/browser-engine.yml"},
+                        {"ansible.builtin.import_tasks": f"{ROLE}/tasks/packages.yml"},
+                    ],
+                }
+            ]
+        )
+    )
+    result = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-c",
+            "local",
+            "-i",
+            "localhost,",
+            str(playbook),
+            "-e",
+            json.dumps({"ansible_python_interpreter": sys.executable, **variables}),
+        ],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{fake_bin}:{os.environ['PATH']}",
+            "FAKE_APT_LOG": str(log),
+            "FAKE_INSTALLED": str(tmp_path / "installed"),
+            "FAKE_POLICY": str(tmp_path / "policy"),
+            "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            "ANSIBLE_LOCALHOST_WARNING": "0",
+            "ANSIBLE_NOCOLOR": "1",
+        },
+        timeout=180,
+    )
+    return PackagePlay(result, log.read_text().splitlines())
+
+
+BASE_PACKAGES = ["tmux", "openssh-client", "rsync", "ca-certificates", "python3-venv"]
+BROWSER_PACKAGES = ["chromium", "chromium-driver", "xvfb"]
+
+
+@pytest.mark.slow
+def test_role_installs_the_headless_shell_at_chromiums_version(tmp_path: Path) -> None:
+    play = _play_packages(tmp_path, "Debian", POLICIES["debian"], set())
+    assert play.result.returncode == 0, play.result.stdout[-4000:]
+    assert play.calls.index("apt-get update -q") < play.calls.index(
+        "apt-cache policy chromium chromium-headless-shell"
+    ), play.calls
+    assert sorted(play.installed()) == sorted(
+        BASE_PACKAGES + BROWSER_PACKAGES + ["chromium-headless-shell"]
+    )
+
+
+@pytest.mark.slow
+def test_role_upgrades_chromium_with_the_shell_it_adds(tmp_path: Path) -> None:
+    """An older install without the shell: the shell comes with Chromium and its driver
+    named too, so that apt brings all three to the one version."""
+    everything = set(BASE_PACKAGES + BROWSER_PACKAGES)
+    play = _play_packages(tmp_path, "Debian", POLICIES["debian"], everything)
+    assert play.result.returncode == 0, play.result.stdout[-4000:]
+    assert sorted(play.installed()) == ["chromium", "chromium-driver", "chromium-headless-shell"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["rpi-debian-shell", "rpi-no-shell"])
+def test_role_skips_a_shell_apt_cannot_match_to_chromium(tmp_path: Path, policy: str) -> None:
+    """Raspberry Pi OS: a shell of another version than its Chromium, or none at all, is
+    left out, the play goes on, and it says the daemon uses full Chromium."""
+    play = _play_packages(tmp_path, "Debian", POLICIES[policy], set())
+    out = play.result.stdout
+    assert play.result.returncode == 0, out[-4000:]
+    assert sorted(play.installed()) == sorted(BASE_PACKAGES + BROWSER_PACKAGES)
+    assert "chromium-headless-shell is not installed" in out, out[-4000:]
+    assert "The daemon will use full Chromium" in out
+    assert f"for chromium {RPT_VERSION}" in out
+    shell = DEBIAN_VERSION if policy == "rpi-debian-shell" else "(none)"
+    assert f"apt offers version {shell} for" in out
+
+
+@pytest.mark.slow
+def test_role_fails_early_when_the_required_shell_cannot_be_had(tmp_path: Path) -> None:
+    play = _play_packages(
+        tmp_path,
+        "Debian",
+        POLICIES["rpi-debian-shell"],
+        set(),
+        colab_gateway_browser_engine="headless-shell",
+    )
+    out = play.result.stdout
+    assert play.result.returncode != 0
+    assert "colab_gateway_browser_engine is headless-shell, but apt offers" in out, out[-4000:]
+    assert f"chromium-headless-shell {DEBIAN_VERSION} for chromium {RPT_VERSION}" in out
+    assert play.installed() == [], "nothing is installed before the play stops"
+
+
+@pytest.mark.slow
+def test_role_asks_apt_nothing_about_the_shell_for_engine_chromium(tmp_path: Path) -> None:
+    play = _play_packages(
+        tmp_path, "Debian", POLICIES["debian"], set(), colab_gateway_browser_engine="chromium"
+    )
+    assert play.result.returncode == 0, play.result.stdout[-4000:]
+    assert not any(c.startswith("apt-cache") for c in play.calls), play.calls
+    assert "chromium-headless-shell" not in " ".join(play.calls)
+    assert sorted(play.installed()) == sorted(BASE_PACKAGES + BROWSER_PACKAGES)
+
+
+@pytest.mark.slow
+def test_role_second_run_with_the_shell_installed_changes_nothing(tmp_path: Path) -> None:
+    everything = set(BASE_PACKAGES + BROWSER_PACKAGES + ["chromium-headless-shell"])
+    play = _play_packages(tmp_path, "Debian", POLICIES["debian"], everything)
+    assert play.result.returncode == 0, play.result.stdout[-4000:]
+    assert [c.split()[0] for c in play.calls] == ["dpkg-query"], play.calls
+    assert "changed=0" in play.result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("os_name", "headless", "message"),
+    [
+        ("Ubuntu", True, "the snap has no\nheadless shell"),
+        ("Debian", False, "which has no window, but colab_gateway_browser_headless is false"),
+    ],
+    ids=["snap", "headed"],
+)
+def test_role_refuses_the_headless_shell_where_it_cannot_run(
+    tmp_path: Path, os_name: str, headless: bool, message: str
+) -> None:
+    play = _play_packages(
+        tmp_path,
+        os_name,
+        POLICIES["debian"],
+        set(),
+        colab_gateway_browser_engine="headless-shell",
+        colab_gateway_browser_headless=headless,
+    )
+    out = play.result.stdout
+    assert play.result.returncode != 0
+    failed_task = re.findall(r"^TASK \[(.*?)\]", out.split("fatal:")[0], re.M)
+    assert failed_task and failed_task[-1].startswith("Check that the headless shell"), out
+    assert " ".join(message.split()) in " ".join(out.split()), out[-4000:]
+    assert play.calls == [], "it fails before dpkg or apt is asked anything"
