@@ -365,7 +365,11 @@ def test_chromedriver_gets_no_snap_binary_in_snap_mode(tmp_path: Path) -> None:
     from gateway.config import BrowserConfig
 
     options = launch.chrome_options(
-        BrowserConfig(), "/snap/bin/chromium.chromedriver", "/snap/bin/chromium", tmp_path, "a"
+        BrowserConfig(),
+        "/snap/bin/chromium.chromedriver",
+        launch.Engine("/snap/bin/chromium"),
+        tmp_path,
+        "a",
     )
     assert "binary" not in options.to_capabilities()["goog:chromeOptions"]
 
