@@ -386,6 +386,17 @@ def test_role_renders_the_browser_engine(tmp_path: Path, engine: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("fallback", [False, True])
+def test_role_renders_the_run_all_fallback(tmp_path: Path, fallback: bool) -> None:
+    import yaml
+
+    config = _render_config(tmp_path, colab_gateway_browser_rerun_fallback_all=fallback)
+    rendered = yaml.safe_load(config.read_text())
+    assert rendered["browser"]["rerun_fallback_all"] is fallback
+    result = _check_config(config)
+    assert result.returncode == 0, result.stderr
+
+
 # What `apt-cache policy chromium chromium-headless-shell` says (its layout, LC_ALL=C) on
 # Debian 12, where both come from one source at one version, and on Raspberry Pi OS, whose
 # own Chromium build ("rpt", with an epoch) has no shell of its own version next to it.
