@@ -357,6 +357,21 @@ def test_role_drop_in_follows_the_venv_and_spares_a_login_users_ipc(tmp_path: Pa
         tmp_path, "colab-gateway.conf.j2", site, _colab_gateway_user_logs_in=False, **common
     ).read_text()
     assert "RemoveIPC" not in text
+    assert "ReadWritePaths" not in text  # no textfile, nothing beyond the unit's own
+
+
+@pytest.mark.slow
+@needs_systemd_analyze
+def test_role_lets_the_service_write_the_node_exporter_textfile(tmp_path: Path) -> None:
+    textfile = "/var/lib/prometheus/node-exporter/colab_gateway.prom"
+    unit = _gateway_with_drop_ins(tmp_path, "apt", colab_gateway_metrics_textfile=textfile)
+    site = (tmp_path / "colab-gateway.service.d/10-site.conf").read_text()
+    assert "\nReadWritePaths=-/var/lib/prometheus/node-exporter\n" in site
+    # systemd takes the drop-in with the unit (the "-": the directory need not exist)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+    )
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
 
 
 def test_chromedriver_gets_no_snap_binary_in_snap_mode(tmp_path: Path) -> None:
