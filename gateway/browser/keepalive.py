@@ -226,6 +226,7 @@ class Worker:
         for index, session in enumerate(self.sessions):
             if index:
                 driver.switch_to.new_window("window")
+                browser.present_as_chromium()
             session.handle = driver.current_window_handle
             self._open(session)
         version = str(driver.capabilities.get("browserVersion") or "")

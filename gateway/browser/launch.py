@@ -355,6 +355,8 @@ class Browser:
     sid: int  # chromedriver's pid = the session id of the whole tree
     profile: Path
     engine: str = "chromium"  # Engine.name
+    # Client Hints as the full Chromium gives them (the shell's, without "HeadlessChrome")
+    user_agent_override: dict[str, Any] | None = None
     xvfb: subprocess.Popen[bytes] | None = None
     display: str | None = None
     started_at: float = field(default_factory=time.monotonic)
@@ -363,6 +365,13 @@ class Browser:
 
     def pids(self) -> list[int]:
         return session_members(self.sid)
+
+    def present_as_chromium(self) -> None:
+        """For the current window (each window needs it once: CDP emulation is per page;
+        it lasts through reloads and navigations): the shell's Client Hints without the
+        brand that names it headless."""
+        if self.user_agent_override is not None:
+            self.driver.execute_cdp_cmd("Emulation.setUserAgentOverride", self.user_agent_override)
 
     def chromium_pids(self) -> list[int]:
         return [p for p in self.pids() if p != self.sid]
@@ -416,6 +425,48 @@ class Browser:
                 self.driver.command_executor._client_config.timeout = 10
                 self.driver.quit()
         self.kill()
+
+
+# The shell names itself in Client Hints: navigator.userAgentData and the Sec-CH-UA headers
+# carry a brand "HeadlessChrome" that the full Chromium does not send (the user agent string
+# itself is set by --user-agent). A user agent that says Chrome while its hints say
+# HeadlessChrome would be a contradiction no real browser shows.
+HEADLESS_BRAND = "HeadlessChrome"
+_HINTS_SCRIPT = """
+const done = arguments[arguments.length - 1];
+if (!navigator.userAgentData) { done(null); return; }
+navigator.userAgentData.getHighEntropyValues(
+  ["architecture", "bitness", "model", "platformVersion", "fullVersionList", "wow64"]
+).then(done, () => done(null));
+"""
+
+
+def user_agent_override(driver: Any, agent: str) -> dict[str, Any] | None:
+    """Emulation.setUserAgentOverride's argument: the shell's own hints, read on a secure
+    page (file:///dev/null: hints exist only in secure contexts, and data: is not one),
+    with the headless brand left out; None if the shell offers no hints."""
+    driver.get("file:///dev/null")
+    hints = driver.execute_async_script(_HINTS_SCRIPT)
+    if not isinstance(hints, dict):
+        return None
+
+    def without_headless(brands: Any) -> list[dict[str, str]]:
+        return [b for b in brands or [] if b.get("brand") != HEADLESS_BRAND]
+
+    return {
+        "userAgent": agent,
+        "userAgentMetadata": {
+            "brands": without_headless(hints.get("brands")),
+            "fullVersionList": without_headless(hints.get("fullVersionList")),
+            "platform": hints.get("platform", ""),
+            "platformVersion": hints.get("platformVersion", ""),
+            "architecture": hints.get("architecture", ""),
+            "model": hints.get("model", ""),
+            "mobile": bool(hints.get("mobile", False)),
+            "bitness": hints.get("bitness", ""),
+            "wow64": bool(hints.get("wow64", False)),
+        },
+    }
 
 
 def start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
@@ -507,6 +558,13 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
     driver.set_page_load_timeout(config.page_timeout)
     # the in-page wait for a change lasts up to poll_every: it must end before Selenium's
     driver.set_script_timeout(max(config.page_timeout, config.poll_every + 5))
+    if engine.headless_shell:
+        try:
+            browser.user_agent_override = user_agent_override(driver, agent)
+            browser.present_as_chromium()
+        except Exception:
+            browser.close(polite=False)
+            raise
     log.info(
         "started %s (driver %s, pid %d, profile %s%s)",
         engine.binary,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.browser import launch, login
-from gateway.config import BrowserConfig
+from gateway.config import BrowserConfig, Duration
 from gateway.sim import SimColab
 from gateway.sim.runner import BrowserRunner
 
@@ -78,6 +78,35 @@ def test_the_engine_runs_its_program_and_keeps_the_runtime_connected(
             assert runner.worker().restarts == 0
         finally:
             runner.stop()
+
+
+def test_the_shell_shows_pages_the_client_hints_of_chromium_in_every_window(
+    tmp_path: Path,
+) -> None:
+    """The page's navigator.userAgentData, on every load (first load, reloads, a second
+    session's window): the full Chromium's brands, never "HeadlessChrome"."""
+    seen = {}
+    with SimColab() as sim, SimColab() as second:
+        for engine in ("chromium", "headless-shell"):
+            before = sim.count("load"), second.count("load")
+            runner = BrowserRunner(
+                tmp_path / engine,
+                sim,
+                more_sessions={"second": second},
+                engine=engine,
+                reload_every=Duration(5),
+            )
+            try:
+                for page, count in zip((sim, second), before, strict=True):
+                    # the first load and at least one reload of each window
+                    page.wait_for(lambda p, n=count: p.count("load") >= n + 2, 60, "a reload")
+            finally:
+                runner.stop()
+            loads = sim.events("load")[before[0] :] + second.events("load")[before[1] :]
+            seen[engine] = {tuple(e["brands"]) for e in loads}
+    assert len(seen["chromium"]) == 1, seen
+    assert seen["headless-shell"] == seen["chromium"], seen
+    assert not any("HeadlessChrome" in brands for brands in seen["chromium"])
 
 
 def test_the_headless_shell_holds_far_less_own_memory_than_chromium(tmp_path: Path) -> None:
