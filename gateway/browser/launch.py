@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil
 
+from gateway.browser.client_hints import user_agent_override
 from gateway.config import BrowserConfig
 
 log = logging.getLogger(__name__)
@@ -425,48 +426,6 @@ class Browser:
                 self.driver.command_executor._client_config.timeout = 10
                 self.driver.quit()
         self.kill()
-
-
-# The shell names itself in Client Hints: navigator.userAgentData and the Sec-CH-UA headers
-# carry a brand "HeadlessChrome" that the full Chromium does not send (the user agent string
-# itself is set by --user-agent). A user agent that says Chrome while its hints say
-# HeadlessChrome would be a contradiction no real browser shows.
-HEADLESS_BRAND = "HeadlessChrome"
-_HINTS_SCRIPT = """
-const done = arguments[arguments.length - 1];
-if (!navigator.userAgentData) { done(null); return; }
-navigator.userAgentData.getHighEntropyValues(
-  ["architecture", "bitness", "model", "platformVersion", "fullVersionList", "wow64"]
-).then(done, () => done(null));
-"""
-
-
-def user_agent_override(driver: Any, agent: str) -> dict[str, Any] | None:
-    """Emulation.setUserAgentOverride's argument: the shell's own hints, read on a secure
-    page (file:///dev/null: hints exist only in secure contexts, and data: is not one),
-    with the headless brand left out; None if the shell offers no hints."""
-    driver.get("file:///dev/null")
-    hints = driver.execute_async_script(_HINTS_SCRIPT)
-    if not isinstance(hints, dict):
-        return None
-
-    def without_headless(brands: Any) -> list[dict[str, str]]:
-        return [b for b in brands or [] if b.get("brand") != HEADLESS_BRAND]
-
-    return {
-        "userAgent": agent,
-        "userAgentMetadata": {
-            "brands": without_headless(hints.get("brands")),
-            "fullVersionList": without_headless(hints.get("fullVersionList")),
-            "platform": hints.get("platform", ""),
-            "platformVersion": hints.get("platformVersion", ""),
-            "architecture": hints.get("architecture", ""),
-            "model": hints.get("model", ""),
-            "mobile": bool(hints.get("mobile", False)),
-            "bitness": hints.get("bitness", ""),
-            "wow64": bool(hints.get("wow64", False)),
-        },
-    }
 
 
 def start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
