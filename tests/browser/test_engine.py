@@ -137,6 +137,7 @@ class CookieSite:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 site.seen.append((self.path, self.headers.get("Cookie") or ""))
+                site.client_hints.append(self.headers.get("Sec-CH-UA") or "")
                 self.send_response(200)
                 if self.path.startswith("/set/"):
                     cookie = self.path.removeprefix("/set/")
@@ -149,6 +150,7 @@ class CookieSite:
                 pass
 
         self.seen: list[tuple[str, str]] = []
+        self.client_hints: list[str] = []  # Sec-CH-UA of each request
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -233,6 +235,9 @@ def test_the_shell_and_logins_chromium_share_the_signed_in_profile(
         assert shell.engine == "headless-shell"
         shell.driver.get(f"{site.url}/set/SIDTS=rotated")
         assert site.wait_for_load("/set/SIDTS=rotated") == "SID=signed-in"
+        # the request's Client Hints name no headless brand (client_hints.py)
+        hints = site.client_hints[[p for p, _ in site.seen].index("/set/SIDTS=rotated")]
+        assert '"Chromium"' in hints and "HeadlessChrome" not in hints, hints
     finally:
         shell.close()  # politely: Chromium writes its cookies to the profile on the way out
     assert cookie_names(profile) == {"SID", "SIDTS"}
