@@ -26,15 +26,15 @@ from helpers import MINIMAL_CONFIG, Daemon, NotifySocket, StartDaemon
 # LONGEST_FIRST: the longest modules, handed out first (longest first is what balances two
 # workers), so that the deployed machine (3-5 min) overlaps the rest of the suite instead
 # of running alone at its end. Measured with --durations on 2 cores: deploy 210 s, browser
-# policies 66 s, browser engine 66 s (alone; half of it Chromium's 30 s cookie commit),
-# browser reload 59 s, sync e2e 55 s, tunnel endpoint 38 s, e2e 22 s; everything else is
-# below 21 s. The remaining modules keep their random order.
+# policies 66 s, browser reload 59 s, sync e2e 55 s, browser engine 40 s (alone), tunnel
+# endpoint 38 s, e2e 22 s; everything else is below 21 s. The remaining modules keep their
+# random order.
 LONGEST_FIRST = (
     "tests/test_deploy.py",
     "tests/browser/test_policies.py",
-    "tests/browser/test_engine.py",
     "tests/browser/test_reload.py",
     "tests/sync/test_e2e.py",
+    "tests/browser/test_engine.py",
     "tests/tunnel/test_endpoint.py",
     "tests/test_e2e.py",
 )
