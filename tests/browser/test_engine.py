@@ -6,17 +6,15 @@ of `colab-gateway login` both ways, and that it pays in memory."""
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import sqlite3
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import free_port, wait_until
+from helpers.ddns import FakeServer, Received, Reply
 
 from gateway.browser import launch, login
 from gateway.config import BrowserConfig, Duration
@@ -129,42 +127,33 @@ def test_the_headless_shell_holds_far_less_own_memory_than_chromium(tmp_path: Pa
 
 class CookieSite:
     """/set/NAME=VALUE answers with a lasting cookie; every page then fetches /loaded, which
-    the browser asks for only once it has taken the page (and its cookie) in. Records the
-    cookies sent with each request."""
+    the browser asks for only once it has taken the page (and its cookie) in. The tests'
+    FakeServer records each request with its headers."""
 
     def __init__(self) -> None:
-        site = self
+        self.server = FakeServer(self._reply)
+        self.url = self.server.url
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                site.seen.append((self.path, self.headers.get("Cookie") or ""))
-                site.client_hints.append(self.headers.get("Sec-CH-UA") or "")
-                self.send_response(200)
-                if self.path.startswith("/set/"):
-                    cookie = self.path.removeprefix("/set/")
-                    self.send_header("Set-Cookie", f"{cookie}; Max-Age=86400; Path=/")
-                self.send_header("Content-Type", "text/html")
-                self.end_headers()
-                self.wfile.write(b"<html><body><img src=/loaded></body></html>")
+    @staticmethod
+    def _reply(request: Received) -> Reply:
+        headers = {"Content-Type": "text/html"}
+        if request.path.startswith("/set/"):
+            cookie = request.path.removeprefix("/set/")
+            headers["Set-Cookie"] = f"{cookie}; Max-Age=86400; Path=/"
+        return Reply(200, "<html><body><img src=/loaded></body></html>", headers)
 
-            def log_message(self, *args: object) -> None:
-                pass
+    def loaded(self, path: str, timeout: float = 60) -> Received:
+        """The request for ``path``, once its page asked for /loaded too."""
 
-        self.seen: list[tuple[str, str]] = []
-        self.client_hints: list[str] = []  # Sec-CH-UA of each request
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for_load(self, path: str, timeout: float = 60) -> str:
-        """Once ``path`` and its /loaded were asked for: the cookies sent with ``path``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            paths = [p for p, _ in self.seen]
+        def found() -> Received | None:
+            received = list(self.server.received)
+            paths = [r.path for r in received]
             if path in paths and "/loaded" in paths[paths.index(path) :]:
-                return self.seen[paths.index(path)][1]
-            assert time.monotonic() < deadline, f"{path} was not loaded (saw {self.seen})"
-            time.sleep(0.1)
+                return received[paths.index(path)]
+            return None
+
+        request: Received = wait_until(found, timeout, f"{path} loaded")
+        return request
 
 
 def cookie_names(profile: Path) -> set[str]:
@@ -182,8 +171,7 @@ def cookie_names(profile: Path) -> set[str]:
 def site() -> Iterator[CookieSite]:
     cookies = CookieSite()
     yield cookies
-    cookies.server.shutdown()
-    cookies.server.server_close()
+    cookies.server.close()
 
 
 def close_like_a_person(devtools_port: int) -> None:
@@ -222,7 +210,7 @@ def run_login_chromium(profile: Path, site: CookieSite, path: str) -> str:
             start_new_session=True,
         )
         try:
-            sent = site.wait_for_load(path)
+            sent = site.loaded(path).headers.get("cookie", "")
             close_like_a_person(port)
             # its helpers (the network service writes the cookies) end after the browser
             wait_until(lambda: not launch.session_members(chromium.pid), 30, "Chromium to close")
@@ -248,9 +236,10 @@ def test_the_shell_and_logins_chromium_share_the_signed_in_profile(
     try:
         assert shell.engine == "headless-shell"
         shell.driver.get(f"{site.url}/set/SIDTS=rotated")
-        assert site.wait_for_load("/set/SIDTS=rotated") == "SID=signed-in"
+        request = site.loaded("/set/SIDTS=rotated")
+        assert request.headers.get("cookie") == "SID=signed-in"
         # the request's Client Hints name no headless brand (client_hints.py)
-        hints = site.client_hints[[p for p, _ in site.seen].index("/set/SIDTS=rotated")]
+        hints = request.headers.get("sec-ch-ua", "")
         assert '"Chromium"' in hints and "HeadlessChrome" not in hints, hints
     finally:
         shell.close()  # politely: Chromium writes its cookies to the profile on the way out
