@@ -38,6 +38,9 @@ _GONE = (
     "can't find pane",
     "no server running",
     "server exited",
+    # A server kept up with no session at all (the unit's, exit-empty off) answers any
+    # target this way: the keeper's session closed with its last window.
+    "no current target",
 )
 
 

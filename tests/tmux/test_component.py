@@ -8,6 +8,7 @@ tunnel pins it. Assertions read the pane with ``tmux capture-pane``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -39,6 +40,8 @@ from helpers.tmux import (
     wait_for_text,
     wait_until,
 )
+
+from gateway.tmux import tmuxctl
 
 __all__ = ["tmux_server"]  # the fixture, imported for pytest
 
@@ -375,6 +378,8 @@ def test_a_window_that_dies_at_once_is_retried_with_a_growing_pause(rig: Rig) ->
     created = log.count("created tmux session colab")
     assert closed >= len(deaths)
     assert created <= 1 + closed, f"{created} sessions for {closed} deaths"
+    # A crash would restart the keeper with its count of deaths forgotten.
+    assert "tmux crashed" not in log
 
     tmux("set-environment", "-gu", "PYTHONHOME")
     wait_for_text(pane, "waiting for the Colab tunnel", 20)
@@ -383,6 +388,17 @@ def test_a_window_that_dies_at_once_is_retried_with_a_growing_pause(rig: Rig) ->
         10,
         "the keeper to report ok again",
     )
+
+
+def test_a_target_on_a_server_left_with_no_session_counts_as_gone(tmux_server: Path) -> None:
+    # The unit's server stays up when the keeper's only window dies and takes the session
+    # along; tmux then answers "no current target" rather than "can't find session". The
+    # keeper must take that as a race to look again at, not as a failure to crash on.
+    subprocess.run(unit_exec_start(), timeout=10, check=True)
+    assert tmux("list-sessions").stdout == ""
+    with pytest.raises(tmuxctl.TmuxError) as raised:
+        asyncio.run(tmuxctl.run("list-windows", "-t", "=colab"))
+    assert raised.value.vanished, raised.value
 
 
 def test_the_attach_hint_goes_through_sudo_for_a_dedicated_service_user() -> None:
