@@ -9,10 +9,10 @@ import helpers
 import pytest
 from helpers import MINIMAL_CONFIG, Daemon, NotifySocket, StartDaemon
 
-# -- scheduling under pytest-xdist (`make test`: -n 2 --dist loadscope) ----------------------
+# -- scheduling under pytest-xdist (`make test`: -n 3 --dist loadscope) ----------------------
 #
 # Each test module is one unit of work: one worker runs all of its tests, one after the
-# other, while the other worker runs other modules. That keeps together what a module's
+# other, while the other workers run other modules. That keeps together what a module's
 # tests share: a module-scoped fixture (the keep-alive's one Chromium, the end-to-end
 # harness, the deployed machine), which two workers would each build again. Nothing else
 # needs to be kept apart, checked for each kind of global resource: network namespaces are
@@ -23,7 +23,7 @@ from helpers import MINIMAL_CONFIG, Daemon, NotifySocket, StartDaemon
 # (Not --dist loadgroup with xdist_group marks: with pytest 9.2 it silently stops grouping,
 # pytest-xdist issue #1386.)
 #
-# LONGEST_FIRST: the longest modules, handed out first (longest first is what balances two
+# LONGEST_FIRST: the longest modules, handed out first (longest first is what balances the
 # workers), so that the deployed machine (3-5 min) overlaps the rest of the suite instead
 # of running alone at its end. Measured with --durations on 2 cores: deploy 210 s, browser
 # policies 66 s, browser reload 59 s, sync e2e 55 s, browser engine 40 s (alone), tunnel
