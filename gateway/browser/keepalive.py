@@ -35,6 +35,7 @@ from gateway.backoff import Backoff
 from gateway.browser import colab_dom, login, view_request
 from gateway.browser.canary import Canary, load_names
 from gateway.browser.evidence import Evidence
+from gateway.browser.failed_looks import FailedLooks
 from gateway.browser.launch import Browser, BrowserNotFound, launch
 from gateway.browser.page_state import (
     Action,
@@ -70,7 +71,6 @@ SETTLE_POLL = 0.25
 VIEW_OP_WAIT = 0.2  # while a person is in control: how often the thread looks up
 HTTP_GRACE = 10.0  # beyond page_timeout, how long chromedriver may take to answer
 MULTI_SESSION_SLICE = 1.0  # with several windows, watch each this long in turn
-MAX_FAILED_LOOKS = 20  # failed looks at a page in a row (0.5 s apart): a hung page
 
 
 class BrowserDied(RuntimeError):
@@ -122,7 +122,8 @@ class Worker:
         ]
         self.evidence = Evidence(ctx.paths.screenshots_dir, config.browser.screenshots_keep)
         self._memory_checked = 0.0
-        self._failures = 0
+        # A navigation may take page_timeout; chromedriver answers within HTTP_GRACE more.
+        self._failed_looks = FailedLooks(float(config.browser.page_timeout) + HTTP_GRACE)
         self.viewing: ViewServer | None = None  # while a person is in control (for tests)
 
     @property
@@ -178,6 +179,7 @@ class Worker:
             started = time.monotonic()
             reason = ""
             missing = False
+            self._failed_looks.ok()  # a new Chromium starts with a clean slate
             try:
                 self.browser = launch(self.config.browser, self.ctx.paths.state_dir)
                 if not self.stopping.is_set():  # stop may have come while Chromium started
@@ -363,14 +365,17 @@ class Worker:
 
         try:
             self._visit(session)
-            self._failures = 0
+            self._failed_looks.ok()
         except WebDriverException as exc:
             if self.browser is None or not self.browser.alive():
                 raise BrowserDied("Chromium or chromedriver exited") from exc
-            self._failures += 1
             log.debug("%s: looking at the page failed: %s", session.name, _short(exc))
-            if self._failures >= MAX_FAILED_LOOKS:
-                raise BrowserDied(f"the page stopped answering ({_short(exc)})") from exc
+            if self._failed_looks.failed(time.monotonic()):
+                looks = self._failed_looks
+                raise BrowserDied(
+                    f"the page stopped answering ({looks.count} failed looks in "
+                    f"{time.monotonic() - (looks.since or 0):.0f}s; {_short(exc)})"
+                ) from exc
             self.stopping.wait(0.5)
 
     def _act(self, session: _Session, action: Action, view: PageView) -> None:
