@@ -370,11 +370,11 @@ class Worker:
             if self.browser is None or not self.browser.alive():
                 raise BrowserDied("Chromium or chromedriver exited") from exc
             log.debug("%s: looking at the page failed: %s", session.name, _short(exc))
-            if self._failed_looks.failed(time.monotonic()):
-                looks = self._failed_looks
+            now, looks = time.monotonic(), self._failed_looks
+            if looks.failed(now):
                 raise BrowserDied(
                     f"the page stopped answering ({looks.count} failed looks in "
-                    f"{time.monotonic() - (looks.since or 0):.0f}s; {_short(exc)})"
+                    f"{now - (looks.since or now):.0f}s; {_short(exc)})"
                 ) from exc
             self.stopping.wait(0.5)
 
