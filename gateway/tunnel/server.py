@@ -41,6 +41,7 @@ from gateway.tunnel.guard import Guard
 from gateway.tunnel.keys import KeyStore
 from gateway.tunnel.known_sources import FILE_NAME as KNOWN_SOURCES_FILE
 from gateway.tunnel.known_sources import KnownSources
+from gateway.untrusted import quoted
 from gateway.vocabulary import (
     NO_COUNTERS,
     TUNNEL_BYTES,
@@ -572,10 +573,9 @@ class _CommandSession(asyncssh.SSHServerSession[str]):
 
 
 def untrusted(text: str, limit: int = 200) -> str:
-    """A string the peer chose, fit for one log line: quoted, with newlines, control and
-    non-printable characters escaped (``repr``), cut to ``limit`` characters first."""
-    cut = text[:limit]
-    return repr(cut) + ("…" if len(text) > limit else "")
+    """A string the peer chose, fit for one log line: quoted and escaped by the one gate,
+    ``gateway.untrusted``."""
+    return quoted(text, limit)
 
 
 def _reason(exc: Exception | None) -> str:

@@ -99,7 +99,7 @@ def test_untrusted_text_is_one_escaped_quoted_line_and_bounded() -> None:
     text = untrusted("evil\n2026-12-01 forged\r\x1b[2K\u202e\x00" + "x" * 500)
     assert text.isprintable() and "\n" not in text and "\x1b" not in text
     assert text.startswith("'evil\\n2026-12-01 forged\\r\\x1b[2K\\u202e\\x00")
-    assert text.endswith("…") and len(text) < 230
+    assert text.endswith("…'") and len(text) < 230
     assert untrusted("localhost") == "'localhost'"
 
 
