@@ -481,14 +481,21 @@ NotifyEvent = Literal[
 
 
 def _apprise_url(value: Secret) -> None:
-    # Only the shape is checked here (apprise itself is imported by the component): the
-    # value is a secret, so the message quotes its scheme at most.
+    # The value is a secret: messages show it only as notify_urls.shown() does (scheme
+    # and public host). apprise itself parses it, so check-config refuses what the
+    # daemon could never send to.
+    from gateway.notify_urls import UnusableURL, load
+
     scheme, sep, rest = value.reveal().partition("://")
     if not sep or not rest or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*$", scheme):
         raise ValueError(
             "is not an apprise URL (SERVICE://...): write e.g. ntfy://ntfy.sh/my-topic or "
             "json://host:port/path; https://github.com/caronc/apprise/wiki lists the services"
         )
+    try:
+        load(value.reveal())
+    except UnusableURL as exc:
+        raise ValueError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -501,6 +508,18 @@ class NotifyConfig:
     # runtime_lost and tunnel_down wait this long before anyone is told.
     tunnel_down_after: Duration = setting(Duration(600), min=10, max=86400)
     repeat_after: Duration = setting(Duration(21600), min=60)
+
+    def check(self) -> list[tuple[str, str]]:
+        """The URLs of ``urls_file``, checked as ``urls`` are (by line: they have no node)."""
+        problems = []
+        lines = self.urls_file.reveal().splitlines() if self.urls_file else []
+        for number, line in enumerate(lines, 1):
+            if line.strip() and not line.strip().startswith("#"):
+                try:
+                    _apprise_url(Secret(line.strip()))
+                except ValueError as exc:
+                    problems.append(("urls_file", f"line {number}: {exc}"))
+        return problems
 
     def all_urls(self) -> list[str]:
         lines = self.urls_file.reveal().splitlines() if self.urls_file else []

@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 from typing import Any, TextIO, cast
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from gateway.yaml_binder import Secret
 
@@ -58,6 +58,95 @@ def register_secret(value: str) -> None:
         _pattern = re.compile("|".join(re.escape(form) for form in ordered))
 
 
+_PUBLIC_HOST = re.compile(
+    r"^(localhost|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\.?)(:[0-9]{1,5})?$"
+)
+
+
+def is_public_host(hostport: str) -> bool:
+    """A DNS name, an address or ``localhost`` (with a port or not): no secret."""
+    return _PUBLIC_HOST.match(hostport) is not None
+
+
+def _url_parts(url: str) -> tuple[list[str], list[str]]:
+    """(the parts that are secret wherever they stand: userinfo and a host that is no public
+    name; the parts that may be: path segments, query values, the fragment)."""
+    _scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        return [], []
+    rest, _, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    always: list[str] = []
+    if at:
+        always += [userinfo, *userinfo.split(":")]
+    if hostport and not is_public_host(hostport):
+        always += [hostport, *hostport.split(":")]
+    maybe = [*path.split("/"), fragment]
+    for item in query.split("&"):
+        value = item.partition("=")[2]
+        maybe += [value, unquote_plus(value)]
+    return _forms_of(always), _forms_of(maybe)
+
+
+def _forms_of(parts: list[str]) -> list[str]:
+    found: list[str] = []
+    for part in parts:
+        for form in (part, unquote(part)):
+            if form and form not in found:
+                found.append(form)
+    return found
+
+
+def url_parts(url: str) -> list[str]:
+    """Every part of a service URL (``scheme://user:password@host/path?key=value``) that can
+    be a secret, as written and unquoted.
+
+    Apprise puts secrets anywhere: the userinfo (passwords), the host (a Telegram bot
+    token, a Discord webhook id: any host that is not a DNS name, an address or
+    ``localhost``), path segments (an ntfy topic, a Slack token) and query values
+    (``?token=``)."""
+    always, maybe = _url_parts(url)
+    return always + [part for part in maybe if part not in always]
+
+
+# A path segment or query value that is one plain word ("alerts", "POST", "high") is a
+# path or an option, or a topic anyone can guess: scrubbing it from all output would
+# blank the same word everywhere (a component named "alerts", the status's JSON keys).
+_PLAIN_WORD = re.compile(r"[A-Za-z]{1,12}")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` to scrub from all output: userinfo, a host that is no public
+    name, and every path segment and query value that is not one plain word."""
+    always, maybe = _url_parts(url)
+    return always + [part for part in maybe if not _PLAIN_WORD.fullmatch(part)]
+
+
+def register_url(url: str) -> None:
+    """Register ``url`` whole and its secret parts (``url_secrets``).
+
+    Parts shorter than MIN_LENGTH, or plain words, are not registered (they would scrub
+    ordinary words from every line); text about the URL itself (apprise's messages) goes
+    through ``scrub_parts``, which takes every part out, however short.
+    """
+    register_secret(url.strip())
+    for part in url_secrets(url):
+        register_secret(part)
+
+
+def scrub_parts(text: str, url: str) -> str:
+    """``text`` (a message about ``url``) without any of ``url``'s parts, however short:
+    a short one only where it stands alone (``'abc'``, ``/abc``), not inside a word."""
+    for part in sorted(url_parts(url), key=len, reverse=True):
+        if len(part) >= MIN_LENGTH:
+            text = text.replace(part, MARK)
+        else:
+            text = re.sub(rf"(?<![\w-]){re.escape(part)}(?![\w-])", MARK, text)
+    return redact(text)
+
+
 def register_secrets(config: object) -> None:
     """Register every ``Secret`` found in ``config`` (a Config, a LoadedConfig, a section)."""
 
@@ -67,6 +156,10 @@ def register_secrets(config: object) -> None:
             # A file of several secrets (notify.urls_file: one URL a line) hides each one.
             for line in value.reveal().splitlines():
                 register_secret(line.strip())
+                if "://" in line:
+                    # A URL's secret is often one part of it (an ntfy topic, a bot token),
+                    # and services echo the part, not the URL.
+                    register_url(line)
         elif hasattr(value, "__dataclass_fields__"):
             for name in value.__dataclass_fields__:
                 walk(getattr(value, name))

@@ -3,7 +3,14 @@ the Pi's own user (``ssh.identity``), with the VM's host key checked strictly ag
 key the tunnel pinned in ``<state>/known_hosts``.
 
 One definition for everything that does it: the tmux pane's ssh client and the sync's
-rsync (``-e``), so the two can never disagree about how the VM is trusted.
+rsync (``-e``) and ``resume`` command, so they can never disagree about how the VM is
+trusted.
+
+No ssh config is read: ``-F /dev/null`` (which also skips /etc/ssh/ssh_config) with every
+option on the command line. The user's ``~/.ssh/config`` is the file a hostile VM would
+aim at (a ``ProxyCommand`` or ``LocalCommand`` there runs on the Pi), and a config the
+gateway wrote itself would be one more file to protect; /dev/null cannot be written.
+``IdentitiesOnly`` keeps an agent's other keys out of the VM's reach.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ def ssh_options(config: Config, session: str, paths: Paths) -> list[str]:
     port = config.session(session).ssh_port
     identity = os.path.expanduser(config.ssh.identity)
     return [
+        "-F",
+        "/dev/null",
         "-p",
         str(port),
         "-i",

@@ -24,6 +24,7 @@ from gateway.component import ComponentSpec, Context
 from gateway.config import load_config_text
 from gateway.daemon import Gateway
 from gateway.paths import Paths
+from gateway.secrets import redact, register_secrets, scrub_parts
 from gateway.state import Health
 
 
@@ -202,3 +203,47 @@ def test_evidence_of_a_real_page_echoing_a_secret_is_scrubbed(tmp_path: Path) ->
     assert written.count("<redacted>") >= 4, written
     for form in (secret, quote(secret, safe=""), html.escape(secret), json.dumps(secret)[1:-1]):
         assert form not in written, form
+
+
+@pytest.mark.parametrize(
+    ("url", "secret_parts", "public"),
+    [
+        # ntfy: the topic is the secret; the host is a public name.
+        ("ntfy://ntfy.sh/tpc-58aa31", ["tpc-58aa31"], ["ntfy.sh"]),
+        # A Telegram bot token stands where a host would: no public name, so a secret.
+        (
+            "tgram://123456789:AAHk3y-x_Q/987654321",
+            ["123456789:AAHk3y-x_Q", "AAHk3y-x_Q", "987654321"],
+            [],
+        ),
+        # userinfo, a quoted password and a query token.
+        (
+            "ntfys://bob:p%40ss-w0rd@push.example.org/alerts?token=tk_77abc&priority=high",
+            ["bob:p%40ss-w0rd", "p%40ss-w0rd", "p@ss-w0rd", "tk_77abc"],
+            ["push.example.org", "alerts", "priority", "high"],
+        ),
+    ],
+)
+def test_every_secret_part_of_a_notify_url_is_registered_when_the_config_is_loaded(
+    tmp_path: Path, url: str, secret_parts: list[str], public: list[str]
+) -> None:
+    """Only whole URLs were registered on b2ceba6: apprise's messages name the parts.
+
+    Plain words in the path or query ("alerts", "high") are left to the scrub of apprise's
+    own messages: registering them would blank the word everywhere."""
+    loaded = load_config_text(MINIMAL_CONFIG + f"notify:\n  urls: ['{url}']\n", "c.yaml")
+    register_secrets(loaded)
+    for part in secret_parts:
+        assert redact(f"said {part}.") == "said <redacted>.", part
+    for word in public:
+        assert redact(f"said {word}.") == f"said {word}.", word
+
+
+def test_short_parts_are_scrubbed_from_text_about_their_url() -> None:
+    """A 3-character topic is below MIN_LENGTH and never registered, yet a message about
+    its URL never shows it (only where it stands alone: a word containing it stays)."""
+    url = "ntfy://ntfy.sh/k9z"
+    assert redact("topic 'k9z'") == "topic 'k9z'"
+    assert scrub_parts("topic 'k9z' at /k9z; k9zed", url) == (
+        "topic '<redacted>' at /<redacted>; k9zed"
+    )

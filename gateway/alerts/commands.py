@@ -38,10 +38,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
     if loaded is None:
         return EX_CONFIG
     register_secrets(loaded)
-    logs.setup("error")  # each URL's line below says what happened
-    import logging
-
-    logging.getLogger("apprise").propagate = False  # its warnings are in those lines
+    logs.setup("error")  # each URL's line below says what happened (apprise's, scrubbed)
     urls = loaded.config.notify.all_urls()
     if not urls:
         print(
@@ -62,7 +59,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
             print(f"FAILED  URL {index}: {exc}")
             failed += 1
             continue
-        error = send_once(sender, title, body, None)
+        error = send_once(sender, title, body, None, url)
         if error is None:
             print(f"sent    {label}")
         else:

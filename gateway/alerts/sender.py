@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import notify_urls
 from gateway.alerts.events import Alert
 from gateway.backoff import Backoff
 from gateway.secrets import redact
@@ -29,49 +30,37 @@ RETRY_FIRST, RETRY_MAX = 5.0, 600.0
 
 
 def load_apprise(url: str, index: int = 1) -> tuple[Any, str]:
-    """An ``apprise.Apprise`` holding ``url``, and a label safe to show; ``ValueError`` if
-    apprise does not know the URL.
-
-    The label is ``URL n (scheme://host)`` from apprise's privacy form (which masks tokens
-    in the host, as Telegram's bot token): paths and queries often are the secret (an ntfy
-    topic), so they are never shown."""
-    apprise = _apprise()
-    plugin = apprise.Apprise.instantiate(url)
-    if not plugin:
-        scheme = url.partition("://")[0]
-        raise ValueError(f"apprise does not understand this {scheme}:// URL")
-    sender = apprise.Apprise()
+    """An ``apprise.Apprise`` holding ``url``, and a label safe to show (``URL n
+    (scheme://host)``, the host only when it is a public name: paths, queries, userinfo and
+    token hosts are the secrets); ``ValueError`` in our words if apprise cannot use it."""
+    plugin = notify_urls.load(url)
+    sender = notify_urls.apprise_module().Apprise()
     sender.add(plugin)
-    scheme, _, rest = str(plugin.url(privacy=True)).partition("://")
-    host = rest.split("/")[0].split("?")[0].rpartition("@")[2]
-    return sender, redact(f"URL {index} ({scheme}://{host})")
+    return sender, notify_urls.label(url, index)
 
 
-def send_once(sender: Any, title: str, body: str, attach: str | None) -> str | None:
-    """Send one message; None if the service took it, else why not."""
-    apprise = _apprise()
-    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
-        try:
+def send_once(sender: Any, title: str, body: str, attach: str | None, url: str) -> str | None:
+    """Send one message; None if the service took it, else why not, in our words.
+
+    apprise's last warning (what the service answered) is kept only with every part of
+    ``url`` scrubbed from it: it names the ntfy topic, the bot, the user."""
+    try:
+        with notify_urls.quiet() as said:
             ok = sender.notify(title=redact(title), body=redact(body), attach=attach)
-        except Exception as exc:  # a plugin bug must not end the sending thread
-            return redact(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a plugin bug must not end the sending thread
+        return f"apprise failed ({notify_urls.apprise_said(f'{type(exc).__name__}: {exc}', url)})"
     if ok:
         return None
-    lines = [ln.strip() for ln in captured.getvalue().splitlines() if ln.strip()]
-    return redact(lines[-1] if lines else "the service refused the message")[:300]
-
-
-def _apprise() -> Any:
-    """apprise, imported late (it takes a while on a Pi) and untyped: one place says so."""
-    import apprise
-
-    return apprise
+    if not said:
+        return "the service did not take the message"
+    return f"the service did not take the message ({notify_urls.apprise_said(said[-1], url)})"
 
 
 @dataclass
 class Target:
     label: str
     sender: Any
+    url: str  # never shown: its parts are scrubbed from what apprise says about it
     backoff: Backoff
     pending: deque[Alert] = field(default_factory=deque)
     sent: int = 0
@@ -99,7 +88,7 @@ class Sender:
                 self.bad.append(f"URL {index}: {exc}")
                 continue
             backoff = Backoff(retry_first, retry_max, jitter="equal")
-            self.targets.append(Target(label, sender, backoff))
+            self.targets.append(Target(label, sender, url, backoff))
         self.on_change = on_change
         self.queue_max = queue_max
         self._cond = threading.Condition()
@@ -194,7 +183,7 @@ class Sender:
                 return
             alert = target.pending[0]
         attach = alert.attach if alert.attach and os.path.exists(alert.attach) else None
-        error = send_once(target.sender, alert.title, alert.body, attach)
+        error = send_once(target.sender, alert.title, alert.body, attach, target.url)
         with self._cond:
             if error is None:
                 if target.pending and target.pending[0] is alert:

@@ -159,12 +159,28 @@ def _tunnel_key():
         ) from None
 
 _dir = os.environ.get("GW_DIR") or os.path.expanduser("~/.colab-gateway")
+# The key goes into a 0700 directory of ours, whatever was there before (a directory of
+# another mode, a symlink to elsewhere), into a file made fresh: a file or a symlink left at
+# the key's name keeps neither its mode nor its target, the rename replaces the name.
+if os.path.islink(_dir) or (os.path.lexists(_dir) and not os.path.isdir(_dir)):
+    os.unlink(_dir)
 os.makedirs(_dir, mode=0o700, exist_ok=True)
+_dir_fd = os.open(_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+os.fchmod(_dir_fd, 0o700)
 _key_file = os.path.join(_dir, "tunnel_key")
 _key, _source = _tunnel_key()
-_fd = os.open(_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+_new = f"tunnel_key.{{os.getpid()}}.new"
+try:
+    os.unlink(_new, dir_fd=_dir_fd)
+except FileNotFoundError:
+    pass
+_flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+_fd = os.open(_new, _flags, 0o600, dir_fd=_dir_fd)
+os.fchmod(_fd, 0o600)
 with os.fdopen(_fd, "w") as _f:
     _f.write(_key.strip() + "\\n")  # bootstrap.sh decodes and repairs it
+os.rename(_new, "tunnel_key", src_dir_fd=_dir_fd, dst_dir_fd=_dir_fd)
+os.close(_dir_fd)
 
 SCRIPT = r"""
 {script}"""

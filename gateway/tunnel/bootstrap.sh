@@ -37,6 +37,8 @@ fi
 for var in GW_ENDPOINT_HOST GW_ENDPOINT_PORT GW_USER GW_ENDPOINT_HOSTKEY GW_FORWARDS; do
     [ -n "${!var:-}" ] || die "$var is not set (render this script with colab-gateway)"
 done
+# A symlink or a file at GW_DIR's name is replaced: everything below is written in there.
+if [ -L "$GW_DIR" ] || { [ -e "$GW_DIR" ] && [ ! -d "$GW_DIR" ]; }; then rm -f "$GW_DIR"; fi
 mkdir -p "$GW_DIR"
 chmod 700 "$GW_DIR"
 # One run at a time (Run all twice in a row); fd 8 is closed for everything long-lived.
@@ -256,7 +258,9 @@ read_tunnel_key() {
         bad_key "the text between its BEGIN and END lines is not base64"
     width=64  # PEM's line length; OpenSSH writes 70
     [ "$label" != "OPENSSH PRIVATE KEY" ] || width=70
-    repaired="$GW_KEY_FILE.new"
+    # A fresh file (mktemp: O_EXCL, 0600) beside the key, renamed over it: a file or a
+    # symlink left at the key's name keeps neither its mode nor its target.
+    repaired=$(mktemp "$GW_KEY_FILE.XXXXXX") || die "cannot write beside $GW_KEY_FILE"
     {
         printf -- '-----BEGIN %s-----\n' "$label"
         printf '%s' "$body" | fold -w "$width"
@@ -273,16 +277,19 @@ read_tunnel_key() {
     if [ "$form" = "multi-line form" ] && [ "$(cat "$repaired")" != "$text" ]; then
         form="multi-line form, line breaks restored"
     fi
-    mv -f "$repaired" "$GW_KEY_FILE"
+    mv -fT "$repaired" "$GW_KEY_FILE"
     say "tunnel key $(printf '%s\n' "$pub" | ssh-keygen -lf - | cut -d' ' -f2) from $GW_KEY_SOURCE ($form)"
 }
 read_tunnel_key
 
 # -- 5. sshd: key-only, root by key only, on loopback ------------------------------------------
-if [ ! -s "$GW_SSHD_HOSTKEY" ]; then
+if [ -L "$GW_SSHD_HOSTKEY" ] || [ ! -s "$GW_SSHD_HOSTKEY" ]; then
+    # ssh-keygen writes through a symlink and keeps an existing file's mode: none is left.
+    rm -f "$GW_SSHD_HOSTKEY" "$GW_SSHD_HOSTKEY.pub"
     mkdir -p "$(dirname "$GW_SSHD_HOSTKEY")"
     ssh-keygen -q -t ed25519 -N '' -C "colab-vm" -f "$GW_SSHD_HOSTKEY"
 fi
+chmod 600 "$GW_SSHD_HOSTKEY"
 [ -s "$GW_SSHD_HOSTKEY.pub" ] || ssh-keygen -y -f "$GW_SSHD_HOSTKEY" >"$GW_SSHD_HOSTKEY.pub"
 
 if [ -n "${GW_PI_PUBKEY:-}" ]; then

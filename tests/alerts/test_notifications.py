@@ -8,11 +8,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import MINIMAL_CONFIG, REPO, FakeClock, StartDaemon, wait_until
+from helpers import MINIMAL_CONFIG, REPO, FakeClock, NotifySocket, StartDaemon, wait_until
 from helpers.alerts import Inbox
 
 from gateway.alerts import run_marker
@@ -319,3 +322,155 @@ def test_human_needed_names_the_view_command_and_a_paused_session_keeps_its_prob
     state.update_runtime("colab", state="connected", since=T0 + 7260)
     (resolved,) = watcher.evaluate(state.view(T0 + 7260), T0 + 7260)
     assert resolved.resolved and "after 2h01m" in resolved.body
+
+
+# -- attack 9: the secret parts of notify URLs -------------------------------------------------
+
+# Each is the secret of its URL: an ntfy topic, a password, an access token (as a bot token
+# is), and a topic shorter than secrets.MIN_LENGTH, which cannot be registered and must
+# still never be shown.
+TOPIC, PASSWORD, TOKEN, SHORT_TOPIC = "topic-s3cr3t-91", "pa55-s3cr3t-82", "tk_s3cr3t73", "q7z"
+
+
+class FailingNtfy:
+    """An ntfy server that answers every post 500, echoing the topic it was asked for (as
+    servers do: "forbidden: topic X"), on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                asked = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                body = json.dumps(
+                    {"code": 50001, "http": 500, "error": f"cannot publish to {asked['topic']}"}
+                ).encode()
+                self.send_response(500)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_PUT = do_POST
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        port = self.server.server_address[1]
+        self.urls = [
+            f"ntfy://alice:{PASSWORD}@127.0.0.1:{port}/{TOPIC}",
+            f"ntfy://127.0.0.1:{port}/{SHORT_TOPIC}?auth=token&token={TOKEN}",
+        ]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def failing_ntfy() -> Iterator[FailingNtfy]:
+    server = FailingNtfy()
+    yield server
+    server.close()
+
+
+def assert_no_secret(text: str, where: str) -> None:
+    for secret in (TOPIC, PASSWORD, TOKEN, SHORT_TOPIC):
+        assert secret not in text, f"{secret!r} in {where}: {text}"
+
+
+def test_notify_test_never_shows_a_urls_secret_parts(
+    failing_ntfy: FailingNtfy, tmp_path: Path
+) -> None:
+    """Fails on b2ceba6: apprise's "Failed to send ntfy notification to topic 'topic-…'"
+    was printed; only whole URLs were registered for redaction."""
+    config = tmp_path / "config.yaml"
+    config.write_text(MINIMAL_CONFIG + f"notify:\n  urls: {json.dumps(failing_ntfy.urls)}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "notify", "--test", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert_no_secret(result.stdout + result.stderr, "notify --test")
+    port = failing_ntfy.server.server_address[1]
+    assert result.stdout.splitlines() == [
+        f"FAILED  URL 1 (ntfy://127.0.0.1:{port}): the service did not take the message "
+        "(Failed to send ntfy notification to topic '<redacted>': cannot publish to "
+        "<redacted>, error=50001.)",
+        f"FAILED  URL 2 (ntfy://127.0.0.1:{port}): the service did not take the message "
+        "(Failed to send ntfy notification to topic '<redacted>': cannot publish to "
+        "<redacted>, error=50001.)",
+    ]
+
+
+def test_a_failing_ntfy_server_shows_no_secret_in_status_line_status_json_or_log(
+    failing_ntfy: FailingNtfy,
+    notify_socket: NotifySocket,
+    start_daemon: StartDaemon,
+    tmp_path: Path,
+) -> None:
+    """Fails on b2ceba6: the topic was in STATUS=, `status --json` and the log."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    # An unclean previous run: the daemon has something to send at once.
+    (state_dir / "last-run.json").write_text(
+        json.dumps({"pid": 1, "started_at": T0, "clean": False})
+    )
+    config = MINIMAL_CONFIG + f"notify:\n  urls: {json.dumps(failing_ntfy.urls)}\n"
+    daemon = start_daemon(config, env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    status = [sys.executable, "-m", "gateway", "status", "--json"]
+    status += ["--runtime-dir", str(daemon.runtime_dir)]
+
+    def both_failing() -> str | None:
+        out = subprocess.run(status, capture_output=True, text=True, cwd=REPO, timeout=30)
+        alerts = json.loads(out.stdout or "{}").get("components", {}).get("alerts", {})
+        errors = [t["error"] for t in alerts.get("details", {}).get("targets", [])]
+        return out.stdout if len(errors) == 2 and all(errors) else None
+
+    shown = wait_until(both_failing, 30, "both URLs failing in status --json")
+    assert_no_secret(shown, "status --json")
+    assert "topic '<redacted>'" in shown
+    line = ""
+    deadline = time.monotonic() + 30
+    while "URL 2" not in line and time.monotonic() < deadline:
+        line = notify_socket.wait_for("STATUS=", timeout=max(0.1, deadline - time.monotonic()))
+    assert "the service did not take the message" in line
+    assert daemon.stop() == 0
+    for _, message in notify_socket.messages:
+        assert_no_secret(message, "sd_notify")
+    log = daemon.output()
+    assert "sending failed" in log
+    assert_no_secret(log, "the daemon's log")
+
+
+def test_check_config_refuses_a_url_apprise_cannot_parse(tmp_path: Path) -> None:
+    """Fails on b2ceba6: only the SCHEME:// shape was checked; the daemon started with a URL
+    it could never send to."""
+    token = "not-a-bot-token-5s3cr3t"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        MINIMAL_CONFIG
+        + "notify:\n"
+        + "  urls:\n"
+        + "    - ntfy://ntfy.sh/fine-topic-123\n"
+        + f"    - tgram://{token}/12345678\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert token not in result.stdout + result.stderr and "12345678" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"{config}:8:7: notify.urls[1]: apprise cannot use this tgram:// URL "
+        "(tgram://<redacted>/<redacted>): Unparseable Telegram URL "
+        "tgram://<redacted>/<redacted>; write it as https://appriseit.com/services/telegram/ "
+        "shows"
+    ], result.stderr

@@ -274,6 +274,8 @@ APT_STUB = r"""#!/bin/bash
 # STUB_SSHD (and, with STUB_SYSTEM_SSHD_CONFIG, starts an sshd with it, as the package's
 # postinst can); installing rsync makes an executable STUB_RSYNC.
 echo "$*" >>"$STUB_LOG"
+# STUB_STAT: a file whose mode (through links) is noted at each call, while apt "runs".
+[ -z "${STUB_STAT:-}" ] || stat -L -c %a "$STUB_STAT" >>"$STUB_LOG.modes" 2>&1 || true
 packages=()
 option_value=no
 for arg; do
@@ -576,3 +578,75 @@ def test_a_loop_of_the_same_dir_in_another_mount_namespace_is_never_stopped(
         finally:
             os.killpg(other.pid, signal.SIGKILL)  # bash and its sleep
             other.wait()
+
+
+# -- 3. the key file: written fresh, whatever was at its name (issue 22, attack 10) -------------
+
+
+@pytest.mark.parametrize("planted", ["a 0644 file", "symlinks"])
+def test_the_cell_writes_the_key_fresh_whatever_was_at_its_name(
+    tmp_path: Path, pi_key: Path, planted: str
+) -> None:
+    """Fails on b2ceba6: the cell opened the key's name with O_TRUNC, so a 0644 file left
+    there stayed 0644 (the key readable by all while apt ran) and a symlink was followed
+    (the key written into its target); the shell part's ``tunnel_key.new`` likewise."""
+    config = make_config(tmp_path)
+    with running_endpoint(config, tmp_path / "state") as r:
+        vm = vm_for(tmp_path, r, config, pi_key)
+        calls = with_apt_stub(vm, tmp_path)
+        gw = vm.dir
+        gw.mkdir(mode=0o755)
+        gw.chmod(0o755)
+        elsewhere = [tmp_path / "elsewhere-1", tmp_path / "elsewhere-2"]
+        if planted == "a 0644 file":
+            (gw / "tunnel_key").write_text("old\n")
+            (gw / "tunnel_key").chmod(0o644)
+        else:
+            for target, name in zip(elsewhere, ["tunnel_key", "tunnel_key.new"], strict=True):
+                target.write_text("old\n")
+                target.chmod(0o644)
+                (gw / name).symlink_to(target)
+        vm.env["STUB_STAT"] = str(gw / "tunnel_key")
+        secrets = tmp_path / "secrets"
+        secrets.mkdir()
+        (secrets / "colab_gateway_colab").write_text(r.keys.tunnel_private_text("colab"))
+        fake = tmp_path / "fakecolab" / "google" / "colab"
+        fake.mkdir(parents=True)
+        (fake.parent / "__init__.py").write_text("")
+        (fake / "__init__.py").write_text("")
+        (fake / "userdata.py").write_text(
+            "import os\n"
+            "def get(name):\n"
+            "    return open(os.path.join(os.environ['FAKE_SECRETS'], name)).read()\n"
+        )
+        params = BootstrapParams(
+            "127.0.0.1",
+            r.port,
+            "colab",
+            " ".join(r.keys.host_info().public.split()[:2]),
+            {ssh_port(config): 22},
+            pi_key.with_name("id_ed25519.pub").read_text().strip(),
+            session="colab",
+        )
+        cell = tmp_path / "cell.py"
+        cell.write_text(render_cell(params, "colab"))
+        env = dict(vm.env, PYTHONPATH=str(tmp_path / "fakecolab"), FAKE_SECRETS=str(secrets))
+        for name in ("GW_KEY_FILE", "GW_SESSION", "GW_SECRET"):
+            env.pop(name)
+        done = subprocess.run(
+            [sys.executable, str(cell)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        # While apt ran (the slow part of a first run), the key was 0600 already.
+        modes = Path(f"{calls}.modes").read_text().split()
+        assert modes and set(modes) == {"600"}, modes
+        key_file = gw / "tunnel_key"
+        assert not key_file.is_symlink()
+        assert key_file.read_text() == r.keys.tunnel_private_text("colab")
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert gw.stat().st_mode & 0o777 == 0o700
+        for target in elsewhere if planted == "symlinks" else []:
+            assert target.read_text() == "old\n", f"{target} was written through a symlink"
+            assert target.stat().st_mode & 0o777 == 0o644
+        assert not list(gw.glob("tunnel_key.*")) or planted == "symlinks"
+        assert_tunnel_serves(r, config, pi_key, vm)
