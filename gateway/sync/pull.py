@@ -153,6 +153,11 @@ async def _transfer(
         problem = await asyncio.to_thread(free_problem, store.root, plan.limits)
         if problem is not None:
             raise Refused(problem)
+        if "No space left on device" in result.stderr:
+            raise Refused(
+                f"the file system of {store.root} ran out of space or inodes during the pull "
+                f"({result.why()}): free space there, lower keep, or add exclude patterns"
+            )
         raise Failed(result.why())
     return result
 
