@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_tunnel import SSHD, Servers, _wait_port, free_port, write_sshd_dir  # noqa: E402
 
-from gateway.config import load_config_text  # noqa: E402
+from gateway.config import SyncConfig, load_config_text  # noqa: E402
 from gateway.paths import Paths  # noqa: E402
 from gateway.sync import pull  # noqa: E402
 from gateway.sync.rsync import Remote  # noqa: E402
@@ -158,7 +158,10 @@ def one_trial(
     store = SnapshotStore(bench.tmp / f"store-{which}")
     shutil.rmtree(store.root, ignore_errors=True)
     remote = bench.remote(which)
-    plan = pull.PullPlan(paths=[str(data)])
+    # The product's default limits: with max_entries set, the pull is watched (statvfs
+    # every tick, walks of the partial snapshot) as it is in the daemon.
+    defaults = SyncConfig()
+    plan = pull.PullPlan(paths=[str(data)], max_entries=defaults.max_entries)
     times: dict[str, float] = {}
     with bench.tunnel(which, None):
         start = time.monotonic()

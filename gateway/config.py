@@ -131,6 +131,8 @@ class SyncConfig:
     exclude: list[str] = setting(factory=list)  # rsync patterns, e.g. '*.tmp', '__pycache__/'
     every: Duration = setting(Duration(120), min=10, max=86400)
     max_size: str = setting("", check=_size)  # refuse a pull bigger than this; empty: no limit
+    # refuse a pull of more files and directories than this (each costs an inode on the Pi)
+    max_entries: int = setting(200_000, min=1, max=100_000_000)
     keep: int = setting(3, min=1, max=100)
     bandwidth: str = setting("", check=_size)  # bytes per second, e.g. 5M; empty: no limit
     resume: ResumeConfig = setting(factory=ResumeConfig)
@@ -537,6 +539,8 @@ class StorageConfig:
 
     # Refuse a pull when the state directory's file system would keep less free than this.
     disk_floor: str = setting("1G", check=_size)
+    # ... or fewer free inodes than this (file systems that count none are not checked).
+    inode_floor: int = setting(10_000, min=0, max=1_000_000_000)
 
     @property
     def disk_floor_bytes(self) -> int:

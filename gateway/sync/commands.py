@@ -91,6 +91,7 @@ def _listing(paths: Any, session: str, keep: int) -> str:
     from gateway.durations import format_duration
     from gateway.sizes import format_size
     from gateway.sync.snapshots import SnapshotStore
+    from gateway.untrusted import untrusted
 
     store = SnapshotStore(paths.sync_dir / session)
     infos = store.infos()
@@ -111,7 +112,7 @@ def _listing(paths: Any, session: str, keep: int) -> str:
         if info.kept_previous:
             lines.append(
                 f"      changed during the pull, previous copy kept: "
-                f"{', '.join(info.kept_previous[:5])}"
+                f"{', '.join(untrusted(name) for name in info.kept_previous[:5])}"
             )
     return "\n".join(lines)
 

@@ -224,24 +224,7 @@ class SessionSync:
 
     async def run_resume(self, command: str) -> None:
         argv = ["ssh", *ssh_options(self.ctx.config, self.name, self.ctx.paths), VM_LOGIN]
-        proc = await asyncio.create_subprocess_exec(
-            *argv, resume_script(command),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            _, err = await asyncio.wait_for(proc.communicate(), RESUME_TIMEOUT)
-        except BaseException:
-            proc.kill()
-            await proc.wait()
-            raise
-        if proc.returncode != 0:
-            text = err.decode(errors="replace").strip().splitlines()
-            raise pulling.Failed(
-                f"starting resume.command failed (ssh exit {proc.returncode})"
-                + (f": {text[-1]}" if text else "")
-            )
+        await pulling.start_resume([*argv, resume_script(command)], RESUME_TIMEOUT)
         log.info("session %s: resume.command started; output in %s on the VM",
                  self.name, RESUME_LOG)  # fmt: skip
 
@@ -255,6 +238,8 @@ class SessionSync:
             max_bytes=self.sync.max_bytes,
             disk_floor=self.ctx.config.sync.disk_floor_bytes,
             vm=vm,
+            max_entries=self.sync.max_entries,
+            inode_floor=self.ctx.config.sync.inode_floor,
         )
         self.publish(pulling=True)
         started = time.time()

@@ -7,18 +7,33 @@ They run against a ``Remote`` (the VM through the tunnel, or a local directory i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
-import shutil
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.sizes import format_size
 from gateway.sync import rsync
+from gateway.sync.limits import (
+    TICK,
+    Limits,
+    Usage,
+    Watch,
+    free_problem,
+    make_plain,
+    usage_problem,
+    walk,
+)
+from gateway.sync.names import UnsafeName, keep_previous, name_parts
+from gateway.sync.output import Tail, read_lines
 from gateway.sync.rsync import Remote
 from gateway.sync.snapshots import SnapshotInfo, SnapshotStore
+from gateway.untrusted import untrusted
+
+log = logging.getLogger("gateway.sync")
 
 # A file that changed while it was copied is copied again this many times; if it still
 # changes, the new snapshot keeps the previous snapshot's copy (or leaves it out).
@@ -27,6 +42,10 @@ RETRIES = 2
 # that pauses mid-record (half a line, half a checkpoint) for less than this is caught.
 SETTLE = 0.2
 TIMEOUT = 6 * 3600.0  # one rsync; a reset ends it much sooner (ssh ServerAlive)
+# Files that may change during one pull. More is a VM rewriting its tree as fast as it is
+# read (or a list made to fill the Pi's memory): the pull is refused, not remembered.
+MAX_CHANGED = 10_000
+NAMES_LOGGED = 5  # refused VM names written to the log per pull; the rest are counted
 
 
 class Refused(Exception):
@@ -45,20 +64,62 @@ class PullPlan:
     max_bytes: int | None = None
     disk_floor: int = 0
     vm: str = ""
+    max_entries: int | None = None
+    inode_floor: int = 0
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_bytes, self.max_entries, self.disk_floor, self.inode_floor)
 
 
 async def pull(store: SnapshotStore, remote: Remote, plan: PullPlan) -> SnapshotInfo:
-    """Pull into ``<id>.partial``, make it a snapshot and the newest. Raises Refused/Failed
-    (and the partial directory stays until the next ``discard_partials``)."""
+    """Pull into ``<id>.partial``, make it a snapshot and the newest. Raises Refused (the
+    partial directory is removed: it is over a limit) or Failed (it stays until the next
+    ``discard_partials``)."""
     started_wall, started = time.time(), time.monotonic()
     await asyncio.to_thread(store.discard_partials)
     previous = store.newest()
-    link = store.files(previous) if previous else None
+    before = store.files(previous) if previous else None
+    link = await asyncio.to_thread(_link_dest, store, previous)
     snapshot_id = store.new_id(started_wall)
     partial = await asyncio.to_thread(store.begin, snapshot_id)
     dest = partial / "files"
+    try:
+        await _dry_run(store, remote, plan, dest, link)
+        result = await _transfer(
+            store, partial, plan,
+            rsync.pull_command(
+                remote, plan.paths, dest, link_dest=link,
+                excludes=plan.excludes, bandwidth=plan.bandwidth,
+            ),
+        )  # fmt: skip
+        refused = _Refusals()
+        vanished = refused.names(
+            (remote.vm_name(v) for v in result.vanished()), plan.paths, "vanished"
+        )
+        kept = await _settle(store, partial, remote, plan, before, link, vanished, refused)
+        refused.log_rest(result.vanished_dropped)
+        usage = await asyncio.to_thread(_final_check, store, dest, plan.limits)
+    except Refused:
+        await asyncio.to_thread(store.discard_partials)
+        raise
+    info = SnapshotInfo(
+        id=snapshot_id,
+        taken_at=started_wall,
+        bytes=usage.bytes,
+        seconds=round(time.monotonic() - started, 3),
+        vm=plan.vm,
+        kept_previous=tuple(kept),
+        links_munged=True,
+    )
+    await asyncio.to_thread(store.commit, info)
+    return info
 
-    # A dry run first: how big the tree is and how much is new, before a byte lands.
+
+async def _dry_run(
+    store: SnapshotStore, remote: Remote, plan: PullPlan, dest: Path, link: Path | None
+) -> None:
+    """How big the tree is and how much is new, before a byte lands: refuse early."""
     stats = await rsync.run(
         rsync.pull_command(
             remote, plan.paths, dest, link_dest=link, excludes=plan.excludes, dry_run=True
@@ -67,47 +128,119 @@ async def pull(store: SnapshotStore, remote: Remote, plan: PullPlan) -> Snapshot
     if not stats.ok:
         raise Failed(stats.why())
     total, new = rsync.sizes(stats.stdout)
-    if plan.max_bytes is not None and total > plan.max_bytes:
-        raise Refused(
-            f"the synced paths hold {format_size(total)}, more than sync.max_size "
-            f"{format_size(plan.max_bytes)}: raise max_size, or add exclude patterns"
-        )
-    free = shutil.disk_usage(store.root).free
-    if free - new < plan.disk_floor:
-        raise Refused(
-            f"pulling {format_size(new)} would leave {format_size(max(0, free - new))} free "
-            f"in {store.root}, below sync.disk_floor {format_size(plan.disk_floor)}: "
-            "free space there, lower keep, or lower disk_floor"
-        )
-
-    result = await rsync.run(
-        rsync.pull_command(
-            remote, plan.paths, dest, link_dest=link,
-            excludes=plan.excludes, bandwidth=plan.bandwidth,
-        ),
-        TIMEOUT,
-    )  # fmt: skip
-    if not result.ok:
-        raise Failed(result.why())
-    kept = await _settle(remote, plan, dest, link, result.vanished())
-    info = SnapshotInfo(
-        id=snapshot_id,
-        taken_at=started_wall,
-        bytes=await asyncio.to_thread(_tree_bytes, dest),
-        seconds=round(time.monotonic() - started, 3),
-        vm=plan.vm,
-        kept_previous=tuple(kept),
+    count, created = rsync.entries(stats.stdout)
+    problem = usage_problem(Usage(total, count), plan.limits) or free_problem(
+        store.root, plan.limits, new, created
     )
-    await asyncio.to_thread(store.commit, info)
-    return info
+    if problem is not None:
+        raise Refused(problem)
+
+
+async def _transfer(
+    store: SnapshotStore, partial: Path, plan: PullPlan, argv: list[str]
+) -> rsync.Result:
+    """One rsync that writes into ``partial``, watched: stopped at a limit (Refused)."""
+    watch = Watch(store.root, partial, plan.limits)
+    result = await rsync.run(
+        argv, TIMEOUT, watch=lambda: asyncio.to_thread(watch.tick), watch_every=TICK
+    )
+    log.debug("pull watched: %d walks of %s took %.3fs", watch.walks, partial,
+              watch.walk_seconds)  # fmt: skip
+    if result.stopped is not None:
+        raise Refused(f"{result.stopped} (rsync was stopped during the transfer)")
+    if not result.ok:
+        # rsync may have ended by itself at the limit (the disk full): say which limit.
+        problem = await asyncio.to_thread(free_problem, store.root, plan.limits)
+        if problem is not None:
+            raise Refused(problem)
+        if "No space left on device" in result.stderr:
+            raise Refused(
+                f"the file system of {store.root} ran out of space or inodes during the pull "
+                f"({result.why()}): free space there, lower keep, or add exclude patterns"
+            )
+        raise Failed(result.why())
+    return result
+
+
+def _final_check(store: SnapshotStore, dest: Path, limits: Limits) -> Usage:
+    """Before the commit: within every limit, and nothing special or setuid kept."""
+    usage = walk(dest, limits)
+    problem = usage_problem(usage, limits) or free_problem(store.root, limits)
+    if problem is not None:
+        raise Refused(problem)
+    plain = make_plain(dest)
+    if plain:
+        log.warning(
+            "the VM's rsync sent %d special or setuid file(s) despite --no-D "
+            "--chmod=ugo-s; made plain, e.g. %s", len(plain), untrusted(plain[0]),
+        )  # fmt: skip
+    return usage
+
+
+def _link_dest(store: SnapshotStore, previous: str | None) -> Path | None:
+    """The previous snapshot's files for ``--link-dest``, unless they hold a link rsync
+    would follow out of the store (a snapshot taken before links were munged)."""
+    if previous is None:
+        return None
+    files = store.files(previous)
+    try:
+        if store.info(previous).links_munged:
+            return files
+    except (OSError, ValueError, TypeError):
+        pass
+    for directory, dirs, names in os.walk(files):
+        for name in dirs + names:
+            path = os.path.join(directory, name)
+            if os.path.islink(path) and not os.readlink(path).startswith("/rsyncd-munged/"):
+                log.warning(
+                    "snapshot %s holds a link that is not munged (%s, taken by an older "
+                    "version): not used as --link-dest, so this pull copies every file",
+                    previous, untrusted(os.path.relpath(path, files)),
+                )  # fmt: skip
+                return None
+    return files
+
+
+@dataclass
+class _Refusals:
+    """VM names refused in one pull: a few are logged (escaped), the rest counted."""
+
+    seen: set[str] = field(default_factory=set)
+    logged: int = 0
+
+    def names(self, names: Iterable[str], paths: Sequence[str], what: str) -> list[tuple[str, ...]]:
+        good = []
+        for name in names:
+            try:
+                good.append(name_parts(name, paths))
+            except UnsafeName as exc:
+                self.refuse(name, what, str(exc))
+        return good
+
+    def refuse(self, name: str, what: str, why: str) -> None:
+        if name in self.seen:
+            return
+        self.seen.add(name)
+        if self.logged < NAMES_LOGGED:
+            log.warning("ignored the %s name %s from the VM's rsync: %s", what,
+                        untrusted(repr(name), 300), why)  # fmt: skip
+        self.logged += 1
+
+    def log_rest(self, dropped: int) -> None:
+        more = max(0, self.logged - NAMES_LOGGED) + dropped
+        if more:
+            log.warning("ignored %d more names from the VM's rsync", more)
 
 
 async def _settle(
+    store: SnapshotStore,
+    partial: Path,
     remote: Remote,
     plan: PullPlan,
-    dest: Path,
+    before: Path | None,
     link: Path | None,
-    vanished: list[str],
+    vanished: list[tuple[str, ...]],
+    refused: _Refusals,
 ) -> list[str]:
     """Make sure no file in ``dest`` is a copy torn by a writer on the VM.
 
@@ -117,70 +250,63 @@ async def _settle(
     pull. Copy them again; if they keep changing, keep the previous snapshot's copy (or
     leave the file out when there is none: a later pull takes it once it holds still).
     Between a copy and its check the file must hold still for SETTLE seconds.
+
+    Every name here came from the VM: only those ``name_parts`` accepts are used, and only
+    through ``keep_previous`` (no link followed, nothing outside the snapshot reachable).
     """
+    dest = partial / "files"
+    changed: list[tuple[str, ...]] = []
     for _attempt in range(RETRIES):
         await asyncio.sleep(SETTLE)
-        changed = await _changed(remote, plan, dest)
+        changed = await _changed(remote, plan, dest, refused)
         if not changed:
             break
         with tempfile.NamedTemporaryFile("wb", prefix="sync-retry-") as names:
-            names.write(b"\0".join(name.encode() for name in changed))
+            names.write(b"\0".join("/".join(parts).encode() for parts in changed))
             names.flush()
-            again = await rsync.run(
+            await _transfer(
+                store, partial, plan,
                 rsync.pull_command(
                     remote, plan.paths, dest, link_dest=link,
                     excludes=plan.excludes, bandwidth=plan.bandwidth,
                     files_from=Path(names.name),
                 ),
-                TIMEOUT,
             )  # fmt: skip
-        if not again.ok:
-            raise Failed(again.why())
     else:
         await asyncio.sleep(SETTLE)
-        changed = await _changed(remote, plan, dest)
-    unstable = sorted(set(changed) | {v.lstrip("/") for v in vanished})
-    for name in unstable:
-        await asyncio.to_thread(_keep_previous, dest, link, name)
-    return unstable
+        changed = await _changed(remote, plan, dest, refused)
+    kept = []
+    for parts in sorted(set(changed) | set(vanished)):
+        try:
+            await asyncio.to_thread(keep_previous, dest, before, parts)
+        except OSError as exc:
+            refused.refuse("/".join(parts), "unstable", f"left as copied ({exc.strerror})")
+            continue
+        kept.append(untrusted("/".join(parts), 300))
+    return kept
 
 
-async def _changed(remote: Remote, plan: PullPlan, dest: Path) -> list[str]:
-    check = await rsync.run(rsync.changed_command(remote, plan.paths, dest, plan.excludes))
+async def _changed(
+    remote: Remote, plan: PullPlan, dest: Path, refused: _Refusals
+) -> list[tuple[str, ...]]:
+    names: list[str] = []
+
+    def collect(line: str) -> None:
+        if line and not line.endswith("/") and line != ".":
+            if len(names) >= MAX_CHANGED:
+                raise Refused(
+                    f"more than {MAX_CHANGED} files changed while they were pulled: the VM "
+                    "rewrites its tree faster than it can be kept; add exclude patterns "
+                    "for what changes all the time"
+                )
+            names.append(line)
+
+    check = await rsync.run(
+        rsync.changed_command(remote, plan.paths, dest, plan.excludes), on_stdout=collect
+    )
     if not check.ok:
         raise Failed(check.why())
-    return [
-        line.lstrip("/")
-        for line in check.stdout.splitlines()
-        if line and not line.endswith("/") and line != "."
-    ]
-
-
-def _keep_previous(dest: Path, link: Path | None, name: str) -> None:
-    """Put the previous snapshot's copy of ``name`` in place (a hard link), or remove the
-    unstable copy when there is no previous one."""
-    target = dest / name
-    before = link / name if link is not None else None
-    tmp = target.with_name(f".{target.name}.keep")
-    if before is not None and before.is_file() and not before.is_symlink():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            tmp.unlink()
-        os.link(before, tmp)
-        os.replace(tmp, target)
-    elif target.is_file() or target.is_symlink():
-        target.unlink()
-
-
-def _tree_bytes(root: Path) -> int:
-    total = 0
-    for directory, _dirs, names in os.walk(root):
-        for name in names:
-            try:
-                total += os.lstat(os.path.join(directory, name)).st_size
-            except OSError:
-                continue
-    return total
+    return refused.names(names, plan.paths, "changed")
 
 
 async def restore(
@@ -198,3 +324,29 @@ async def restore(
     result = await rsync.run(argv, TIMEOUT)
     if not result.ok:
         raise Failed(result.why())
+
+
+async def start_resume(argv: Sequence[str], timeout: float) -> None:
+    """Run the ssh command that starts ``resume.command`` on the VM; raises Failed with
+    the last line of its stderr (read as it comes, bounded, escaped)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    err = Tail()
+    try:
+        await asyncio.wait_for(read_lines(proc.stderr, err.add), timeout)
+        await asyncio.wait_for(proc.wait(), timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        last = err.last()
+        raise Failed(
+            f"starting resume.command failed (ssh exit {proc.returncode})"
+            + (f": {untrusted(last, 300)}" if last else "")
+        )

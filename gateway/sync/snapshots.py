@@ -38,7 +38,11 @@ class SnapshotInfo:
     bytes: int  # size of the files it holds
     seconds: float  # how long the pull took
     vm: str = ""  # host key fingerprint of the VM it came from
-    kept_previous: tuple[str, ...] = ()  # files that changed during the pull: previous copy kept
+    # files that changed during the pull, previous copy kept (VM names, escaped)
+    kept_previous: tuple[str, ...] = ()
+    # rsync stored every link munged (/rsyncd-munged/...): safe as the next --link-dest.
+    # False for snapshots of older versions, whose links may lead out of the store.
+    links_munged: bool = False
 
 
 class SnapshotStore:
