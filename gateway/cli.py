@@ -59,7 +59,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         return EXIT_NOT_RUNNING
     if args.json:
-        print(json.dumps(raw, indent=2, sort_keys=True))
+        # The daemon's values as they are: its State escaped and bounded every text from
+        # outside where it came in, and a script reading this wants those exact values (a
+        # second untrusted() would only double the backslashes). ensure_ascii writes every
+        # other character as \uXXXX, bidi overrides and escape codes included, so nothing
+        # in this output acts on the terminal that shows it.
+        print(json.dumps(raw, indent=2, sort_keys=True, ensure_ascii=True))
     else:
         print(status_line.report(snapshot))
     return EXIT_OK if snapshot.health == Health.OK else EXIT_UNHEALTHY

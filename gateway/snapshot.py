@@ -14,6 +14,8 @@ from typing import Any
 
 from gateway import status_line
 from gateway.vocabulary import (
+    BRIEF_LIMIT,
+    MESSAGE_LIMIT,
     Health,
     Measure,
     RestoreState,
@@ -22,6 +24,8 @@ from gateway.vocabulary import (
     SessionState,
     SyncFacts,
     TunnelFacts,
+    outside_details,
+    outside_text,
 )
 
 
@@ -35,6 +39,14 @@ class ComponentView:
     since: float | None = None
     brief: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A reader builds these from what the status socket said: the daemon's State has
+        # gated the texts already, and the gate is idempotent, so a reader of an older
+        # daemon (or of whatever answers on the socket) is just as safe.
+        object.__setattr__(self, "message", outside_text(self.message, MESSAGE_LIMIT))
+        object.__setattr__(self, "brief", outside_text(self.brief, BRIEF_LIMIT))
+        object.__setattr__(self, "details", outside_details(self.details))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from typing import Any
 
 from gateway.snapshot import ComponentView, Snapshot
 from gateway.vocabulary import (
+    BRIEF_LIMIT,
+    MESSAGE_LIMIT,
     Command,
     ComponentStatus,
     Health,
@@ -27,6 +29,8 @@ from gateway.vocabulary import (
     SessionState,
     SyncFacts,
     TunnelFacts,
+    outside_details,
+    outside_text,
 )
 
 _MISSING = object()
@@ -128,7 +132,10 @@ class State:
         **details: Any,
     ) -> None:
         # Only a real change wakes the waiters: a component that re-states its health on
-        # every cycle must not keep the daemon busy.
+        # every cycle must not keep the daemon busy. Messages quote what the outside said,
+        # so they are compared as the State keeps them (escaped, bounded), not as given.
+        message = outside_text(message, MESSAGE_LIMIT)
+        details = outside_details(details)
         with self._lock:
             status = self.component(name)
             changed = status.health != health or status.message != message
@@ -136,7 +143,7 @@ class State:
                 status.since = time.time()
                 status.health = health
                 status.message = message
-            if brief is not None and brief != status.brief:
+            if brief is not None and outside_text(brief, BRIEF_LIMIT) != status.brief:
                 status.brief = brief
                 changed = True
             if any(status.details.get(k, _MISSING) != v for k, v in details.items()):
@@ -146,6 +153,7 @@ class State:
                 self._bump()
 
     def set_details(self, name: str, **details: Any) -> None:
+        details = outside_details(details)
         with self._lock:
             status = self.component(name)
             if any(status.details.get(k, _MISSING) != v for k, v in details.items()):
@@ -269,12 +277,18 @@ class State:
 
 
 def _assign(target: Any, facts: dict[str, Any]) -> bool:
-    """Set the fields in ``facts`` on ``target``; True if any value changed."""
+    """Set the fields in ``facts`` on ``target``; True if any value changed.
+
+    Compared after setting: the facts escape and bound outside text as it is set
+    (``OutsideTextFields``), so a page that shows the same hostile title on every look is
+    no change, and wakes nobody.
+    """
     changed = False
     for key, value in facts.items():
         if not hasattr(target, key):
             raise AttributeError(f"{type(target).__name__} has no field {key!r}")
-        if getattr(target, key) != value:
-            setattr(target, key, value)
+        before = getattr(target, key)
+        setattr(target, key, value)
+        if getattr(target, key) != before:
             changed = True
     return changed

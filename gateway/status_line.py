@@ -3,6 +3,12 @@
 ``summary`` is the line ``systemctl status`` shows (sd_notify STATUS=), the first line of
 ``colab-gateway status`` and the daemon line of the tmux waiting screen; ``session_facts``
 is what each of them says about one session, so the three never disagree.
+
+Texts here quote what came from outside (a provider's answer, the VM's stderr, a page's
+dialog): the State keeps them escaped already, and every renderer here passes what it shows
+through ``untrusted()`` once more, with the bound of its medium. A newline in STATUS= would
+be a second sd_notify assignment (``WATCHDOG=1``, ``READY=1``); an escape code in the status
+or the waiting screen repaints a person's terminal.
 """
 
 from __future__ import annotations
@@ -11,13 +17,23 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.durations import format_duration
+from gateway.secrets import redact
 from gateway.sizes import format_size
+from gateway.untrusted import untrusted
 from gateway.vocabulary import Health, RestoreState, SessionState, SyncFacts
 
 if TYPE_CHECKING:  # a Snapshot renders itself with summary(): no import at run time
     from gateway.snapshot import Snapshot
 
 NOTHING_ENABLED = "no components enabled"
+# One component's or one session's words in the summary: long enough for a sentence that
+# quotes a provider, short enough that the others still fit on the line.
+PART_LIMIT = 300
+# The whole STATUS= line (``systemctl status`` shows one line; the status socket says the
+# same in "summary").
+SUMMARY_LIMIT = 1000
+# One line of ``colab-gateway status``: the summary plus a few words of its own.
+REPORT_LINE_LIMIT = SUMMARY_LIMIT + 100
 
 
 def session_facts(
@@ -61,7 +77,7 @@ def restore_words(sync: SyncFacts) -> str:
     if sync.restore == RestoreState.RESUMING:
         return f"restored {format_size(sync.restore_bytes)} from {taken} snapshot; resuming…"
     if sync.restore == RestoreState.FAILED:
-        return f"restore failed: {sync.restore_message}"
+        return f"restore failed: {untrusted(sync.restore_message, PART_LIMIT)}"
     return f"restore {sync.restore.value}"
 
 
@@ -70,7 +86,7 @@ def sync_words(sync: SyncFacts) -> str:
     if sync.restore in (RestoreState.RESTORING, RestoreState.RESUMING, RestoreState.FAILED):
         return restore_words(sync)
     if sync.problem:
-        return f"sync refused: {sync.problem}"
+        return f"sync refused: {untrusted(sync.problem, PART_LIMIT)}"
     words = f"sync {sync.snapshots} snapshots {format_size(sync.disk_bytes)}"
     if sync.last_pull_at:
         at = time.strftime("%H:%M", time.localtime(sync.last_pull_at))
@@ -97,7 +113,9 @@ def summary(snapshot: Snapshot) -> str:
             parts.append(f"{status.name} starting")
         else:
             parts.append(f"{status.name} {status.health.value}: {status.message}")
-    return " · ".join(p for p in parts if p) or NOTHING_ENABLED
+    line = " · ".join(untrusted(p, PART_LIMIT) for p in parts if p) or NOTHING_ENABLED
+    # Redacted before the cut, so that the cut never leaves the head of a secret.
+    return untrusted(redact(line), SUMMARY_LIMIT)
 
 
 def report(snapshot: Snapshot) -> str:
@@ -122,4 +140,5 @@ def report(snapshot: Snapshot) -> str:
                 lines.append(f"    restore: {sync.restore_message}")
         if runtime.screenshot:
             lines.append(f"    latest screenshot {runtime.screenshot}")
-    return "\n".join(lines)
+    # Each line one line, escaped and bounded, whatever a fact quotes.
+    return "\n".join(untrusted(line, REPORT_LINE_LIMIT) for line in lines)

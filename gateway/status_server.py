@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gateway.secrets import redact
 from gateway.state import State
+from gateway.untrusted import quoted
 from gateway.vocabulary import SyncNow
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class StatusServer:
         if facts is None or not facts.sync.enabled:
             synced = [n for n, s in view.sessions.items() if s.sync.enabled]
             return {
-                "error": f"session {session!r} has no sync.paths "
+                "error": f"session {quoted(session, 60)} has no sync.paths "
                 f"(sessions that sync: {', '.join(synced) or 'none'})"
             }
         self.state.post(SyncNow(session, reason="colab-gateway sync --now"))
@@ -95,7 +96,7 @@ class StatusServer:
             elif verb == "sync":
                 reply = self.sync_now(argument.strip())
             else:
-                reply = {"error": f"unknown request {request[:40]!r}; try 'status'"}
+                reply = {"error": f"unknown request {quoted(request, 40)}; try 'status'"}
             writer.write(_line(reply))
             await writer.drain()
         except (asyncio.TimeoutError, ConnectionError, BrokenPipeError):

@@ -9,9 +9,21 @@ place that made it, never a string that silently matches nothing.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Literal, Protocol
+
+from gateway.secrets import redact
+from gateway.untrusted import untrusted
+
+# How much of a text from outside the State keeps. Messages are sentences of ours that quote
+# what the outside said (the quote itself is cut shorter where it is made); the renderers
+# cut again to what fits their medium (the STATUS line, a phone's notification).
+MESSAGE_LIMIT = 1000
+BRIEF_LIMIT = 200
+NAME_LIMIT = 100  # an id a page or a peer chose: a VM id, a peer's address
+DETAIL_LIMIT = 1000  # each text inside a component's details
 
 
 class Health(str, Enum):
@@ -51,8 +63,47 @@ class RuntimeState(str, Enum):
         return self.value.replace("_", " ")
 
 
+def outside_text(text: str, limit: int) -> str:
+    """``text`` as the State keeps it: secrets redacted, then ``untrusted()`` (escaped, one
+    line, at most ``limit`` characters). Redacting first means a cut never leaves the head
+    of a secret that the renderers' redaction could no longer recognise.
+    """
+    # Redaction looks at a bounded head only: a 96 MiB text costs what a short one does.
+    return untrusted(redact(text[: 4 * limit]), limit)
+
+
+def outside_details(value: Any) -> Any:
+    """A component's details with every text in them passed through ``outside_text``."""
+    if isinstance(value, str):
+        return outside_text(value, DETAIL_LIMIT)
+    if isinstance(value, Mapping):
+        return {k: outside_details(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [outside_details(v) for v in value]
+    return value
+
+
+class OutsideTextFields:
+    """Facts whose text fields may hold what came from outside (a page's dialog title, the
+    VM's stderr, a provider's answer): every field named in ``OUTSIDE_TEXT`` goes through
+    ``outside_text`` whenever it is set, by the constructor, by the State's setters or by a
+    reader's ``Snapshot.from_json``. One gate at the facts themselves, instead of one at
+    each of the many places that publish them.
+    """
+
+    OUTSIDE_TEXT: ClassVar[Mapping[str, int]] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        limit = self.OUTSIDE_TEXT.get(name)
+        if limit is not None and isinstance(value, str):
+            value = outside_text(value, limit)
+        super().__setattr__(name, value)
+
+
 @dataclass
-class ComponentStatus:
+class ComponentStatus(OutsideTextFields):
+    OUTSIDE_TEXT: ClassVar[Mapping[str, int]] = {"message": MESSAGE_LIMIT, "brief": BRIEF_LIMIT}
+
     name: str
     health: Health = Health.STARTING
     message: str = "starting"
@@ -63,8 +114,12 @@ class ComponentStatus:
 
 
 @dataclass
-class TunnelFacts:
+class TunnelFacts(OutsideTextFields):
     """Published by the tunnel endpoint for one session."""
+
+    # The fingerprint is computed here from the key, and compared with sync.ready_for: not
+    # outside text, and never changed by a gate.
+    OUTSIDE_TEXT: ClassVar[Mapping[str, int]] = {"peer": NAME_LIMIT}
 
     up: bool = False
     since: float | None = None  # wall clock of the last up/down change
@@ -75,8 +130,12 @@ class TunnelFacts:
 
 
 @dataclass
-class RuntimeFacts:
+class RuntimeFacts(OutsideTextFields):
     """Published by the browser keep-alive for one session."""
+
+    # message quotes the page (a dialog's title); vm_id is what the page calls its VM.
+    # screenshot is a path of ours that the alerts attach: never rewritten.
+    OUTSIDE_TEXT: ClassVar[Mapping[str, int]] = {"message": MESSAGE_LIMIT, "vm_id": NAME_LIMIT}
 
     state: RuntimeState = RuntimeState.UNKNOWN
     gpu: bool | None = None
@@ -106,8 +165,15 @@ class RestoreState(str, Enum):
 
 
 @dataclass
-class SyncFacts:
+class SyncFacts(OutsideTextFields):
     """Published by the sync component for one session (sessions[].sync)."""
+
+    # problem and restore_message quote rsync's and resume's stderr (the VM's words).
+    OUTSIDE_TEXT: ClassVar[Mapping[str, int]] = {
+        "problem": MESSAGE_LIMIT,
+        "restore_message": MESSAGE_LIMIT,
+        "last_pull_reason": BRIEF_LIMIT,
+    }
 
     enabled: bool = False
     snapshots: int = 0

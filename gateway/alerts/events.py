@@ -18,8 +18,19 @@ from dataclasses import dataclass, field
 
 from gateway.config import Config
 from gateway.durations import format_duration
+from gateway.secrets import redact
 from gateway.snapshot import Snapshot
+from gateway.untrusted import untrusted
 from gateway.vocabulary import RuntimeState, SessionState
+
+# What a phone shows of a message. Page texts (a dialog's title) and providers' answers
+# reach these through the State's facts; the keep-alive quotes a title at most 120
+# characters long, and the renderer bounds each part again, whatever the facts hold.
+TITLE_LIMIT = 200
+DETAIL_LIMIT = 500
+LINE_LIMIT = 800
+# A VM id as the page names it, in "Colab handed out a new VM (a -> b)".
+VM_ID_LIMIT = 40
 
 
 @dataclass(frozen=True)
@@ -254,7 +265,8 @@ class Watcher:
         problem = Problem(
             "vm_reset",
             name,
-            f"Colab handed out a new VM ({reset.old_vm} -> {reset.new_vm})",
+            f"Colab handed out a new VM ({untrusted(reset.old_vm, VM_ID_LIMIT)} -> "
+            f"{untrusted(reset.new_vm, VM_ID_LIMIT)})",
             todo,
             reset.at,
             detail=outcome + " (files outside Drive are gone)",
@@ -288,13 +300,14 @@ class Watcher:
         since = f"since {_clock(problem.since)} ({format_duration(now - problem.since)} ago)"
         lines = [f"{problem.what}{where}, {since}."]
         if problem.detail:
-            lines.append(problem.detail)
+            lines.append(_shown(problem.detail, DETAIL_LIMIT))
         lines.append(f"To do: {problem.todo}.")
         return Alert(
             problem.event,
             problem.session,
-            f"colab-gateway on {self.host}: {problem.what}",
-            "\n".join(lines),
+            _shown(f"colab-gateway on {self.host}: {problem.what}", TITLE_LIMIT),
+            # The body's lines are ours; each may quote the outside, and stays one line.
+            "\n".join(_shown(line, LINE_LIMIT) for line in lines),
             attach=problem.screenshot,
         )
 
@@ -304,8 +317,8 @@ class Watcher:
         return Alert(
             problem.event,
             problem.session,
-            f"colab-gateway on {self.host}: resolved: {problem.what}",
-            f"Resolved{where} after {took}: {problem.what}.",
+            _shown(f"colab-gateway on {self.host}: resolved: {problem.what}", TITLE_LIMIT),
+            _shown(f"Resolved{where} after {took}: {problem.what}.", LINE_LIMIT),
             resolved=True,
         )
 
@@ -317,6 +330,12 @@ class Watcher:
 
     def _due(self, at: float) -> None:
         self.next_due = at if self.next_due is None else min(self.next_due, at)
+
+
+def _shown(text: str, limit: int) -> str:
+    """``text`` fit for a phone: redacted (before the cut, which could leave the head of a
+    secret the sender's redaction no longer sees), escaped and bounded by ``untrusted``."""
+    return untrusted(redact(text), limit)
 
 
 def _clock(at: float | None) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from gateway.backoff import Backoff
 from gateway.browser.colab_dom import contains_any
 from gateway.config import BrowserConfig
+from gateway.untrusted import quoted, untrusted
 from gateway.vocabulary import RuntimeState
 
 Kind = Literal[
@@ -52,6 +53,14 @@ ANOMALIES = frozenset(
 )
 
 
+# The page is outside text: a hostile page, or Colab in another language, writes whatever
+# it likes into a dialog's title, the URL, the button's tooltip, the VM id. What the
+# classifier hands on is escaped and bounded (a dialog title goes into phone messages).
+TITLE_LIMIT = 120
+DETAIL_LIMIT = 300
+VM_ID_LIMIT = 80
+
+
 @dataclass(frozen=True)
 class PageView:
     kind: Kind
@@ -61,10 +70,15 @@ class PageView:
     vm_id: str | None = None
     detail: str = ""  # what a person should read: a dialog's title, the URL…
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", untrusted(self.detail, DETAIL_LIMIT))
+        if self.vm_id is not None:
+            object.__setattr__(self, "vm_id", untrusted(self.vm_id, VM_ID_LIMIT))
+
 
 def classify(probe: dict[str, Any], sel: dict[str, str]) -> PageView:
     url = str(probe.get("url") or "")
-    vm_id = probe.get("vm_id") or None
+    vm_id = str(probe.get("vm_id") or "") or None
     if probe.get("error_page"):
         return PageView("load_failed", detail=f"the browser could not load {url}")
     connect = probe.get("connect")
@@ -79,6 +93,9 @@ def classify(probe: dict[str, Any], sel: dict[str, str]) -> PageView:
     for index, dialog in enumerate(probe.get("dialogs") or []):
         title = str(dialog.get("title") or "")
         text = f"{title}\n{dialog.get('text') or ''}"
+        # What a person reads (a phone message may quote it): the title, else the text.
+        # The matching below reads the raw texts.
+        shown = untrusted(title or str(dialog.get("text") or ""), TITLE_LIMIT)
         buttons = " | ".join(str(b.get("text") or "") for b in dialog.get("buttons") or [])
         for kind, key in (
             ("gpu_limit", "text_gpu_limit"),
@@ -87,12 +104,12 @@ def classify(probe: dict[str, Any], sel: dict[str, str]) -> PageView:
             ("runtime_disconnected", "text_runtime_disconnected"),
         ):
             if contains_any(text, sel[key]):
-                return PageView(kind, dialog_index=index, detail=title)  # type: ignore[arg-type]
+                return PageView(kind, dialog_index=index, detail=shown)  # type: ignore[arg-type]
         if contains_any(buttons, sel["text_run_anyway"]):
-            return PageView("run_anyway", dialog_index=index, detail=title)
+            return PageView("run_anyway", dialog_index=index, detail=shown)
         if contains_any(buttons, sel["text_reconnect"]):
-            return PageView("runtime_disconnected", dialog_index=index, detail=title)
-        return PageView("unknown_dialog", dialog_index=index, detail=title or text[:80])
+            return PageView("runtime_disconnected", dialog_index=index, detail=shown)
+        return PageView("unknown_dialog", dialog_index=index, detail=shown)
     if connect is None:
         return PageView("loading", detail=url)
     tooltip = str(connect.get("tooltip") or "")
@@ -111,7 +128,9 @@ def classify(probe: dict[str, Any], sel: dict[str, str]) -> PageView:
         "reconnect",
     ):
         return PageView("disconnected", detail=tooltip)
-    return PageView("unknown", detail=f"connect button says {label!r} / {tooltip!r}")
+    return PageView(
+        "unknown", detail=f"connect button says {quoted(label, 60)} / {quoted(tooltip, 120)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -375,7 +394,8 @@ class SessionMachine:
     def _on_unknown_dialog(self, view: PageView, now: float) -> Decision:
         return self._decision(
             RuntimeState.DIALOG,
-            f"an unknown dialog is open ({view.detail!r}); the next reload clears it. If it "
+            f"an unknown dialog is open ({quoted(view.detail, TITLE_LIMIT)}); the next "
+            "reload clears it. If it "
             "keeps coming, add its texts to browser.selectors",
             False,
         )

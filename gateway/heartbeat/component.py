@@ -15,6 +15,7 @@ from gateway.durations import format_duration
 from gateway.heartbeat.pinger import Ping, Pinger
 from gateway.secrets import redact, register_secret
 from gateway.snapshot import Snapshot
+from gateway.untrusted import untrusted
 from gateway.vocabulary import Health
 
 log = logging.getLogger("gateway.heartbeat")
@@ -31,10 +32,10 @@ def verdict(snapshot: Snapshot, own_name: str) -> Ping:
     ]
     if not unwell:
         return Ping("success")
-    reason = " ".join(redact("; ".join(unwell)).split())  # one line
-    if len(reason) > REASON_MAX:
-        reason = reason[: REASON_MAX - 1] + "…"
-    return Ping("fail", reason)
+    # Messages quote providers, the VM and the page: the monitor's web page and its
+    # e-mails show the reason, so it is escaped (untrusted) and bounded, and redacted
+    # before the cut, which could otherwise leave the head of a secret.
+    return Ping("fail", untrusted(redact("; ".join(unwell)), REASON_MAX))
 
 
 class HeartbeatComponent:

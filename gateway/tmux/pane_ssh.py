@@ -34,6 +34,7 @@ from gateway.known_hosts import pinned_keys
 from gateway.paths import Paths
 from gateway.snapshot import Snapshot
 from gateway.tmux.sshconfig import load_ssh_view
+from gateway.untrusted import untrusted
 from gateway.vm_ssh import ssh_argv
 from gateway.vocabulary import RestoreState, TunnelFacts
 
@@ -43,6 +44,8 @@ KEY_RECHECK = 0.2  # tunnel up but its host key not pinned yet: the tunnel write
 LONG_SESSION = 10.0  # an ssh that lasted this long was a session, not a failure
 MAX_BACKOFF = 30.0
 MAX_LINE = 4 * 1024 * 1024
+# A line of the waiting screen: the daemon's summary (status_line.SUMMARY_LIMIT) and a prefix.
+SCREEN_LINE_LIMIT = 1100
 
 _QUIET_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP)
 # Leave the alternate screen (vim, htop), stop mouse reports and bracketed paste, reset
@@ -179,7 +182,11 @@ class Terminal:
             os.read(self.fd, 4096)
 
     def draw(self, lines: list[str]) -> None:
-        self.out.write("\x1b[H\x1b[2J" + "\r\n".join(lines) + "\r\n")
+        # Every line quotes something from outside (the daemon's facts, ssh's last words):
+        # each is escaped and bounded here, the one place that writes to the terminal, so an
+        # escape code from the VM or a page can neither repaint the pane nor retitle it.
+        shown = (untrusted(line, SCREEN_LINE_LIMIT) for line in lines)
+        self.out.write("\x1b[H\x1b[2J" + "\r\n".join(shown) + "\r\n")
         self.out.flush()
 
 

@@ -61,7 +61,9 @@ def test_the_reason_is_one_redacted_line() -> None:
     state.set_health("healer", Health.OK, "watching")
     state.set_health("ddns", Health.DEGRADED, "provider said\nhunter2-secret is wrong")
     ping = verdict(state.view(), "heartbeat")
-    assert ping == Ping("fail", "ddns degraded: provider said <redacted> is wrong")
+    # The provider's newline is shown escaped, as every renderer shows outside text: the
+    # reason stays one line, and says what the provider really sent.
+    assert ping == Ping("fail", "ddns degraded: provider said\\n<redacted> is wrong")
     state.set_health("ddns", Health.OK, "published")
     assert verdict(state.view(), "heartbeat") == Ping("success")
 

@@ -25,12 +25,14 @@ from gateway.ddns.outcomes import (
     Published,
     WouldPublish,
 )
+from gateway.untrusted import quoted, untrusted
 
 log = logging.getLogger("gateway.ddns")
 
 DEFAULT_RETRY_AFTER = 60.0
 PER_PAGE = 100
 MAX_PAGES = 50  # 5,000 records of one name and type is not a home zone: stop there
+SAID_LIMIT = 200  # of Cloudflare's own words, in a message
 # Cloudflare's error codes for a token that is unknown, expired or lacks a permission.
 _AUTH_CODES = {1000, 6003, 9103, 9106, 9109, 10000, 10001}
 
@@ -74,7 +76,9 @@ class Cloudflare:
         rtype = RECORD_TYPE[family]
         records = self._records(zone_id, rtype)
         if len(records) > 1:
-            listed = ", ".join(f"{r.get('content')} (id {r.get('id')})" for r in records)
+            listed = untrusted(
+                ", ".join(f"{r.get('content')} (id {r.get('id')})" for r in records), SAID_LIMIT
+            )
             raise CloudflareError(
                 Failed(
                     f"Cloudflare has {len(records)} {rtype} records for {self.host}: {listed}; "
@@ -135,7 +139,7 @@ class Cloudflare:
             raise CloudflareError(
                 Failed(
                     f"Cloudflare accepted the {rtype} record but holds "
-                    f"{result['content']!r}, not {address}"
+                    f"{quoted(result['content'], 60)}, not {address}"
                 )
             )
 
@@ -234,9 +238,12 @@ class Cloudflare:
                 )
             )
         errors = envelope.get("errors") or []
-        said = (
+        # The provider's own words, quoted in the status and in phone messages: escaped
+        # and bounded (a hostile or broken API can answer anything, of any length).
+        said = untrusted(
             "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))
-            or f"HTTP {answer.status}"
+            or f"HTTP {answer.status}",
+            SAID_LIMIT,
         )
         codes = {e.get("code") for e in errors if isinstance(e, dict)}
         if answer.status in (401, 403) or codes & _AUTH_CODES:

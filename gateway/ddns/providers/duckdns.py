@@ -6,6 +6,7 @@ from gateway import logs
 from gateway.config import DdnsConfig
 from gateway.ddns.http import Http, NetworkError
 from gateway.ddns.outcomes import Failed, Family, Outcome, Published, WouldPublish
+from gateway.untrusted import quoted, untrusted
 
 
 class DuckDns:
@@ -58,7 +59,10 @@ class DuckDns:
         if first == "OK":
             changed = "NOCHANGE" not in lines[1:]
             return Published(
-                "", changed, "DuckDNS answered OK" + (f" ({lines[-1]})" if len(lines) > 1 else "")
+                "",
+                changed,
+                "DuckDNS answered OK"
+                + (f" ({untrusted(lines[-1], 80)})" if len(lines) > 1 else ""),
             )
         if first == "KO":
             return Failed(
@@ -67,5 +71,5 @@ class DuckDns:
                 "(DuckDNS gives no reason)",
                 code="KO",
             )
-        shown = first[:80] if first else f"HTTP {answer.status} with no text"
-        return Failed(f"DuckDNS answered {shown!r}, not OK or KO: is ddns.duckdns.server right?")
+        shown = quoted(first, 80) if first else f"HTTP {answer.status} with no text"
+        return Failed(f"DuckDNS answered {shown}, not OK or KO: is ddns.duckdns.server right?")

@@ -15,6 +15,7 @@ from gateway.config import DdnsConfig
 from gateway.ddns.http import Http, NetworkError
 from gateway.ddns.outcomes import FAMILIES, Failed, Family, Outcome, Published, WouldPublish
 from gateway.secrets import register_secret
+from gateway.untrusted import quoted
 
 PROVIDER_TROUBLE_WAIT = 1800.0  # dnserr / 911: the protocol asks for at least 30 minutes
 
@@ -113,8 +114,9 @@ class Dyndns2:
         if code in _FATAL or (answer.status == 401 and code not in ("good", "nochg")):
             code = code if code in _FATAL else "badauth"
             why = _FATAL[code].format(host=self.host, agent=self.http.agent)
+            said = quoted(line or f"HTTP {answer.status}", 80)
             return Failed(
-                f"{where} answered {line or f'HTTP {answer.status}'!r}: {why}. Updates of "
+                f"{where} answered {said}: {why}. Updates of "
                 f"{self.host} are stopped until the ddns configuration changes (dyndns2 "
                 "providers ban clients that keep trying)",
                 kind="fatal",
@@ -136,14 +138,14 @@ class Dyndns2:
                 code="good 127.0.0.1",
             )
         if code == "good":
-            return Published(sent, True, f"{self.server} answered {line!r}")
+            return Published(sent, True, f"{self.server} answered {quoted(line, 80)}")
         if code == "nochg":
             # Fine once; we only send when the address changed or the refresh is due.
-            return Published(sent, False, f"{self.server} answered {line!r}")
+            return Published(sent, False, f"{self.server} answered {quoted(line, 80)}")
         if answer.status >= 500:
             return Failed(f"{where} answered HTTP {answer.status}; will retry")
-        shown = line[:80] if line else f"HTTP {answer.status} with no text"
+        shown = quoted(line, 80) if line else repr(f"HTTP {answer.status} with no text")
         return Failed(
-            f"{where} answered {shown!r}, which is not a dyndns2 answer: "
+            f"{where} answered {shown}, which is not a dyndns2 answer: "
             "is ddns.dyndns2.server right?"
         )
