@@ -9,6 +9,7 @@ import sys
 # The registry lives in gateway.secrets, shared with every other way out; these names stay
 # here for the code that scrubs its own secrets (a provider's token, say).
 from gateway.secrets import redact, register_secret
+from gateway.untrusted import shown_lines
 
 __all__ = ["redact", "register_secret", "set_level", "setup"]
 
@@ -33,7 +34,7 @@ class _Formatter(logging.Formatter):
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        text = redact(super().format(record))
+        text = shown_lines(redact(super().format(record)))
         if self.journal:
             priority = _PRIORITY.get(record.levelno, 6)
             return "\n".join(f"<{priority}>{line}" for line in text.splitlines())

@@ -65,3 +65,14 @@ def quoted(text: object, limit: int = DEFAULT_LIMIT) -> str:
     """``untrusted(text)`` in single quotes, for a log line where the reader must see where
     the peer's string starts and ends (a client version, a user name)."""
     return "'" + untrusted(text, limit).replace("'", "\\'") + "'"
+
+
+def shown_lines(text: str) -> str:
+    """``text`` with every hidden character escaped but its line breaks kept, and no bound:
+    the log's last line of defence (its formatter runs every record through this), for a
+    message or traceback that quotes the outside without ``untrusted()``. Lines stay lines
+    (the journal takes each as its own entry, under our own priority prefix), but no escape
+    code reaches a terminal that shows the journal."""
+    if text.isprintable():
+        return text
+    return "\n".join("".join(_escape(c) for c in line) for line in text.split("\n"))

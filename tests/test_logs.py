@@ -74,3 +74,22 @@ def test_redaction_is_applied_to_exceptions_too(caplog: object) -> None:
     except ValueError:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
     assert "zz-secret-zz" not in formatter.format(record)
+
+
+def test_no_escape_code_from_outside_reaches_the_log_even_unquoted() -> None:
+    """The formatter's net under every call site: a VM's name or a page's text logged
+    without untrusted() still cannot repaint the terminal that shows the journal, and a
+    traceback keeps its lines."""
+    from gateway import logs
+
+    formatter = logs._Formatter(journal=True)
+    record = logging.LogRecord(
+        "x", logging.WARNING, __file__, 1, "pull said %s", ("\x1b]0;owned\x07\x1b[2J\u202e",), None
+    )
+    assert formatter.format(record) == "<4>x: pull said \\x1b]0;owned\\x07\\x1b[2J\\u202e"
+    try:
+        raise ValueError("two\nlines")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    lines = formatter.format(record).splitlines()
+    assert lines[0] == "<3>x: failed" and lines[-2:] == ["<3>ValueError: two", "<3>lines"]
