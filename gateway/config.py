@@ -592,6 +592,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ViewConfig:
+    # `colab-gateway view` gives the page back to the keep-alive after this long without a
+    # click or a key: a forgotten view must not pause the keep-alive for days.
+    idle_timeout: Duration = setting(Duration(600), min=1, max=86400)
+
+
+@dataclass(frozen=True)
 class HealthcheckConfig:
     # A healthchecks.io ping URL or an Uptime Kuma push URL; empty: no pings.
     url: str = setting("", check=_ping_url)
@@ -611,6 +618,7 @@ class Config:
     daemon: DaemonConfig = setting(factory=DaemonConfig)
     sync: StorageConfig = setting(factory=StorageConfig)
     metrics: MetricsConfig = setting(factory=MetricsConfig)
+    view: ViewConfig = setting(factory=ViewConfig)
     healthcheck: HealthcheckConfig = setting(factory=HealthcheckConfig)
 
     def check(self) -> list[tuple[str, str]]:

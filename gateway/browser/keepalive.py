@@ -451,7 +451,7 @@ class Worker:
         runtime_dir = self.ctx.paths.runtime_dir
         session = next(s for s in self.sessions if s.name == request.session)
         try:
-            server = ViewServer(request)
+            server = ViewServer(request, runtime_dir, float(self.config.view.idle_timeout))
         except OSError as exc:
             log.warning("cannot serve the view on 127.0.0.1:%d: %s", request.port, exc)
             view_request.remove(runtime_dir, request)
@@ -464,7 +464,7 @@ class Worker:
             Health.DEGRADED, f"{session.name}: {message}", brief="a person is in control"
         )
         try:
-            while not self.stopping.is_set() and not server.done.is_set():
+            while not self.stopping.is_set() and not server.ended():
                 self.beat()
                 if view_request.read(runtime_dir) != request:
                     break

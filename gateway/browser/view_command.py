@@ -1,9 +1,10 @@
 """``colab-gateway view [SESSION]``: see and act on the headless browser's page from a laptop.
 
 The command asks the running daemon (a request file in the runtime directory) to serve the
-session's page on 127.0.0.1:PORT behind a one-time token, prints the ``ssh -L`` line and
-the address, and waits: until the person presses "Done" on the page, or Ctrl-C here. The
-keep-alive makes no clicks of its own meanwhile.
+session's page on 127.0.0.1 behind a one-time token, waits for the daemon's answer (the port
+it bound and its listening socket's inode, checked in /proc/net/tcp), prints the ``ssh -L``
+line and the address, and waits: until the person presses "Done" on the page, Ctrl-C here,
+or ``view.idle_timeout`` without input. The keep-alive makes no clicks of its own meanwhile.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import secrets
 import socket
 import sys
 import time
-import urllib.request
+from pathlib import Path
 from typing import Any
 
+from gateway.browser import view_request
+from gateway.browser.view_request import ViewAnswer, ViewRequest
 from gateway.config import EX_CONFIG
+from gateway.durations import format_duration
 
 EXIT_OK, EXIT_FAILED = 0, 1
 START_TIMEOUT = 60.0  # the browser thread answers between two looks at the page
@@ -36,13 +40,15 @@ def register_view(subparsers: Any) -> None:
     add_path_options(parser)
     parser.add_argument("session", nargs="?", help="the session (default: the first one)")
     parser.add_argument(
-        "--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)"
+        "--port",
+        type=int,
+        default=0,
+        help="port on 127.0.0.1 (default: a free one, which the daemon picks)",
     )
     parser.set_defaults(handler=cmd_view)
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from gateway.browser import view_request
     from gateway.cli_support import load_or_report, paths_from
 
     paths = paths_from(args)
@@ -71,18 +77,15 @@ def cmd_view(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    port = args.port or free_port()
     token = secrets.token_urlsafe(24)
-    request = view_request.write(paths.runtime_dir, session.name, port, token)
+    # Port 0: the daemon binds a free port itself, so nobody can be on it first.
+    request = view_request.write(paths.runtime_dir, session.name, args.port, token)
     try:
-        if not _wait_served(port, lambda: view_request.read(paths.runtime_dir) == request):
-            print(
-                f"the daemon did not serve the view within {START_TIMEOUT:.0f}s: is it running "
-                f"with the browser enabled (colab-gateway status), with runtime directory "
-                f"{paths.runtime_dir}? Is port {port} free?",
-                file=sys.stderr,
-            )
+        served = _wait_served(paths.runtime_dir, request)
+        if isinstance(served, str):
+            print(served, file=sys.stderr)
             return EXIT_FAILED
+        port = served.port
         user, host = getpass.getuser(), socket.gethostname()
         address = f"http://127.0.0.1:{port}/?token={token}"
         print(
@@ -94,34 +97,60 @@ def cmd_view(args: argparse.Namespace) -> int:
             "  3. click and type on the screenshot as on the page; the field at the top sends "
             "text\n"
             "  4. press 'Done' on the page, or Ctrl-C here: the keep-alive takes over again\n"
-            "The keep-alive makes no clicks of its own until then.",
+            "The keep-alive makes no clicks of its own until then "
+            f"(or until nobody clicked or typed for {format_duration(config.view.idle_timeout)}).",
             flush=True,
         )
         while view_request.read(paths.runtime_dir) == request:
             time.sleep(0.5)
-        print("done: the keep-alive has the page again")
+        answer = view_request.read_answer(paths.runtime_dir, request)
+        if answer is not None and answer.ended and answer.ended != "the person pressed Done":
+            print(f"ended: {answer.ended}")
+        else:
+            print("done: the keep-alive has the page again")
         return EXIT_OK
     except KeyboardInterrupt:
         print("\nstopped: the keep-alive has the page again")
         return EXIT_OK
     finally:
         view_request.remove(paths.runtime_dir, request)
+        view_request.remove_answer(paths.runtime_dir, request)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_served(port: int, still_asked: Any) -> bool:
+def _wait_served(runtime_dir: Path, request: ViewRequest) -> ViewAnswer | str:
+    """The daemon's answer once it serves the view on a socket this command has seen
+    listening, or what to tell the person."""
     deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline and still_asked():
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
-                if answer.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.25)
-    return False
+    while time.monotonic() < deadline:
+        answer = view_request.read_answer(runtime_dir, request)
+        if answer is not None and answer.error:
+            return f"the daemon cannot serve the view: {answer.error}"
+        if answer is not None and answer.port:
+            return _daemon_holds(answer)
+        if view_request.read(runtime_dir) != request:
+            return (
+                "the daemon dropped the view request without an answer: see its log "
+                "(journalctl -u colab-gateway)"
+            )
+        time.sleep(0.1)
+    return (
+        f"the daemon did not serve the view within {START_TIMEOUT:.0f}s: is it running with "
+        f"the browser enabled (colab-gateway status), with runtime directory {runtime_dir}?"
+    )
+
+
+def _daemon_holds(answer: ViewAnswer) -> ViewAnswer | str:
+    """``answer`` if the socket the daemon named listens on its port: a port someone else
+    holds never receives the token."""
+    try:
+        inodes = view_request.listening_inodes(answer.port)
+    except OSError as exc:
+        return f"cannot check who listens on 127.0.0.1:{answer.port} in /proc/net/tcp: {exc}"
+    if answer.inode in inodes:
+        return answer
+    others = ", ".join(str(i) for i in sorted(inodes)) or "none"
+    return (
+        f"127.0.0.1:{answer.port} is not held by the daemon's socket (inode {answer.inode}; "
+        f"listening there: {others}): another program may be posing as the view, so no "
+        "token was printed. Run colab-gateway view again; ss -ltnp shows who holds the port"
+    )

@@ -7,6 +7,11 @@ never works again, and a wrong one is refused. Every other request needs the coo
 Host of the loopback (no DNS rebinding) and, for actions, a custom header that a
 cross-site form cannot send.
 
+Other local users can reach the port too: the server is bounded (gateway/local_server.py:
+a few connections at once, read timeouts, everything closed when the view ends), tells the
+command which socket is the daemon's (view_request.ViewAnswer), and gives the page back
+after ``view.idle_timeout`` without input.
+
 The HTTP threads never touch Selenium: they queue an ``Op`` that the browser component's
 own thread carries out between its looks at the page, and wait for its result.
 """
@@ -19,19 +24,29 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from gateway.browser.view_request import ViewRequest, token_hash
+from gateway.browser import view_request
+from gateway.browser.view_request import ViewAnswer, ViewRequest, token_hash
+from gateway.durations import format_duration
+from gateway.local_server import BoundedHTTPServer, listening_inode
 
 log = logging.getLogger(__name__)
 
 COOKIE = "cgview"
 OP_TIMEOUT = 20.0
 ACTION_HEADER = "X-Colab-Gateway"  # forces a CORS preflight, which this server never grants
+# One person's browser tab: the page, the screenshot every second, an action, plus the
+# connections a browser opens ahead. More are closed at once.
+MAX_CONNECTIONS = 8
+READ_TIMEOUT = 10.0  # per read of a request
+DEADLINE = OP_TIMEOUT + 2 * READ_TIMEOUT  # a whole connection: read, wait for the op, answer
 
 
 @dataclass
@@ -41,29 +56,76 @@ class Op:
     result: Future[Any] = field(default_factory=Future)
 
 
+class _ViewHTTPServer(BoundedHTTPServer):
+    name = "view"
+    max_connections = MAX_CONNECTIONS
+    read_timeout = READ_TIMEOUT
+    deadline = DEADLINE
+
+
 class ViewServer:
-    def __init__(self, request: ViewRequest) -> None:
+    def __init__(
+        self,
+        request: ViewRequest,
+        runtime_dir: Path | None = None,
+        idle_timeout: float = 600.0,
+    ) -> None:
+        """Binds 127.0.0.1:``request.port`` (0: a free port). ``runtime_dir``: where the
+        command reads the answer (tests may leave it out)."""
         self.request = request
+        self.runtime_dir = runtime_dir
+        self.idle_timeout = idle_timeout
         self.ops: queue.Queue[Op] = queue.Queue()
         self.done = threading.Event()  # the person pressed "Done"
         self.clicks = 0
         self.keys = 0
+        self.last_input = time.monotonic()
         self._token_used = False
         self._cookie: str | None = None
         self._lock = threading.Lock()
         server = self
         handler = type("Handler", (_Handler,), {"view": server})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", request.port), handler)
-        self.httpd.daemon_threads = True
+        try:
+            self.httpd = _ViewHTTPServer(("127.0.0.1", request.port), handler)
+        except OSError as exc:
+            self._answer(
+                error=f"cannot listen on 127.0.0.1:{request.port}: {exc.strerror or exc}"
+                + (
+                    " (another program holds it: leave --port out, and the daemon picks a "
+                    "free port)"
+                    if request.port
+                    else ""
+                )
+            )
+            raise
+        self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="view", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        # Only now may the command print the token: the answer names this very socket.
+        self._answer(port=self.port, inode=listening_inode(self.httpd))
         log.info("%s: a person may view the page on 127.0.0.1:%d", *self._where())
 
+    def ended(self) -> bool:
+        """Done was pressed, or nobody clicked or typed for ``idle_timeout``."""
+        return self.done.is_set() or self.idle_for() > self.idle_timeout
+
+    def idle_for(self) -> float:
+        return time.monotonic() - self.last_input
+
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if self.done.is_set():
+            why = "the person pressed Done"
+        elif self.idle_for() > self.idle_timeout:
+            why = (
+                f"no click or key for {format_duration(self.idle_timeout)} (view.idle_timeout): "
+                "the keep-alive has the page again; run colab-gateway view again to go on"
+            )
+            log.warning("%s: %s", self.request.session, why)
+        else:
+            why = "the view was ended"
+        self.httpd.stop()
         # Whoever still waits for an op learns that the view ended.
         while True:
             try:
@@ -71,9 +133,20 @@ class ViewServer:
             except queue.Empty:
                 break
             op.result.set_exception(RuntimeError("the view ended"))
+        if self.runtime_dir is not None and view_request.read(self.runtime_dir) == self.request:
+            self._answer(port=self.port, ended=why)  # the command still waits: tell it why
+
+    def _answer(self, **fields: Any) -> None:
+        if self.runtime_dir is not None:
+            try:
+                view_request.answer(
+                    self.runtime_dir, ViewAnswer(self.request.token_sha256, **fields)
+                )
+            except OSError as exc:
+                log.warning("cannot answer colab-gateway view in %s: %s", self.runtime_dir, exc)
 
     def _where(self) -> tuple[str, int]:
-        return self.request.session, self.request.port
+        return self.request.session, self.port
 
     # -- what the handler asks -------------------------------------------------------------
 
@@ -85,6 +158,7 @@ class ViewServer:
                 return None
             self._token_used = True
             self._cookie = secrets.token_urlsafe(32)
+            self.last_input = time.monotonic()
             return self._cookie
 
     def authorised(self, cookie: str | None) -> bool:
@@ -92,6 +166,8 @@ class ViewServer:
             return bool(self._cookie and cookie and hmac.compare_digest(cookie, self._cookie))
 
     def run(self, kind: str, **args: Any) -> Any:
+        if kind != "screenshot":  # the page's refresh is not a person doing something
+            self.last_input = time.monotonic()
         op = Op(kind, args)
         self.ops.put(op)
         return op.result.result(timeout=OP_TIMEOUT)
@@ -111,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _host_ok(self) -> bool:
         host = (self.headers.get("Host") or "").lower()
-        port = self.view.request.port
+        port = self.view.port
         return host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}")
 
     def _cookie(self) -> str | None:
@@ -148,8 +224,6 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._host_ok():
             return self._refuse(403, "open it as http://127.0.0.1:PORT/ (through ssh -L)")
         url = urlsplit(self.path)
-        if url.path == "/ping":
-            return self._send(200, b"ok\n", "text/plain")
         token = parse_qs(url.query).get("token", [""])[0]
         if url.path == "/" and token:
             cookie = self.view.exchange(token)

@@ -1,28 +1,61 @@
 """The ``metrics`` component: serves /metrics on ``metrics.listen`` and rewrites the
 node_exporter textfile ``metrics.textfile``.
 
-The HTTP server is prometheus_client's, in its own thread; each scrape reads a Snapshot
-(``State.view()``), so no component ever waits on a scrape.
+The HTTP side is prometheus_client's WSGI app on the standard library's wsgiref server,
+bounded (gateway/local_server.py): any local user can connect, and before the bounds a few
+hundred idle connections took every file descriptor of the daemon, the tunnel endpoint's
+included. It runs in its own thread; each scrape reads a Snapshot (``State.view()``), so no
+component ever waits on a scrape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
+import socket
 import threading
 from pathlib import Path
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 
 from gateway.atomic import atomic_write
 from gateway.component import Context
 from gateway.config import split_host_port
+from gateway.local_server import BoundedWSGIServer, QuietWSGIRequestHandler
 from gateway.metrics.collector import StateCollector
 from gateway.vocabulary import Health
 
 log = logging.getLogger("gateway.metrics")
+
+# Prometheus scrapes one connection at a time; a few more for a person's curl. More are
+# closed at once, so a flood costs an accept and a close each.
+MAX_CONNECTIONS = 8
+READ_TIMEOUT = 5.0  # per read of the request
+DEADLINE = 15.0  # the whole connection (Prometheus' default scrape_timeout is 10 s)
+
+
+class MetricsHTTPServer(BoundedWSGIServer):
+    name = "metrics"
+    max_connections = MAX_CONNECTIONS
+    read_timeout = READ_TIMEOUT
+    deadline = DEADLINE
+
+
+class MetricsHTTPServer6(MetricsHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> MetricsHTTPServer:
+    """/metrics on host:port, served by its own thread until ``stop()``."""
+    host = host.strip("[]")
+    v6 = ipaddress.ip_address(host).version == 6
+    server_class = MetricsHTTPServer6 if v6 else MetricsHTTPServer
+    server = server_class((host, port), QuietWSGIRequestHandler)
+    server.set_app(make_wsgi_app(registry))
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
 
 
 def registry_for(ctx: Context) -> CollectorRegistry:
@@ -33,7 +66,7 @@ def registry_for(ctx: Context) -> CollectorRegistry:
 
 class MetricsComponent:
     def __init__(self) -> None:
-        self.server: tuple[WSGIServer, threading.Thread] | None = None
+        self.server: MetricsHTTPServer | None = None
 
     async def run(self, ctx: Context) -> None:
         config = ctx.config.metrics
@@ -42,7 +75,7 @@ class MetricsComponent:
         if config.listen:
             host, port = split_host_port(config.listen)
             try:
-                self.server = start_http_server(port, host, registry)
+                self.server = serve_metrics(host, port, registry)
             except OSError as exc:
                 ctx.health(
                     Health.FAILED,
@@ -77,10 +110,7 @@ class MetricsComponent:
 
     def stop(self) -> None:
         if self.server is not None:
-            server, thread = self.server
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
+            self.server.stop()
             self.server = None
 
 
