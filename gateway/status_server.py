@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 2.0
 MAX_REQUEST = 4096
-
+# Clients at once: every tmux pane's `colab-gateway shell` holds a watch, the CLI asks
+# briefly. Anyone in the service's group reaches the socket; more than this are closed at
+# once, before a read, so they cost the daemon no buffer and no task beyond the accept.
+MAX_CLIENTS = 64
+# A watcher that stops reading is dropped once its socket buffer stays full this long.
+WRITE_TIMEOUT = 30.0
 
 WATCH_HEARTBEAT = 10.0
 
@@ -37,6 +42,7 @@ class StatusServer:
         self.state = state
         self.path = path
         self._server: asyncio.AbstractServer | None = None
+        self._clients = 0
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -61,7 +67,7 @@ class StatusServer:
         while not writer.is_closing():
             version = self.state.version
             writer.write(_line(self.state.snapshot()))
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
             await self.state.wait_changed(version, WATCH_HEARTBEAT)
 
     def sync_now(self, session: str) -> dict[str, object]:
@@ -81,6 +87,16 @@ class StatusServer:
         return {"ok": True, "requested_at": time.time()}
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._clients >= MAX_CLIENTS:
+            writer.transport.abort()
+            return
+        self._clients += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._clients -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
             request = line[:MAX_REQUEST].decode(errors="replace").strip() or "status"
@@ -98,8 +114,9 @@ class StatusServer:
             else:
                 reply = {"error": f"unknown request {quoted(request, 40)}; try 'status'"}
             writer.write(_line(reply))
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, BrokenPipeError):
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        # ValueError: a request line longer than the stream's limit (64 KiB).
+        except (asyncio.TimeoutError, ConnectionError, BrokenPipeError, ValueError):
             pass
         finally:
             writer.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -100,4 +101,44 @@ def test_watch_streams_changes_and_garbage_is_answered(start_daemon: StartDaemon
             if "spare" in update["sessions"]:
                 break
         assert "spare" in update["sessions"], update
+    assert daemon.stop() == 0
+
+
+def test_idle_and_oversized_clients_are_bounded_and_status_still_answers(
+    start_daemon: StartDaemon,
+) -> None:
+    """A local client that connects and says nothing, or sends a line past the stream's
+    limit, costs the daemon a bounded number of descriptors, and `status` answers again
+    as soon as they time out."""
+    import psutil
+
+    from gateway.status_server import MAX_CLIENTS
+
+    daemon = start_daemon()
+    path = daemon.runtime_dir / "status.sock"
+    wait_for_socket(path)
+    assert status(daemon.runtime_dir).returncode in (0, 1)
+    proc = psutil.Process(daemon.proc.pid)
+    fds_before = proc.num_fds()
+    idle = []
+    try:
+        for _ in range(MAX_CLIENTS * 3):  # bounded
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(path))
+            idle.append(sock)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as big:
+            big.settimeout(10)
+            big.connect(str(path))
+            with contextlib.suppress(OSError):
+                big.sendall(b"x" * (256 * 1024))
+        held = proc.num_fds() - fds_before
+        assert held <= MAX_CLIENTS + 8, f"{held} descriptors for {len(idle)} idle clients"
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 20
+    while (answer := status(daemon.runtime_dir)).returncode not in (0, 1):
+        assert time.monotonic() < deadline, answer.stderr
+    assert json.loads(status(daemon.runtime_dir, "--json").stdout)["components"]
+    assert "Traceback" not in daemon.output()
     assert daemon.stop() == 0
