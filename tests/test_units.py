@@ -412,6 +412,20 @@ def test_role_renders_the_run_all_fallback(tmp_path: Path, fallback: bool) -> No
     assert result.returncode == 0, result.stderr
 
 
+def test_role_renders_the_hostile_vm_limits(tmp_path: Path) -> None:
+    """The role's defaults for issue 22's new keys reach the config and pass its check."""
+    import yaml
+
+    config = _render_config(
+        tmp_path, colab_gateway_view_idle_timeout="5m", colab_gateway_sync_inode_floor=500
+    )
+    rendered = yaml.safe_load(config.read_text())
+    assert rendered["view"] == {"idle_timeout": "5m"}
+    assert rendered["sync"]["inode_floor"] == 500
+    result = _check_config(config)
+    assert result.returncode == 0, result.stderr
+
+
 # What `apt-cache policy chromium chromium-headless-shell` says (its layout, LC_ALL=C) on
 # Debian 12, where both come from one source at one version, and on Raspberry Pi OS, whose
 # own Chromium build ("rpt", with an epoch) has no shell of its own version next to it.
