@@ -1031,9 +1031,9 @@ PROBE_SKIP = (
 )
 
 
-def chromium_probe_unit(browser: str, flags: str, marker: str) -> str:
-    """A oneshot unit with colab-gateway.service's [Service] sandbox, running Chromium
-    (``browser``: its command and headless flag)."""
+def sandboxed_oneshot_unit(exec_start: str) -> str:
+    """A oneshot unit with colab-gateway.service's [Service] sandbox and user, running
+    ``exec_start``."""
     text = (REPO / "systemd/colab-gateway.service").read_text()
     service = text.split("[Service]", 1)[1].split("[Install]", 1)[0]
     kept = [
@@ -1048,13 +1048,20 @@ def chromium_probe_unit(browser: str, flags: str, marker: str) -> str:
             f"User={SERVICE_USER}",
             "StandardOutput=journal",
             "TimeoutStartSec=120",
-            f"ExecStart={browser} --disable-gpu --no-first-run "
-            f"--disable-background-networking --disable-component-update --disable-sync {flags} "
-            "--user-data-dir=/var/lib/colab-gateway/probe-profile "
-            f"--dump-dom data:text/html,<p>{marker}</p>",
+            f"ExecStart={exec_start}",
             *kept,
             "",
         ]
+    )
+
+
+def chromium_probe_unit(browser: str, flags: str, marker: str) -> str:
+    """The service's sandbox running Chromium (``browser``: its command and headless flag)."""
+    return sandboxed_oneshot_unit(
+        f"{browser} --disable-gpu --no-first-run "
+        f"--disable-background-networking --disable-component-update --disable-sync {flags} "
+        "--user-data-dir=/var/lib/colab-gateway/probe-profile "
+        f"--dump-dom data:text/html,<p>{marker}</p>"
     )
 
 
@@ -1084,3 +1091,122 @@ def test_chromium_runs_under_the_units_sandbox(
     log = m.run(f"sudo journalctl -u {unit} -o cat --no-pager", check=False).stdout
     assert started.returncode == 0, log[-3000:]
     assert f"<p>{marker}</p>" in log, log[-3000:]
+
+
+# ---- a hostile Colab VM, against the installed package under the unit's sandbox -------
+
+STATE = "/var/lib/colab-gateway"
+SERVICE_HOME = f"/home/{SERVICE_USER}"
+# The VM's side of a pull: every rsync it serves first forges "vanished" names aimed at
+# the state directory, the service's home and its own links (the daemon once acted on
+# such names: deleted the host key, replaced authorized_keys, hard-linked the Chromium
+# cookies into the snapshot), then becomes the real rsync server on the VM's tree.
+HOSTILE_SSH = r"""#!/bin/sh
+while [ "$#" -gt 0 ] && [ "$1" != rsync ]; do shift; done
+for name in ../../../../keys/host_ed25519 content/outputs/state/keys/host_ed25519 \
+    content/outputs/ssh/authorized_keys content/outputs/state/chromium-profile/Default/Cookies \
+    content/outputs/rel/host_ed25519 "content/outputs/$(printf '\033]0;owned\007')"; do
+  printf 'file has vanished: "%s"\n' "$name" >&2
+done
+exec "$@"
+"""
+# The VM's tree: links to the Pi's secrets (absolute and relative), a setuid file, a FIFO.
+HOSTILE_TREE = f"""set -e
+rm -rf /content; mkdir -p /content/outputs
+cd /content/outputs
+echo results > results.txt
+ln -s {STATE} state
+ln -s {SERVICE_HOME}/.ssh ssh
+ln -s ../../../../keys rel
+printf '#!/bin/sh\\nid\\n' > suid; chmod 4755 suid
+mkfifo pipe
+chmod -R a+rX /content
+"""
+HOSTILE_SSH_PATH = "/usr/local/bin/cgw-hostile-ssh"
+HOSTILE_PULL_PATH = "/usr/local/lib/cgw-hostile-pull.py"
+HOSTILE_PULL = f"""import asyncio, sys
+from pathlib import Path
+from gateway.sync.pull import PullPlan, pull
+from gateway.sync.rsync import Remote
+from gateway.sync.snapshots import SnapshotStore
+
+store = SnapshotStore(Path("{STATE}/sync/colab"))
+remote = Remote(ssh=("{HOSTILE_SSH_PATH}",))
+plan = PullPlan(paths=["/content/outputs"], max_bytes=1 << 20, max_entries=1000)
+for attempt in (1, 2):  # the second pull links against the first (--link-dest)
+    info = asyncio.run(pull(store, remote, plan))
+    print("pulled", info.id, "kept_previous", list(info.kept_previous), flush=True)
+"""
+# Everything the service can write outside its snapshot store, and what a VM would want.
+FINGERPRINT = (
+    f"sudo find {STATE} {SERVICE_HOME} /etc/colab-gateway -path {STATE}/sync -prune -o "
+    "-printf '%p %y %i %n %m %U %s %T@ %l\\n' | sort; "
+    f"sudo find {STATE} {SERVICE_HOME} /etc/colab-gateway -path {STATE}/sync -prune -o "
+    "-type f -print0 | sudo xargs -0 sha256sum | sort"
+)
+
+
+def test_a_hostile_pull_under_the_units_sandbox_changes_nothing_outside_the_store(
+    deployed: Deployment,
+) -> None:
+    """Issue 22: the installed package pulls twice from a VM that forges names and plants
+    links, setuid files and a FIFO, as the service user under the service's sandbox; the
+    state directory, the service's home and /etc/colab-gateway are left exactly as they
+    were, and the store holds no link, special file, setuid bit or hard link out of it."""
+    m = deployed.machine
+    unit = "cgw-hostile-pull.service"
+    for text, path in ((HOSTILE_SSH, HOSTILE_SSH_PATH), (HOSTILE_PULL, HOSTILE_PULL_PATH)):
+        m.run(f"printf %s {shlex.quote(text)} | sudo tee {path} >/dev/null")
+    m.run(f"sudo chmod 755 {HOSTILE_SSH_PATH}")
+    m.run(f"sudo sh -c {shlex.quote(HOSTILE_TREE)}")
+    # What a VM is after: the cookies of the user's Google session, an authorized_keys.
+    m.run(
+        f"{AS_SERVICE} sh -c 'mkdir -p {STATE}/chromium-profile/Default && "
+        f"echo google-session > {STATE}/chromium-profile/Default/Cookies'"
+    )
+    m.run(f"sudo install -d -o {SERVICE_USER} -m 700 {SERVICE_HOME}/.ssh")
+    m.run(f"echo 'ssh-ed25519 AAAA the-users-key' | sudo tee {SERVICE_HOME}/.ssh/authorized_keys")
+    m.run(f"sudo sh -c 'test -f {STATE}/keys/host_ed25519'")
+    # The store's parent made now: creating it is the pull's one legitimate change outside.
+    m.run(f"{AS_SERVICE} mkdir -p -m 700 {STATE}/sync")
+    m.run(
+        f"sudo tee /etc/systemd/system/{unit} >/dev/null <<'EOF'\n"
+        + sandboxed_oneshot_unit(f"{VENV}/bin/python {HOSTILE_PULL_PATH}")
+        + "EOF\n"
+    )
+    m.run("sudo systemctl daemon-reload")
+    # The daemon writes its own state files as it runs: stopped, the state holds still.
+    m.run("sudo systemctl stop colab-gateway")
+    try:
+        before = m.run(FINGERPRINT).stdout
+        started = m.run(f"sudo systemctl start {unit}", check=False, timeout=180)
+        # --all: journalctl would show a line holding an escape code as "[blob data]".
+        log = m.run(f"sudo journalctl -u {unit} -o cat --all --no-pager", check=False).stdout
+        assert started.returncode == 0, log[-3000:]
+        assert log.count("pulled ") == 2, log[-3000:]
+        assert "\x1b" not in log, "a VM's escape code reached the journal raw"
+        after = m.run(FINGERPRINT).stdout
+        assert after == before, "the hostile pull changed files outside the store"
+
+        store = f"{STATE}/sync/colab"
+        found = m.run(
+            f"sudo find {store} -mindepth 2 \\( -type p -o -type c -o -type b -o -perm /6000 \\) "
+            "-printf '%p %y %m\\n'"
+        ).stdout
+        assert found == "", f"special or setuid files kept in the store:\n{found}"
+        links = m.run(f"sudo find {store} -mindepth 2 -type l -printf '%l\\n'").stdout.split()
+        assert links and all(t.startswith("/rsyncd-munged/") for t in links), links
+        inside = set(m.run(f"sudo find {store} -type f -printf '%i\\n'").stdout.split())
+        outside = set(
+            m.run(
+                f"sudo find {STATE} {SERVICE_HOME} -path {store} -prune -o -type f -printf '%i\\n'"
+            ).stdout.split()
+        )
+        assert not inside & outside, "a file outside the store was hard-linked into it"
+        print(log.strip().splitlines()[-1])
+    finally:
+        m.run(f"sudo rm -f /etc/systemd/system/{unit} {HOSTILE_SSH_PATH} {HOSTILE_PULL_PATH}")
+        m.run("sudo systemctl daemon-reload")
+        m.run(f"sudo rm -rf /content {STATE}/sync {STATE}/chromium-profile", check=False)
+        m.run("sudo systemctl start colab-gateway")
+        wait_active(m, "colab-gateway")
