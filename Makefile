@@ -14,13 +14,13 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 3
 
 .PHONY: help venv system-deps deps test lint format demo bench bench-tunnel bench-browser \
-	bench-recovery bench-idle bench-tmux bench-sync clean
+	bench-recovery bench-idle bench-tmux bench-sync bench-sync-watch clean
 
 help:
 	@echo "make test    install what the tests need, then run them all"
 	@echo "make demo    the whole loop against a simulated Colab on this machine"
 	@echo "make lint    ruff check, ruff format --check, mypy"
-	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux | bench-sync | bench-idle"
+	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux | bench-sync | bench-sync-watch | bench-idle"
 
 $(BIN)/colab-gateway: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,7 +67,7 @@ format: venv
 demo: deps
 	$(BIN)/colab-gateway demo
 
-bench: bench-tunnel bench-browser bench-recovery bench-tmux bench-sync bench-idle
+bench: bench-tunnel bench-browser bench-recovery bench-tmux bench-sync bench-sync-watch bench-idle
 
 bench-tunnel: deps
 	$(BIN)/python bench/bench_tunnel.py
@@ -87,6 +87,10 @@ bench-tmux: deps
 # BENCH_SYNC_ARGS="--mb 256" for a smaller tree on a slow machine.
 bench-sync: deps
 	$(BIN)/python bench/bench_sync.py $(BENCH_SYNC_ARGS)
+
+# What watching a pull's limits while rsync runs costs, against statvfs alone.
+bench-sync-watch: deps
+	$(BIN)/python bench/bench_sync_watch.py $(BENCH_SYNC_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

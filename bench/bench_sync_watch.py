@@ -81,7 +81,11 @@ def main() -> None:
                 shutil.rmtree(store.root)
         for name, values in times.items():
             print(f"{name:12}: median {statistics.median(values):.2f}s")
-        print(f"RESULT walk_share_median={statistics.median(walk_share):.3f}")
+        ratio = statistics.median(times["watched"]) / statistics.median(times["statvfs only"])
+        print(
+            f"RESULT watched_ratio={ratio:.2f} "
+            f"walk_share_median={statistics.median(walk_share):.3f}"
+        )
     finally:
         shutil.rmtree(tmp)
 
