@@ -211,6 +211,22 @@ return true;
 """
 )
 
+# Load the notebook again from its URL (arguments[0]), after this script has returned. Assigning
+# location.href a URL that differs from the current one only after '#' (Colab's links carry
+# `#scrollTo=...`) is a jump within the page, not a load: then put the URL in place and reload.
+LOAD_AGAIN_JS = r"""
+const url = arguments[0];
+const page = (u) => u.split('#')[0];
+setTimeout(() => {
+  if (page(location.href) === page(url)) {
+    history.replaceState(history.state, '', url);
+    location.reload();
+  } else {
+    location.href = url;
+  }
+}, 0);
+"""
+
 DISMISS_RECAPTCHA_JS = (
     _LIB
     + r"""
