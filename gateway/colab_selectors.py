@@ -22,15 +22,20 @@ DEFAULTS: dict[str, str] = {
     "recaptcha_host": "colab-recaptcha-dialog",
     "recaptcha_button": "md-text-button",
     "recaptcha_inner": "#button",
-    # cells: a running cell's run button shows a stop symbol in its shadowRoot
+    # cells: a running cell's run button shows a stop symbol in its shadowRoot (the re-run
+    # also looks in the cell itself: `.cell-execution.running`)
     "run_button": "colab-run-button",
-    "running_marker": "#stopSymbolMask",
+    "running_marker": "#stopSymbolMask, .cell-execution.running",
     # The code editor is Monaco: its input is a 1-pixel `textarea.inputarea`; a bare
     # `.inputarea` could also hit a container div around it, which cannot take the focus.
     # Newer Monaco builds use an EditContext element instead.
     "first_cell_editor": ".cell.code textarea.inputarea, .cell.code .native-edit-context, "
     ".cell.code textarea",
     "notebook_focus": ".notebook-cell-list, .notebook-content, #main-content, body",
+    # the re-run's cell (every lookup above is scoped to the first match) and the
+    # placeholder Colab draws until that cell's editor is built (a click builds it)
+    "code_cell": ".cell.code",
+    "lazy_editor": ".lazy-editor",
     # present on every loaded notebook page; its absence long after load = failed load
     "page_marker": "#top-toolbar, colab-connect-button",
     # an element whose attribute names the VM; real Colab has none (heuristic used then)
