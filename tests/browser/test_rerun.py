@@ -3,7 +3,20 @@ simulated page's lazy editors, running cells, output frames and Run all below.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import wait_until
+from selenium.webdriver.common.by import By
+
+from gateway.browser import colab_dom, launch, rerun
 from gateway.browser.rerun import describe, selector_alternatives
+from gateway.config import BrowserConfig
+from gateway.sim import SimColab
+from gateway.sim.runner import BrowserRunner
+from gateway.vocabulary import RerunBootstrap
 
 # -- pure ---------------------------------------------------------------------------------------
 
@@ -56,3 +69,142 @@ def test_run_all_without_a_focus_inside_the_notebook_says_so() -> None:
     fine = describe("run_all", ["first_cell_editor", "run_button"], True, True)
     assert "first_cell_editor matched an element that does not take the keyboard focus" in fine
     assert fine.endswith("pressed Run all instead (browser.rerun_fallback_all)")
+
+
+# -- real Chromium against the simulated page -------------------------------------------------
+#
+# The page (gateway/sim) draws Colab's cells as the evidence shows them: the first code
+# cell's editor is lazy (a placeholder until the cell is clicked) while the second cell's is
+# already built, so the document's first editor is the second cell's; the run button
+# interrupts a running cell; outputs are iframes that swallow keys; Ctrl+F9 runs all only
+# with the focus inside .notebook-cell-list; "Run anyway" comes on the first run of any
+# cell after a load.
+
+
+def runs_of(sim: SimColab) -> list[dict[str, Any]]:
+    return sim.events("action", action="run")
+
+
+def ctrl_keys(sim: SimColab, key: str) -> list[dict[str, Any]]:
+    return [e for e in sim.events("key", key=key) if e["ctrl"]]
+
+
+@pytest.fixture
+def runners() -> Iterator[list[BrowserRunner]]:
+    started: list[BrowserRunner] = []
+    yield started
+    for runner in started:
+        runner.stop()
+
+
+def keeper(
+    tmp_path: Path, sim: SimColab, runners: list[BrowserRunner], **browser: Any
+) -> BrowserRunner:
+    runner = BrowserRunner(tmp_path, sim, **browser)
+    runners.append(runner)
+    runner.wait_state("connected", timeout=60)
+    return runner
+
+
+@pytest.mark.slow
+def test_the_first_cell_runs_though_its_editor_is_lazy_and_a_later_one_is_built(
+    tmp_path: Path, runners: list[BrowserRunner]
+) -> None:
+    with SimColab() as sim:
+        runner = keeper(tmp_path, sim, runners)
+        assert not sim.events("shown", what="editor_built", value=0), "built before the click"
+        runner.post(RerunBootstrap("colab", "test: lazy editor"))
+        sim.wait_for(runs_of, 15, "a cell ran")
+        runner.wait(lambda r: r.runtime.last_rerun is not None, 10, "last_rerun published")
+        assert [run["cell"] for run in runs_of(sim)] == [0]
+        # the keep-alive's click built the first cell's editor, and Ctrl+Enter came from it
+        assert sim.events("shown", what="editor_built", value=0)
+        enter = ctrl_keys(sim, "Enter")
+        assert [key["cell"] for key in enter] == [0] and enter[0]["trusted"]
+        assert not sim.events("click", target="run_button")
+        assert "matched" not in runner.runtime.message
+
+
+@pytest.mark.slow
+def test_the_run_button_fallback_never_clicks_a_running_first_cell(
+    tmp_path: Path, runners: list[BrowserRunner]
+) -> None:
+    # no editor the keep-alive knows: it falls back to the first cell's run button
+    with SimColab(variant="no_editor") as sim:
+        sim.set_cell_duration(600)  # the bootstrap still runs when the second request comes
+        runner = keeper(tmp_path, sim, runners)
+        runner.post(RerunBootstrap("colab", "test: first"))
+        sim.wait_for(lambda s: [r["cell"] for r in runs_of(s)] == [0], 15, "the first cell ran")
+        assert len(sim.events("click", target="run_button")) == 1
+        # the keep-alive's own look at the page sees the cell running
+        runner.wait(lambda r: r.worker().sessions[0].last_probe.get("running"), 10, "running")
+        runner.post(RerunBootstrap("colab", "test: while it runs"))
+        facts = runner.wait(lambda r: "still running" in r.runtime.message and r.runtime, 15)
+        assert "would interrupt it: not clicked" in facts.message
+        assert len(sim.events("click", target="run_button")) == 1
+        assert not sim.events("action", action="interrupted")
+        assert sim.running_cells == [0]
+
+
+@pytest.mark.slow
+def test_run_all_puts_the_focus_inside_the_notebook(
+    tmp_path: Path, runners: list[BrowserRunner]
+) -> None:
+    with SimColab() as sim:
+        runner = keeper(tmp_path, sim, runners, rerun="all")
+        runner.post(RerunBootstrap("colab", "test: run all"))
+        sim.wait_for(lambda s: "all" in s.runs, 15, "Run all ran")
+        assert ctrl_keys(sim, "F9")[-1]["focus"] == "notebook"
+        assert not sim.events("ignored")
+
+
+@pytest.mark.slow
+def test_run_all_takes_the_focus_back_from_an_output_frame(tmp_path: Path) -> None:
+    config = BrowserConfig()
+    sel = colab_dom.merged()
+    with SimColab() as sim:
+        browser = launch.launch(config, tmp_path)
+        try:
+            driver = browser.driver
+            driver.get(sim.url)
+            sim.wait_for(lambda s: s.count("load"), 30, "the page loaded")
+            wait_until(
+                lambda: driver.execute_script(colab_dom.CLICK_CONNECT_JS, sel), 10, "connect"
+            )
+            sim.wait_for(lambda s: s.runtime == "connected", 10, "connected")
+            # a person (or Colab) left the focus in the first cell's output
+            frame = driver.find_element(By.CSS_SELECTOR, 'iframe[src*="outputframe"]')
+            driver.switch_to.frame(frame)
+            driver.find_element(By.TAG_NAME, "body").click()
+            driver.switch_to.default_content()
+            assert driver.execute_script("return document.activeElement.localName") == "iframe"
+            outcome = rerun.run_all(driver, sel)
+            sim.wait_for(lambda s: "all" in s.runs, 10, "Run all ran")
+        finally:
+            browser.close()
+        assert outcome.ran == "run_all" and not outcome.missing
+        assert ctrl_keys(sim, "F9")[-1]["focus"] == "notebook"
+        assert not sim.events("ignored")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("way", ["editor", "run_button", "run_all"])
+def test_run_anyway_is_answered_whichever_way_the_run_started(
+    tmp_path: Path, runners: list[BrowserRunner], way: str
+) -> None:
+    variant = "no_editor" if way == "run_button" else ""
+    rerun_mode = "all" if way == "run_all" else "bootstrap"
+    with SimColab(variant=variant) as sim:
+        sim.set_run_anyway(True)
+        runner = keeper(tmp_path, sim, runners, rerun=rerun_mode)
+        runner.post(RerunBootstrap("colab", f"test: {way}"))
+        sim.wait_for(lambda s: s.runs, 20, "a run after Run anyway")
+        assert sim.events("action", action="dialog_run_anyway_run_pending")
+        if way == "run_all":
+            assert sim.runs == ["all"]
+        else:
+            assert [run["cell"] for run in runs_of(sim)] == [0]
+        if way == "run_button":
+            assert len(sim.events("click", target="run_button")) == 1
+        else:
+            assert not sim.events("click", target="run_button")
