@@ -78,6 +78,24 @@ def test_the_notebook_is_opened_and_reloaded_with_hl_en(tmp_path: Path) -> None:
             assert load["url"] == f"{sim.url}?hl=en", load
 
 
+@pytest.mark.slow
+def test_a_portuguese_account_still_gets_an_english_page_that_is_kept_connected(
+    tmp_path: Path,
+) -> None:
+    with SimColab(language="pt") as sim:
+        runner = BrowserRunner(tmp_path, sim)
+        try:
+            runner.wait_state("connected", timeout=60)
+            sim.disconnect(dialog=True)
+            sim.wait_for(lambda s: s.runtime == "connected", 20, "reconnected through the dialog")
+        finally:
+            runner.stop()
+        load = sim.events("load")[0]
+        assert "hl=en" in load["query"] and load["language"] == "en-US"
+        click = sim.events("click", target="dialog", dialog="runtime_disconnected")[-1]
+        assert click["button"] == "Reconnect"
+
+
 class NotebookLink(SimColab):
     """A notebook URL as Colab's links are: a query of its own (a markup variant here, like
     ``?authuser=1``) and a fragment (``#scrollTo=...``)."""
