@@ -124,9 +124,11 @@ def test_run_all_puts_the_focus_inside_the_notebook(
 
 
 @pytest.mark.slow
-def test_run_all_takes_the_focus_back_from_an_output_frame(tmp_path: Path) -> None:
+@pytest.mark.parametrize("focus_list", sorted(FOCUS_LISTS))
+def test_run_all_takes_the_focus_back_from_an_output_frame(tmp_path: Path, focus_list: str) -> None:
     config = BrowserConfig()
-    sel = colab_dom.merged()
+    override = FOCUS_LISTS[focus_list]
+    sel = colab_dom.merged({"notebook_focus": override} if override else {})
     with SimColab() as sim:
         browser = launch.launch(config, tmp_path)
         try:
