@@ -707,8 +707,14 @@ class Worker:
         poll = float(self.config.browser.poll_every)
         if len(self.sessions) > 1:
             poll = min(poll, MULTI_SESSION_SLICE)
-        if any(s.machine.settling(time.time()) for s in self.sessions):
+        now = time.time()
+        if any(s.machine.settling(now) for s in self.sessions):
             poll = min(poll, SETTLE_POLL)  # look again as soon as the settle time is over
+        for session in self.sessions:
+            # a hold on Connect that ends, an unknown dialog's grace: no DOM change says so
+            due = session.machine.wake_in(now)
+            if due is not None:
+                poll = min(poll, max(SETTLE_POLL, due + 0.05))
         for session in self.sessions:
             self._select(session)
             try:

@@ -411,6 +411,16 @@ class SessionMachine:
     def reload_due(self, now: float) -> bool:
         return now - self.loaded_at >= self.settings.browser.reload_every
 
+    def wake_in(self, now: float) -> float | None:
+        """Seconds until this machine has something to do without the page changing: a
+        hold on Connect ends, an unknown dialog's grace is over. None: nothing due."""
+        due = [self.hold_until] if self.hold_until > now else []
+        grace = float(self.settings.browser.unknown_dialog_grace)
+        # (a grace already over is not due again: a dialog that will not close is retried
+        # on the looks the page's changes or poll_every bring, not in a tight loop)
+        due += [t for t in (f + grace for f in self._others_seen.values()) if t > now]
+        return max(0.0, min(due) - now) if due else None
+
     def stop(self, stopped: Stopped) -> None:
         """Stopped for disallowed code (a restart reads it back from the state directory)."""
         self.stopped = stopped

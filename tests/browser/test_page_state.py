@@ -474,3 +474,12 @@ def test_unknown_dialogs_are_escaped_and_bounded() -> None:
     assert "\x1b" not in other.title and len(other.title) <= 120
     assert other.buttons[0] == "\\u202eevil\\n"
     assert len(other.raw_title) <= 200
+
+
+def test_wake_in_names_the_next_thing_due_without_a_page_change() -> None:
+    m = machine(unknown_dialog_grace=60.0)
+    assert m.wake_in(0.0) is None
+    m.step(classify(probe(dialogs=[UPSELL], connect=connected()), SEL), 10.0)
+    assert m.wake_in(10.0) == 60.0
+    m.step(classify(probe(dialogs=[NO_BACKEND]), SEL), 20.0)
+    assert m.wake_in(20.0) == 30.0  # the hold on Connect ends first
