@@ -12,15 +12,18 @@ DEFAULTS: dict[str, str] = {
     "connect_host": "colab-connect-button",
     "connect_button": "#connect",
     "connect_tooltip_attr": "tooltiptext",
-    # generic dialogs (newest first; older Colab used mwc-dialog / paper-dialog)
-    "dialog": "md-dialog[open], mwc-dialog[open], paper-dialog[opened]",
+    # generic dialogs: mwc-dialog in every dated 2024-2026 source (its `heading` attribute
+    # is drawn into the shadow root's h2#title, read first); md-dialog and paper-dialog as
+    # fallbacks. Matches come in document order: the last open one is on top.
+    "dialog": "mwc-dialog[open], md-dialog[open], paper-dialog[opened]",
     "dialog_title": "[slot=headline], #title, h2",
     "dialog_buttons": "md-text-button, md-filled-button, md-outlined-button, mwc-button, "
     "paper-button, button",
     "dialog_primary": "[slot=primaryAction], [dialogaction=ok], #ok",
     # reCAPTCHA: host -> shadowRoot -> button host -> shadowRoot -> the clickable element
     "recaptcha_host": "colab-recaptcha-dialog",
-    "recaptcha_button": "md-text-button",
+    # mwc-button since May 2025 (md-text-button between 2024-12 and 2025-05): accept both
+    "recaptcha_button": "mwc-button, md-text-button",
     "recaptcha_inner": "#button",
     # cells: a running cell's run button shows a stop symbol in its shadowRoot
     "run_button": "colab-run-button",
@@ -30,7 +33,9 @@ DEFAULTS: dict[str, str] = {
     # Newer Monaco builds use an EditContext element instead.
     "first_cell_editor": ".cell.code textarea.inputarea, .cell.code .native-edit-context, "
     ".cell.code textarea",
-    "notebook_focus": ".notebook-cell-list, .notebook-content, #main-content, body",
+    # Where Run all's focus goes. Only the notebook itself: find_elements returns document
+    # order, so an outer fallback such as `body` would always come first and be picked.
+    "notebook_focus": ".notebook-cell-list",
     # present on every loaded notebook page; its absence long after load = failed load
     "page_marker": "#top-toolbar, colab-connect-button",
     # an element whose attribute names the VM; real Colab has none (heuristic used then)
@@ -38,7 +43,8 @@ DEFAULTS: dict[str, str] = {
     "vm_id_attr": "data-colab-vm-id",
     # signed out: a URL pattern (regular expression) or a sign-in element
     "signed_out_url": r"accounts\.google\.com|/ServiceLogin|/signin/",
-    "signed_out_element": "#sign-in-overlay, colab-sign-in-button",
+    # (the in-page dialog: an mwc-dialog whose class contains signed-out)
+    "signed_out_element": "#sign-in-overlay, colab-sign-in-button, [open][class*=signed-out]",
     # -- texts (case-insensitive substrings, '|' separates alternatives) ---------------------
     "text_connected": "Connected to",
     "text_gpu": "(GPU)|GPU backend",
@@ -47,13 +53,13 @@ DEFAULTS: dict[str, str] = {
     "text_connecting": "Connecting|Allocating|Initializing",
     "text_runtime_disconnected": "Runtime disconnected",
     "text_reconnect": "Reconnect",
-    "text_still_there": "Are you still there",
+    "text_still_there": "Are you still there|Are you still here",
     "text_gpu_limit": "Cannot connect to GPU backend|usage limits",
     "text_connect_without_gpu": "Connect without GPU",
     "text_too_many_sessions": "too many active sessions|Terminate other sessions",
     "text_run_anyway": "Run anyway",
     "text_close": "Close|Cancel|Dismiss",
-    "text_signed_out": "Sign in to continue|Sign in to use Colab",
+    "text_signed_out": "Sign in to continue|Sign in to use Colab|You have been signed out",
     # -- texts of the dialogs the keep-alive closes or stops at (gateway/browser/page_state.py)
     # an open dialog (its texts and its class) saying the account was signed out
     "text_signed_out_dialog": "signed-out|signed out|Sign in to continue",

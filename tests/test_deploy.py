@@ -1118,6 +1118,7 @@ echo results > results.txt
 ln -s {STATE} state
 ln -s {SERVICE_HOME}/.ssh ssh
 ln -s ../../../../keys rel
+mkdir /content/special; cd /content/special
 printf '#!/bin/sh\\nid\\n' > suid; chmod 4755 suid
 mkfifo pipe
 chmod -R a+rX /content
@@ -1132,8 +1133,9 @@ from gateway.sync.snapshots import SnapshotStore
 
 store = SnapshotStore(Path("{STATE}/sync/colab"))
 remote = Remote(ssh=("{HOSTILE_SSH_PATH}",))
-plan = PullPlan(paths=["/content/outputs"], max_bytes=1 << 20, max_entries=1000)
-for attempt in (1, 2):  # the second pull links against the first (--link-dest)
+# The second pull links against the first (--link-dest) and takes the special files too.
+for paths in (["/content/outputs"], ["/content/outputs", "/content/special"]):
+    plan = PullPlan(paths=paths, max_bytes=1 << 20, max_entries=1000)
     info = asyncio.run(pull(store, remote, plan))
     print("pulled", info.id, "kept_previous", list(info.kept_previous), flush=True)
 """
@@ -1182,11 +1184,11 @@ def test_a_hostile_pull_under_the_units_sandbox_changes_nothing_outside_the_stor
         started = m.run(f"sudo systemctl start {unit}", check=False, timeout=180)
         # --all: journalctl would show a line holding an escape code as "[blob data]".
         log = m.run(f"sudo journalctl -u {unit} -o cat --all --no-pager", check=False).stdout
+        after = m.run(FINGERPRINT).stdout
+        assert after == before, f"the hostile pull changed files outside the store:\n{log[-3000:]}"
         assert started.returncode == 0, log[-3000:]
         assert log.count("pulled ") == 2, log[-3000:]
         assert "\x1b" not in log, "a VM's escape code reached the journal raw"
-        after = m.run(FINGERPRINT).stdout
-        assert after == before, "the hostile pull changed files outside the store"
 
         store = f"{STATE}/sync/colab"
         found = m.run(

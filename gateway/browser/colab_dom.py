@@ -80,6 +80,9 @@ const buttonsOf = (d) => {  // outermost matches only (a md-text-button, not its
   const all = qa(d, S.dialog_buttons);
   return all.filter(b => !all.some(o => o !== b && o.contains(b)));
 };
+// mwc-dialog draws its `heading` attribute into its shadow root's h2#title
+const titleOf = (d) => txt(q(d.shadowRoot, 'h2#title, #title')) ||
+                       (d.getAttribute('heading') || '').trim() || txt(q(d, S.dialog_title));
 const recaptchaEl = () => {
   const host = q(document, S.recaptcha_host);
   if (!host) return null;
@@ -123,13 +126,17 @@ const out = {
     text: txt(c),
     disabled: !!(c.disabled || c.hasAttribute('disabled')),
   } : null,
+  // in document order: the last one is on top
   dialogs: open.map(d => ({
-    title: txt(q(d.shadowRoot, '#title')) || txt(q(d, S.dialog_title)),
+    title: titleOf(d),
     text: txt(d).slice(0, 2000),
     buttons: buttonsOf(d).map(b => ({
       text: txt(b), slot: b.getAttribute('slot') || '', primary: !!b.matches(S.dialog_primary),
     })),
+    tag: d.localName,
+    classes: typeof d.className === 'string' ? d.className : '',
   })),
+  lang: document.documentElement.lang || '',
   recaptcha: !!q(document, S.recaptcha_host),
   running: running,
   vm_id: vmEl ? vmEl.getAttribute(S.vm_id_attr) : null,
@@ -275,10 +282,9 @@ CLOSE_DIALOG_JS = (
     + r"""
 const all = dialogs();
 const want = arguments[3];
-const titleOf = (d) => (txt(q(d.shadowRoot, '#title')) ||
-  (d.getAttribute('heading') || '').trim() || txt(q(d, S.dialog_title))).slice(0, 200);
+const named = (x) => titleOf(x).slice(0, 200) === want;  // as the probe read it
 let d = all[arguments[1]];
-if (want && (!d || titleOf(d) !== want)) d = all.find(x => titleOf(x) === want);
+if (want && (!d || !named(d))) d = all.find(named);
 if (!d) return null;
 const isPrimary = (b) => {
   try {
