@@ -299,6 +299,8 @@ if (b) {
   b.click();
   return 'clicked:' + label;
 }
+// Escape closes the dialog on top: this one's turn comes when those above it are gone.
+if (d !== all[all.length - 1]) return 'covered';
 // Escape reaches the dialog's keydown handler through the top document: take the focus
 // out of an editor or an output frame first.
 if (document.activeElement && document.activeElement !== document.body) {

@@ -478,6 +478,8 @@ class Worker:
             how = "Escape"
         elif isinstance(result, str) and result.startswith("clicked:"):
             how = repr(result.removeprefix("clicked:")[:40])
+        elif result == "covered":
+            how = "nothing yet: another dialog is above it, and Escape closes the one on top"
         else:
             how = "nothing: it was gone"
         log.info("%s: closed a dialog (%s) with %s", session.name, action.dialog_kind, how)

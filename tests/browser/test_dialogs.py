@@ -234,3 +234,22 @@ def test_a_page_in_another_language_is_said_so(tmp_path: Path) -> None:
             assert sim.count("click") == 0  # nothing read, nothing clicked
         finally:
             runner.stop()
+
+
+def test_an_unknown_dialog_without_buttons_it_can_read_is_closed_with_escape(
+    tmp_path: Path,
+) -> None:
+    # dialog buttons the `dialog_buttons` selector does not match (gm-text-button): the
+    # keep-alive sees no button it could take for a secondary action
+    with SimColab(gpu=True, variant="dialog_buttons") as sim:
+        runner = _runner(tmp_path, sim, unknown_dialog_grace=Duration(2))
+        try:
+            runner.wait_state("connected", timeout=60)
+            sim.show_dialog("notice")
+            sim.wait_for(lambda s: s.dialogs_open() == [], 15, "the notice closed")
+            assert sim.events("action", action="dialog_notice_escape")
+            assert not _answered(sim, "notice")  # no button of it was clicked
+            escape = [e for e in sim.events("key") if e["key"] == "Escape"][-1]
+            assert escape["trusted"]  # a real key, as a person's
+        finally:
+            runner.stop()
