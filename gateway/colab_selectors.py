@@ -60,4 +60,16 @@ DEFAULTS: dict[str, str] = {
     "text_run_anyway": "Run anyway",
     "text_close": "Close|Cancel|Dismiss",
     "text_signed_out": "Sign in to continue|Sign in to use Colab|You have been signed out",
+    # -- texts of the dialogs the keep-alive closes or stops at (gateway/browser/page_state.py)
+    # an open dialog (its texts and its class) saying the account was signed out
+    "text_signed_out_dialog": "signed-out|signed out|Sign in to continue",
+    # a disconnect for code disallowed without a paid plan: stop, never reconnect
+    "text_disallowed": "disallowed in our free of charge tier|code that is disallowed|"
+    "disallowed code",
+    "text_no_backend": "Failed to assign a backend|Unable to assign a backend|"
+    "Cannot assign a backend",
+    # "connected to a GPU runtime, but not utilizing the GPU": closed, never its primary
+    # action (which switches the runtime to CPU)
+    "text_gpu_idle": "not utilizing the GPU|not utilising the GPU|not using the GPU|"
+    "not utilizing a GPU",
 }

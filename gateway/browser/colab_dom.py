@@ -268,3 +268,44 @@ w.waiters.push(finish);
 # Inserted before a reload so the keep-alive can tell the new document from the old one.
 MARK_DOCUMENT_JS = "window.__cgwMark = arguments[0]; return true;"
 READ_MARK_JS = "return [window.__cgwMark || null, document.readyState];"
+
+# Close a dialog the keep-alive does not answer (the GPU-idle notice, an unknown dialog, a
+# refusal it has read): a button that is NOT the primary action, preferring one whose text
+# says close, then the secondary action; with neither, "escape" (the caller then presses a
+# real Escape key, which closes an mwc-dialog). Never the primary action: on the GPU-idle
+# notice it switches the runtime to CPU, on an unknown dialog it may do anything.
+# arguments[1]: the dialog's index, arguments[2]: '|'-separated close texts,
+# arguments[3]: its title as the probe read it ('' = trust the index): dialogs above it may
+# have closed since, so the index alone could name another dialog.
+CLOSE_DIALOG_JS = (
+    _LIB
+    + r"""
+const all = dialogs();
+const want = arguments[3];
+const named = (x) => titleOf(x).slice(0, 200) === want;  // as the probe read it
+let d = all[arguments[1]];
+if (want && (!d || !named(d))) d = all.find(named);
+if (!d) return null;
+const isPrimary = (b) => {
+  try {
+    return b.matches(S.dialog_primary) || b.getAttribute('slot') === 'primaryAction';
+  } catch (e) { return false; }
+};
+const others = buttonsOf(d).filter(b => !isPrimary(b));
+const b = others.find(b => has(txt(b), arguments[2])) ||
+          others.find(b => b.getAttribute('slot') === 'secondaryAction');
+if (b) {
+  const label = txt(b);
+  b.click();
+  return 'clicked:' + label;
+}
+// Escape closes the dialog on top: this one's turn comes when those above it are gone.
+if (d !== all[all.length - 1]) return 'covered';
+// Escape reaches the dialog's keydown handler through the top document: take the focus
+// out of an editor or an output frame first.
+if (document.activeElement && document.activeElement !== document.body) {
+  document.activeElement.blur();
+}
+return 'escape';
+"""
+)
