@@ -294,3 +294,25 @@ def test_run_all_needs_the_focus_in_the_notebook_and_output_frames_keep_keys(
     sim.wait_for(lambda s: s.runs == ["all"], 5, "Run all ran")
     assert sim.running_cells == [0, 1]
 
+
+def test_the_tooltips_live_figures_do_not_count_as_changes_but_a_disconnect_does(
+    browser: Browser, sim: SimColab
+) -> None:
+    driver = open_page(browser, sim)
+    connect(driver, sim)
+    wait_probe(driver, sim, lambda p: "Connected to" in p["connect"]["tooltip"], "connected")
+    # installs the page's change watcher (returns at once: it has seen nothing yet)
+    driver.execute_async_script(colab_dom.WAIT_FOR_CHANGE_JS, SEL, 10, -1)
+    start = probe(driver)
+    tips = {start["connect"]["tooltip"]}
+    # the RAM figure changes every second: wait for two changes of it
+    wait_probe(driver, sim, lambda p: tips.add(p["connect"]["tooltip"]) or len(tips) >= 3, "RAM")
+    assert probe(driver)["changes"] == start["changes"], "a RAM figure counted as a change"
+    assert (
+        driver.execute_async_script(colab_dom.WAIT_FOR_CHANGE_JS, SEL, 1500, start["changes"])
+        == start["changes"]
+    )
+    sim.disconnect(dialog=False)  # a change of state still wakes the watcher at once
+    after = driver.execute_async_script(colab_dom.WAIT_FOR_CHANGE_JS, SEL, 10_000, start["changes"])
+    assert after > start["changes"]
+    assert probe(driver)["connect"]["tooltip"] == "Click to connect"
