@@ -12,6 +12,9 @@ DEFAULTS: dict[str, str] = {
     "connect_host": "colab-connect-button",
     "connect_button": "#connect",
     "connect_tooltip_attr": "tooltiptext",
+    # the live RAM/Disk bars (only while connected): their figures change every few
+    # seconds, which is not a change of state (the change watcher ignores them)
+    "resource_display": "#connect-button-resource-display, colab-usage-display",
     # generic dialogs: mwc-dialog in every dated 2024-2026 source (its `heading` attribute
     # is drawn into the shadow root's h2#title, read first); md-dialog and paper-dialog as
     # fallbacks. Matches come in document order: the last open one is on top.

@@ -232,14 +232,35 @@ return true;
 # returns the change counter. The observer watches the document and the shadow root of the
 # connect button, where the connection state (its tooltip) lives; a document-level observer
 # does not see inside shadow roots. arguments: selectors, timeout ms, last counter seen.
+#
+# Colab's page is never quiet: while connected, the tooltip's RAM/Disk figures and the
+# resource bars change every few seconds. A batch of mutations made only of such changes
+# (the tooltip with the same words once its figures are masked, anything inside
+# `resource_display`) neither counts nor wakes the keep-alive; any other mutation does, so
+# no change of state is missed (the tooltip's words change with the state).
 WAIT_FOR_CHANGE_JS = (
     _LIB
     + r"""
 const done = arguments[arguments.length - 1];
 const timeoutMs = arguments[1], seen = arguments[2];
 if (!window.__cgw) {
-  const w = {n: 0, waiters: [], roots: new WeakSet()};
-  w.obs = new MutationObserver(() => {
+  const w = {n: 0, waiters: [], roots: new WeakSet(), ignored: 0};
+  const figures = (t) => (t || '').replace(/[0-9]+(?:[.,][0-9]+)*/g, '#');
+  const insideResources = (node) => {
+    const el = node && (node.nodeType === 1 ? node : node.parentElement);
+    if (!el || !el.closest) return false;
+    let box = null;
+    try { box = el.closest(S.resource_display); } catch (e) { return false; }
+    return !!box && box !== el;  // the box itself appearing or hiding is a change
+  };
+  const noise = (r) => {
+    if (r.type === 'attributes' && r.attributeName === S.connect_tooltip_attr) {
+      return figures(r.oldValue) === figures(r.target.getAttribute(r.attributeName));
+    }
+    return insideResources(r.target);
+  };
+  w.obs = new MutationObserver((records) => {
+    if (records.every(noise)) { w.ignored++; return; }
     w.n++;
     const ws = w.waiters.splice(0);
     // a short settle time: a dialog appears as several mutations in a row
@@ -248,7 +269,8 @@ if (!window.__cgw) {
   w.watch = (root) => {
     if (root && !w.roots.has(root)) {
       w.roots.add(root);
-      w.obs.observe(root, {subtree: true, childList: true, attributes: true, characterData: true});
+      w.obs.observe(root, {subtree: true, childList: true, attributes: true,
+                           attributeOldValue: true, characterData: true});
     }
   };
   window.__cgw = w;

@@ -18,8 +18,11 @@ page (docs/demo.md lists what is simulated):
   ``#button``;
 * code cells with ``colab-run-button`` in ``.cell-gutter .cell-execution-container
   .cell-execution`` (a click runs the cell, or interrupts it while it runs: shadowRoot
-  ``#stopSymbolMask`` and ``.cell-execution.running``), Monaco editors
-  (``.monaco .monaco-editor textarea.inputarea``) and output iframes
+  ``#stopSymbolMask`` and ``.cell-execution.running``), Monaco editors built lazily
+  (``div.editor.lazy-editor`` until the cell is clicked or scrolled into view, then
+  ``.monaco .monaco-editor textarea.inputarea``; the FIRST cell's editor is lazy at load
+  while the second cell's is built, so a document-wide first textarea is the second
+  cell's) and output iframes
   (``iframe[src*="outputframe"]``) that keep the keys pressed in them; Ctrl+Enter runs the
   cell whose editor has the focus, Ctrl+F9 runs all only with the focus inside
   ``.notebook-cell-list``; Colab's Files panel is open and takes the middle of the window;
@@ -297,7 +300,6 @@ _CELL_CODE = ("#@title Bootstrap: start the tunnel", 'print("second cell")')
 # The cell whose editor Colab has already built at load (the one last edited); every other
 # cell's editor is built when the cell is clicked or scrolled into view.
 BUILT_AT_LOAD = 1
-LAZY_EDITORS = False  # step 1: every editor built at load (lazy editors come next)
 
 
 def monaco_editor(code: str) -> str:
@@ -324,7 +326,7 @@ def _cell_html(index: int, code: str, features: frozenset[str]) -> str:
         editor = (
             f'<div class="editor"><div class="cm-content" contenteditable="true">{code}</div></div>'
         )
-    elif "monaco" in features or index == BUILT_AT_LOAD or not LAZY_EDITORS:
+    elif "monaco" in features or index == BUILT_AT_LOAD:
         editor = monaco_editor(code)
     else:
         editor = f'<div class="editor flex lazy-editor"><pre class="lazy-code">{code}</pre></div>'
