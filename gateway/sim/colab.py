@@ -57,6 +57,7 @@ API::
     sim.set_cell_duration(s)    # how long a run lasts
     sim.set_noisy(False)        # the tooltip's figures stop changing
     sim.set_language("pt")      # the account's language (the URL's hl=en still wins)
+    sim.set_language("pt", over_hl=True)    # ... and wins over hl=en (language_over_hl=)
     sim.set_busy(True)          # the tooltip says "Waiting to finish the current execution."
     sim.set_leave_guard(True)   # unloading the page raises a "Leave site?" prompt
     sim.reset_vm()              # Colab swaps the VM under a connected runtime
@@ -381,9 +382,10 @@ def render_page(template: bytes, features: frozenset[str], hl: str = "", lang: s
     return text.encode()
 
 
-def page_language(query: str, language: str) -> tuple[str, str]:
-    """(the URL's ``hl``, the language the page speaks): ``hl=en`` (or ``pt``) wins."""
-    hl = (parse_qs(query).get("hl") or [""])[0].lower()
+def page_language(query: str, language: str, over_hl: bool = False) -> tuple[str, str]:
+    """(the URL's ``hl`` as the page heeds it, the language the page speaks): ``hl=en`` (or
+    ``pt``) wins, unless the account's language is set to win over it (``over_hl``)."""
+    hl = "" if over_hl else (parse_qs(query).get("hl") or [""])[0].lower()
     return hl, hl if hl in LANGUAGES else language
 
 
@@ -420,10 +422,14 @@ class SimColab:
         variant: str = "",
         language: str = "en",
         noisy: bool = True,
+        language_over_hl: bool = False,
     ):
         self.connect_delay = connect_delay
         self.variant = parse_variant(variant)
         self.language = _language(language)
+        # Google pages heed ``hl=``; this switch makes the account's language win anyway, so
+        # that a page the keep-alive cannot read in English can be shown (it must say so).
+        self.language_over_hl = language_over_hl
         # The connect button's tooltip shows live RAM/Disk figures while connected, and
         # the page changes them every second, as Colab's does: the page is never quiet.
         self.noisy = noisy
@@ -519,7 +525,7 @@ class SimColab:
         """The page for a request's query string (``?variant=`` wins over ``self.variant``)."""
         asked = parse_qs(query).get("variant")
         features = parse_variant(asked[0]) if asked else self.variant
-        hl, lang = page_language(query, self.language)
+        hl, lang = page_language(query, self.language, self.language_over_hl)
         return render_page(self._page, features, hl=hl, lang=lang)
 
     # -- scenario controls --------------------------------------------------------------------
@@ -566,10 +572,13 @@ class SimColab:
         with self._changing():
             self.noisy = on
 
-    def set_language(self, language: str) -> None:
-        """The account's language: the page speaks it unless its URL says ``hl=en``."""
+    def set_language(self, language: str, *, over_hl: bool | None = None) -> None:
+        """The account's language: the page speaks it unless its URL says ``hl=en`` (or
+        ``over_hl``: whatever the URL says)."""
         with self._changing():
             self.language = _language(language)
+            if over_hl is not None:
+                self.language_over_hl = over_hl
 
     def set_cell_duration(self, seconds: float) -> None:
         """How long a cell's run lasts (its run button shows "Interrupt" meanwhile)."""

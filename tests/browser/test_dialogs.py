@@ -225,7 +225,8 @@ def test_no_backend_waits_longer_after_each_refusal(sim: SimColab, tmp_path: Pat
 
 
 def test_a_page_in_another_language_is_said_so(tmp_path: Path) -> None:
-    with SimColab(gpu=True, language="pt") as sim:
+    # The keep-alive asks for English (hl=en); this account's language wins anyway.
+    with SimColab(gpu=True, language="pt", language_over_hl=True) as sim:
         runner = _runner(tmp_path, sim)
         try:
             facts = runner.wait_state("wrong_language", timeout=60)
