@@ -2,7 +2,12 @@
 
 1. Reaction: the runtime is disconnected N times (alternately with and without the
    "Runtime disconnected" dialog); the reaction is the time between the page rendering the
-   disconnect and the page receiving the click, both on the page's own clock.
+   disconnect and the page receiving the click, both on the page's own clock. The page is
+   noisy, as Colab's is: while connected, the tooltip's RAM figure changes every second.
+1b. Own CPU on that never-quiet page: with the runtime connected and nothing to do, the
+   CPU time of this process (the keep-alive's threads; the simulated page's server in it
+   idles on a long poll) over --cpu-window seconds, as a percentage of one core, on the
+   noisy page (``daemon_cpu_pct_noisy``) and on a quiet one (``daemon_cpu_pct_quiet``).
 2. Memory: reload/reconnect cycles for --duration seconds (a reload every --reload-every,
    a disconnect every --disconnect-every), then the PSS summed over all Chromium processes
    (from /proc/PID/smaps_rollup; summed RSS would count shared pages many times).
@@ -99,6 +104,18 @@ def measure_reactions(sim: SimColab, runner: BrowserRunner, count: int) -> list[
     return reactions
 
 
+def own_cpu_pct(sim: SimColab, runner: BrowserRunner, window: float, noisy: bool) -> float:
+    """This process's CPU over ``window`` seconds while connected, in % of one core."""
+    sim.set_noisy(noisy)
+    runner.wait(lambda r: r.runtime.state == "connected", 30, "connected")
+    time.sleep(3)  # let the last reaction's work finish
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    time.sleep(window)
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    assert sim.runtime == "connected", "the runtime dropped while measuring"
+    return 100.0 * cpu / wall
+
+
 def soak(sim: SimColab, runner: BrowserRunner, duration: float, disconnect_every: float) -> dict:
     start = time.monotonic()
     disconnects = 0
@@ -152,6 +169,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=600.0, help="soak seconds")
     parser.add_argument("--reload-every", type=float, default=30.0)
     parser.add_argument("--disconnect-every", type=float, default=20.0)
+    parser.add_argument("--cpu-window", type=float, default=60.0, help="CPU seconds measured")
     args = parser.parse_args()
     if args.disconnects < 1:
         parser.error("--disconnects must be at least 1")
@@ -169,6 +187,14 @@ def main() -> int:
         )
         try:
             reactions = measure_reactions(sim, runner, args.disconnects)
+            cpu_noisy = own_cpu_pct(sim, runner, args.cpu_window, noisy=True)
+            cpu_quiet = own_cpu_pct(sim, runner, args.cpu_window, noisy=False)
+            sim.set_noisy(True)
+            print(
+                f"own CPU while connected over {args.cpu_window:.0f}s: noisy page "
+                f"{cpu_noisy:.2f}% of a core, quiet page {cpu_quiet:.2f}%",
+                flush=True,
+            )
             print(
                 f"soaking for {args.duration:.0f}s: reload every {args.reload_every:.0f}s, "
                 f"disconnect every {args.disconnect_every:.0f}s",
@@ -194,6 +220,7 @@ def main() -> int:
     ratio = memory["alone"] / plain_memory["alone"] if plain_memory["alone"] else float("nan")
     print(
         f"RESULT reaction_p50_s={p50:.3f} reaction_max_s={max(reactions):.3f} "
+        f"daemon_cpu_pct_noisy={cpu_noisy:.2f} daemon_cpu_pct_quiet={cpu_quiet:.2f} "
         f"chromium_pss_mb={memory['final']:.0f} chromium_pss_peak_mb={memory['peak']:.0f} "
         f"chromium_uss_mb={memory['uss']:.0f} chromium_anon_mb={memory['anon']:.0f} "
         f"chromium_pss_alone_mb={memory['alone']:.0f} other_chromium_procs={memory['others']} "

@@ -12,6 +12,9 @@ DEFAULTS: dict[str, str] = {
     "connect_host": "colab-connect-button",
     "connect_button": "#connect",
     "connect_tooltip_attr": "tooltiptext",
+    # the live RAM/Disk bars (only while connected): their figures change every few
+    # seconds, which is not a change of state (the change watcher ignores them)
+    "resource_display": "#connect-button-resource-display, colab-usage-display",
     # generic dialogs: mwc-dialog in every dated 2024-2026 source (its `heading` attribute
     # is drawn into the shadow root's h2#title, read first); md-dialog and paper-dialog as
     # fallbacks. Matches come in document order: the last open one is on top.
@@ -65,4 +68,16 @@ DEFAULTS: dict[str, str] = {
     "text_run_anyway": "Run anyway",
     "text_close": "Close|Cancel|Dismiss",
     "text_signed_out": "Sign in to continue|Sign in to use Colab|You have been signed out",
+    # -- texts of the dialogs the keep-alive closes or stops at (gateway/browser/page_state.py)
+    # an open dialog (its texts and its class) saying the account was signed out
+    "text_signed_out_dialog": "signed-out|signed out|Sign in to continue",
+    # a disconnect for code disallowed without a paid plan: stop, never reconnect
+    "text_disallowed": "disallowed in our free of charge tier|code that is disallowed|"
+    "disallowed code",
+    "text_no_backend": "Failed to assign a backend|Unable to assign a backend|"
+    "Cannot assign a backend",
+    # "connected to a GPU runtime, but not utilizing the GPU": closed, never its primary
+    # action (which switches the runtime to CPU)
+    "text_gpu_idle": "not utilizing the GPU|not utilising the GPU|not using the GPU|"
+    "not utilizing a GPU",
 }

@@ -281,6 +281,10 @@ class BrowserConfig:
     limit_wait: Duration = setting(Duration(1800), min=60)  # GPU limit (wait) / too many sessions
     recaptcha_max: int = setting(3, min=1, max=100)  # dismissals per window, then a human
     recaptcha_window: Duration = setting(Duration(1800), min=60)
+    # A dialog the keep-alive does not know is closed (its secondary/close button, else
+    # Escape; never its primary action) when it has been open this long, or at once when it
+    # hides something the keep-alive has to click.
+    unknown_dialog_grace: Duration = setting(Duration(60), min=5, max=3600)
 
     def check(self) -> list[tuple[str, str]]:
         problems = []

@@ -224,6 +224,9 @@ def _session(name: str, value: object) -> SessionState:
             screenshot=_optional_text(runtime.get("screenshot"), f"{where}.runtime.screenshot"),
             last_rerun=_optional_number(runtime.get("last_rerun"), f"{where}.runtime.last_rerun"),
             dialog_at=_optional_number(runtime.get("dialog_at"), f"{where}.runtime.dialog_at"),
+            no_backend_failures=_count(
+                runtime.get("no_backend_failures", 0), f"{where}.runtime.no_backend_failures"
+            ),
         ),
         sync=_sync(_mapping(raw.get("sync", {}), f"{where}.sync"), f"{where}.sync"),
     )

@@ -53,6 +53,11 @@ class RuntimeState(str, Enum):
     RECAPTCHA = "recaptcha"
     NEEDS_HUMAN = "needs_human"  # tried what it may; a person has to look
     PAUSED = "paused"  # `colab-gateway login` holds the browser profile
+    # Colab disconnected the runtime for code disallowed in its free tier: the keep-alive
+    # stopped (no reconnect, no re-run) until a person runs `colab-gateway runtime clear`.
+    DISALLOWED = "disallowed"
+    NO_BACKEND = "no_backend"  # "Failed to assign a backend": connecting again with backoff
+    WRONG_LANGUAGE = "wrong_language"  # the page is not in English: its texts are not read
 
     def __str__(self) -> str:
         return self.value
@@ -148,6 +153,8 @@ class RuntimeFacts(OutsideTextFields):
     # Colab may end the runtime soon. Kept after the dialog is answered, so that a reader
     # that looks only now and then still sees that one came.
     dialog_at: float | None = None
+    # Colab could not assign a backend this many times in a row (0 once connected).
+    no_backend_failures: int = 0
 
 
 class RestoreState(str, Enum):
@@ -290,6 +297,14 @@ TUNNEL_PENALISED = Measure(
     (),
     "Sources with a failed-login penalty on record (serving it or within penalty_max)",
 )
+COLAB_REFUSALS = Measure(
+    "colab_refusals_total",
+    "counter",
+    ("session", "reason"),
+    "Runtimes Colab refused: disallowed (code disallowed in the free tier: the keep-alive "
+    "stops) or no_backend (Failed to assign a backend)",
+)
+REFUSAL_REASONS = ("disallowed", "no_backend")
 BROWSER_PSS = Measure("browser_pss_bytes", "gauge", (), "Chromium's memory (PSS, all processes)")
 BROWSER_RESTARTS = Measure("browser_restarts_total", "counter", ("reason",), "Chromium restarts")
 DDNS_PUBLISHED = Measure(
@@ -306,6 +321,7 @@ MEASURES: tuple[Measure, ...] = (
     DIALOGS,
     RERUNS,
     VM_RESETS,
+    COLAB_REFUSALS,
     TUNNEL_BYTES,
     TUNNEL_REFUSED,
     TUNNEL_PENALISED,

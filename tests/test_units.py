@@ -412,6 +412,17 @@ def test_role_renders_the_run_all_fallback(tmp_path: Path, fallback: bool) -> No
     assert result.returncode == 0, result.stderr
 
 
+def test_role_renders_the_unknown_dialog_grace(tmp_path: Path) -> None:
+    import yaml
+
+    default = yaml.safe_load(_render_config(tmp_path).read_text())
+    assert default["browser"]["unknown_dialog_grace"] == "1m"
+    config = _render_config(tmp_path, colab_gateway_browser_unknown_dialog_grace="90s")
+    assert yaml.safe_load(config.read_text())["browser"]["unknown_dialog_grace"] == "90s"
+    result = _check_config(config)
+    assert result.returncode == 0, result.stderr
+
+
 def test_role_renders_the_hostile_vm_limits(tmp_path: Path) -> None:
     """The role's defaults for issue 22's new keys reach the config and pass its check."""
     import yaml

@@ -335,7 +335,7 @@ def test_a_dialog_title_reaches_a_phone_escaped_and_bounded(inbox: Inbox) -> Non
     for line in lines:
         assert_shown_safely(line, BODY_LINE_MAX, "a line of the notification body")
     # The title is quoted, escaped, at most 120 characters of it.
-    quoted_title = lines[1].split("an unknown dialog is open ('", 1)[1].split("')", 1)[0]
+    quoted_title = lines[1].split("an unknown dialog '", 1)[1].split("' [", 1)[0]
     assert quoted_title.startswith(ESCAPED_OSC)
     assert len(quoted_title.replace("\\'", "'")) <= DIALOG_TITLE_MAX  # quoted() escapes its quotes
 

@@ -80,7 +80,11 @@ _TRYING = {
     RuntimeState.DISCONNECTED,
     RuntimeState.DIALOG,
     RuntimeState.RECAPTCHA,
+    RuntimeState.NO_BACKEND,
 }
+# "Failed to assign a backend" this many times in a row: worth telling at once, whatever
+# the time waited (the keep-alive waits longer after each refusal: 30 s, 1 min, 2 min).
+NO_BACKEND_ALERT_AFTER = 3
 
 
 @dataclass
@@ -154,7 +158,23 @@ class Watcher:
         after = float(self.config.notify.tunnel_down_after)
         if state in _TRYING:
             lost_since = self._lost_since.setdefault(name, runtime.since or now)
-            if self._waited(lost_since, after, now):
+            if runtime.no_backend_failures >= NO_BACKEND_ALERT_AFTER:
+                problems.append(
+                    Problem(
+                        "runtime_lost",
+                        name,
+                        "Colab could not assign a backend, again and again",
+                        "nothing, if it passes: the keep-alive tries again, waiting longer "
+                        "each time; if it lasts, Colab may refuse this account or location "
+                        "(an accelerator it has none of, a regional restriction): try a "
+                        f"runtime without GPU in the notebook ({self._view(name)})",
+                        lost_since,
+                        detail=f"{runtime.no_backend_failures} refusals in a row; now: "
+                        f"{state.words}: {runtime.message}",
+                        screenshot=runtime.screenshot,
+                    )
+                )
+            elif self._waited(lost_since, after, now):
                 problems.append(
                     Problem(
                         "runtime_lost",
@@ -200,6 +220,20 @@ class Watcher:
                 "Google wants a sign-in",
                 f"sign the browser profile in again: on the Pi run colab-gateway login (or "
                 f"{view} and sign in there)",
+            )
+        elif state == RuntimeState.DISALLOWED:
+            what, todo = (
+                "Colab disconnected the runtime for code disallowed in its free tier, and "
+                "the gateway stopped",
+                "get a paid Colab plan, or remove that code (an SSH shell, a remote desktop) "
+                f"from the notebook; then run colab-gateway runtime clear {name} on the Pi "
+                "(the gateway does not reconnect until then)",
+            )
+        elif state == RuntimeState.WRONG_LANGUAGE:
+            what, todo = (
+                "Colab shows the notebook in a language other than English",
+                "set the Google account's language to English (myaccount.google.com > "
+                "Personal info > Language); the keep-alive reads English only",
             )
         elif state == RuntimeState.NEEDS_HUMAN:
             what, todo = (

@@ -301,14 +301,35 @@ return true;
 # returns the change counter. The observer watches the document and the shadow root of the
 # connect button, where the connection state (its tooltip) lives; a document-level observer
 # does not see inside shadow roots. arguments: selectors, timeout ms, last counter seen.
+#
+# Colab's page is never quiet: while connected, the tooltip's RAM/Disk figures and the
+# resource bars change every few seconds. A batch of mutations made only of such changes
+# (the tooltip with the same words once its figures are masked, anything inside
+# `resource_display`) neither counts nor wakes the keep-alive; any other mutation does, so
+# no change of state is missed (the tooltip's words change with the state).
 WAIT_FOR_CHANGE_JS = (
     _LIB
     + r"""
 const done = arguments[arguments.length - 1];
 const timeoutMs = arguments[1], seen = arguments[2];
 if (!window.__cgw) {
-  const w = {n: 0, waiters: [], roots: new WeakSet()};
-  w.obs = new MutationObserver(() => {
+  const w = {n: 0, waiters: [], roots: new WeakSet(), ignored: 0};
+  const figures = (t) => (t || '').replace(/[0-9]+(?:[.,][0-9]+)*/g, '#');
+  const insideResources = (node) => {
+    const el = node && (node.nodeType === 1 ? node : node.parentElement);
+    if (!el || !el.closest) return false;
+    let box = null;
+    try { box = el.closest(S.resource_display); } catch (e) { return false; }
+    return !!box && box !== el;  // the box itself appearing or hiding is a change
+  };
+  const noise = (r) => {
+    if (r.type === 'attributes' && r.attributeName === S.connect_tooltip_attr) {
+      return figures(r.oldValue) === figures(r.target.getAttribute(r.attributeName));
+    }
+    return insideResources(r.target);
+  };
+  w.obs = new MutationObserver((records) => {
+    if (records.every(noise)) { w.ignored++; return; }
     w.n++;
     const ws = w.waiters.splice(0);
     // a short settle time: a dialog appears as several mutations in a row
@@ -317,7 +338,8 @@ if (!window.__cgw) {
   w.watch = (root) => {
     if (root && !w.roots.has(root)) {
       w.roots.add(root);
-      w.obs.observe(root, {subtree: true, childList: true, attributes: true, characterData: true});
+      w.obs.observe(root, {subtree: true, childList: true, attributes: true,
+                           attributeOldValue: true, characterData: true});
     }
   };
   window.__cgw = w;
@@ -337,3 +359,44 @@ w.waiters.push(finish);
 # Inserted before a reload so the keep-alive can tell the new document from the old one.
 MARK_DOCUMENT_JS = "window.__cgwMark = arguments[0]; return true;"
 READ_MARK_JS = "return [window.__cgwMark || null, document.readyState];"
+
+# Close a dialog the keep-alive does not answer (the GPU-idle notice, an unknown dialog, a
+# refusal it has read): a button that is NOT the primary action, preferring one whose text
+# says close, then the secondary action; with neither, "escape" (the caller then presses a
+# real Escape key, which closes an mwc-dialog). Never the primary action: on the GPU-idle
+# notice it switches the runtime to CPU, on an unknown dialog it may do anything.
+# arguments[1]: the dialog's index, arguments[2]: '|'-separated close texts,
+# arguments[3]: its title as the probe read it ('' = trust the index): dialogs above it may
+# have closed since, so the index alone could name another dialog.
+CLOSE_DIALOG_JS = (
+    _LIB
+    + r"""
+const all = dialogs();
+const want = arguments[3];
+const named = (x) => titleOf(x).slice(0, 200) === want;  // as the probe read it
+let d = all[arguments[1]];
+if (want && (!d || !named(d))) d = all.find(named);
+if (!d) return null;
+const isPrimary = (b) => {
+  try {
+    return b.matches(S.dialog_primary) || b.getAttribute('slot') === 'primaryAction';
+  } catch (e) { return false; }
+};
+const others = buttonsOf(d).filter(b => !isPrimary(b));
+const b = others.find(b => has(txt(b), arguments[2])) ||
+          others.find(b => b.getAttribute('slot') === 'secondaryAction');
+if (b) {
+  const label = txt(b);
+  b.click();
+  return 'clicked:' + label;
+}
+// Escape closes the dialog on top: this one's turn comes when those above it are gone.
+if (d !== all[all.length - 1]) return 'covered';
+// Escape reaches the dialog's keydown handler through the top document: take the focus
+// out of an editor or an output frame first.
+if (document.activeElement && document.activeElement !== document.body) {
+  document.activeElement.blur();
+}
+return 'escape';
+"""
+)

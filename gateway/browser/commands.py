@@ -125,11 +125,14 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """``colab-gateway login``, and ``colab-gateway view`` (gateway/browser/view_command.py)."""
+    """``colab-gateway login``, ``colab-gateway view`` (gateway/browser/view_command.py) and
+    ``colab-gateway runtime clear`` (gateway/browser/runtime_command.py)."""
+    from gateway.browser.runtime_command import register_runtime
     from gateway.browser.view_command import register_view
     from gateway.cli_support import add_path_options
 
     register_view(subparsers)
+    register_runtime(subparsers)
     parser = subparsers.add_parser(
         "login",
         help="sign the browser profile into Google in a normal Chromium (once)",

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.backoff import Backoff
-from gateway.browser import colab_dom, login, view_request
+from gateway.browser import colab_dom, login, stop_flag, view_request
 from gateway.browser.canary import Canary, load_names
 from gateway.browser.evidence import Evidence
 from gateway.browser.failed_looks import FailedLooks
@@ -53,6 +53,7 @@ from gateway.config import Config
 from gateway.vocabulary import (
     BROWSER_PSS,
     BROWSER_RESTARTS,
+    COLAB_REFUSALS,
     DIALOGS,
     RECONNECTS,
     RERUNS,
@@ -92,6 +93,7 @@ class _Session:
     rerun_note: str = ""  # why a requested re-run did not happen, until the next one does
     drift_note: str = ""  # a selector that matched nothing while acting, until it matches
     canary_reported: tuple[str, ...] = ()  # the missing selectors last saved as evidence
+    stop_kept: bool = False  # the disallowed-code stop is in the state directory
 
 
 class Worker:
@@ -115,12 +117,25 @@ class Worker:
             _Session(
                 s.name,
                 english_url(s.notebook_url),  # opened and reloaded with it: docs/browser.md
-                SessionMachine(self.sel, Settings(config.browser)),
+                SessionMachine(self.sel, Settings(config.browser), session=s.name),
                 Canary(load_names(config.browser.rerun)),
             )
             for s in config.sessions
             if not s.is_placeholder
         ]
+        for session in self.sessions:
+            # A restart does not resume a session Colab stopped for disallowed code.
+            stopped = stop_flag.read(ctx.paths.state_dir, session.name)
+            if stopped is not None:
+                log.warning(
+                    "%s: stopped for disallowed code since %s: not connecting until "
+                    "colab-gateway runtime clear %s",
+                    session.name,
+                    time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stopped.since)),
+                    session.name,
+                )
+                session.machine.stop(stopped)
+                session.stop_kept = True
         self.evidence = Evidence(ctx.paths.screenshots_dir, config.browser.screenshots_keep)
         self._memory_checked = 0.0
         # A navigation may take page_timeout; chromedriver answers within HTTP_GRACE more.
@@ -290,9 +305,11 @@ class Worker:
         now = time.time()
         if session.machine.reload_due(now):
             self._reload(session, "periodic reload")
+        self._check_cleared(session)
         probe = self._probe(session)
         view = classify(probe, self.sel)
         decision = session.machine.step(view, now)
+        self._refused(session, decision)
         session.canary.look(probe, view.kind, now)
         session.last_probe = probe
         for action in decision.actions:
@@ -316,6 +333,7 @@ class Worker:
             "state": decision.state,
             "gpu": decision.gpu,
             "vm_id": decision.vm_id,
+            "no_backend_failures": decision.no_backend_failures,
             "message": "; ".join(
                 m
                 for m in (
@@ -329,7 +347,49 @@ class Worker:
         }
         if screenshot:
             facts["screenshot"] = screenshot
+        if decision.new_dialogs:
+            # A dialog Colab shows may announce the runtime's end: sync takes one more pull.
+            facts["dialog_at"] = now
+            self._record_dialogs(session, decision, screenshot, now)
         self.ctx.state.update_runtime(session.name, **facts)
+
+    def _record_dialogs(
+        self, session: _Session, decision: Decision, screenshot: str | None, now: float
+    ) -> None:
+        """The latest dialog the keep-alive closes rather than answers, for the status."""
+        dialog = decision.new_dialogs[-1]
+        log.warning("%s: Colab shows a dialog: %s (%s)", session.name, dialog.words, dialog.kind)
+        self.ctx.state.set_details(
+            self.ctx.name,
+            last_dialog={
+                "session": session.name,
+                "kind": dialog.kind,
+                "title": dialog.title,
+                "buttons": list(dialog.buttons),
+                "at": now,
+                "screenshot": screenshot or "",
+            },
+        )
+
+    def _check_cleared(self, session: _Session) -> None:
+        """A person ran colab-gateway runtime clear: the stop's file is gone."""
+        machine = session.machine
+        if machine.stopped is None or not session.stop_kept:
+            return
+        if stop_flag.present(self.ctx.paths.state_dir, session.name):
+            return
+        log.info("%s: the stop for disallowed code was cleared; connecting again", session.name)
+        machine.clear_stop()
+        session.stop_kept = False
+
+    def _refused(self, session: _Session, decision: Decision) -> None:
+        if decision.refusal is None:
+            return
+        self.ctx.state.count(COLAB_REFUSALS, session=session.name, reason=decision.refusal)
+        stopped = session.machine.stopped
+        if decision.refusal == "disallowed" and stopped is not None:
+            session.stop_kept = stop_flag.write(self.ctx.paths.state_dir, session.name, stopped)
+            session.pending_rerun = None
 
     def _canary_evidence(self, session: _Session, probe: dict[str, Any]) -> str | None:
         """Publish the canary's verdict; a new finding leaves a screenshot."""
@@ -384,6 +444,8 @@ class Worker:
         log.info("%s: %s", session.name, action.why or action.name)
         if action.name == "click_dialog":
             self.ctx.state.count(DIALOGS, session=session.name, kind=view.kind)
+        if action.name == "close_dialog":
+            self.ctx.state.count(DIALOGS, session=session.name, kind=action.dialog_kind)
         if action.name == "click_connect" or action.why == "reconnect":
             self.ctx.state.count(RECONNECTS, session=session.name, reason=view.kind)
         if action.name == "click_connect":
@@ -396,10 +458,32 @@ class Worker:
                 action.button,
                 action.fallback_primary,
             )
+        elif action.name == "close_dialog":
+            self._close_dialog(session, action)
         elif action.name == "dismiss_recaptcha":
             driver.execute_script(colab_dom.DISMISS_RECAPTCHA_JS, self.sel)
         elif action.name == "reload":
             self._reload(session, action.why)
+
+    def _close_dialog(self, session: _Session, action: Action) -> None:
+        """A non-primary button, else a real Escape key: never the primary action."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        driver = self.browser_driver()
+        result = driver.execute_script(
+            colab_dom.CLOSE_DIALOG_JS, self.sel, action.dialog_index, action.button, action.title
+        )
+        if result == "escape":
+            ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+            how = "Escape"
+        elif isinstance(result, str) and result.startswith("clicked:"):
+            how = repr(result.removeprefix("clicked:")[:40])
+        elif result == "covered":
+            how = "nothing yet: another dialog is above it, and Escape closes the one on top"
+        else:
+            how = "nothing: it was gone"
+        log.info("%s: closed a dialog (%s) with %s", session.name, action.dialog_kind, how)
 
     def _reload(self, session: _Session, why: str) -> None:
         """Load the notebook again, accepting a "Leave site?" prompt on the way."""
@@ -543,6 +627,13 @@ class Worker:
         if session is None or mode == "never":
             log.info("rerun for %r ignored (rerun: %s)", command.session, mode)
             return
+        if session.machine.stopped is not None:
+            log.warning(
+                "%s: rerun asked (%s) but the session is stopped for disallowed code: ignored",
+                session.name,
+                reason,
+            )
+            return
         if not _connected(session):
             log.info(
                 "%s: rerun asked (%s); waiting until the runtime is connected", session.name, reason
@@ -617,8 +708,14 @@ class Worker:
         poll = float(self.config.browser.poll_every)
         if len(self.sessions) > 1:
             poll = min(poll, MULTI_SESSION_SLICE)
-        if any(s.machine.settling(time.time()) for s in self.sessions):
+        now = time.time()
+        if any(s.machine.settling(now) for s in self.sessions):
             poll = min(poll, SETTLE_POLL)  # look again as soon as the settle time is over
+        for session in self.sessions:
+            # a hold on Connect that ends, an unknown dialog's grace: no DOM change says so
+            due = session.machine.wake_in(now)
+            if due is not None:
+                poll = min(poll, max(SETTLE_POLL, due + 0.05))
         for session in self.sessions:
             self._select(session)
             try:

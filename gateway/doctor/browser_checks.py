@@ -34,6 +34,9 @@ _SIGNED_IN_STATES = {
     RuntimeState.DIALOG,
     RuntimeState.GPU_LIMIT,
     RuntimeState.TOO_MANY_SESSIONS,
+    RuntimeState.DISALLOWED,
+    RuntimeState.NO_BACKEND,
+    RuntimeState.WRONG_LANGUAGE,
 }
 
 

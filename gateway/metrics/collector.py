@@ -17,8 +17,10 @@ from prometheus_client.registry import Collector
 from gateway import __version__
 from gateway.snapshot import Snapshot
 from gateway.vocabulary import (
+    COLAB_REFUSALS,
     COMPONENT_RESTARTS,
     MEASURES,
+    REFUSAL_REASONS,
     RERUNS,
     TUNNEL_BYTES,
     TUNNEL_PENALISED,
@@ -39,7 +41,13 @@ HEALTH_VALUE = {
     Health.STOPPED: 2,
 }
 # Runtime states only a person can get out of.
-NEEDS_HUMAN = {RuntimeState.SIGNED_OUT, RuntimeState.NEEDS_HUMAN, RuntimeState.RECAPTCHA}
+NEEDS_HUMAN = {
+    RuntimeState.SIGNED_OUT,
+    RuntimeState.NEEDS_HUMAN,
+    RuntimeState.RECAPTCHA,
+    RuntimeState.DISALLOWED,
+    RuntimeState.WRONG_LANGUAGE,
+}
 
 
 @cache
@@ -71,6 +79,7 @@ def _zeros(snapshot: Snapshot) -> dict[Measure, list[tuple[str, ...]]]:
         COMPONENT_RESTARTS: [(name,) for name in snapshot.components],
         RERUNS: [(s,) for s in sessions],
         VM_RESETS: [(s,) for s in sessions],
+        COLAB_REFUSALS: [(s, r) for s in sessions for r in REFUSAL_REASONS],
         TUNNEL_BYTES: [(s, d) for s in sessions for d in ("in", "out")],
         TUNNEL_PENALISED: [()] if snapshot.runs("tunnel") else [],
     }
@@ -107,7 +116,8 @@ def families(snapshot: Snapshot) -> Iterator[CounterMetricFamily | GaugeMetricFa
     )
     yield per_session(
         "runtime_needs_human",
-        "1 while only a person can help (signed out, reCAPTCHA, gave up)",
+        "1 while only a person can help (signed out, reCAPTCHA, gave up, stopped for "
+        "disallowed code, a page not in English)",
         lambda s: float(runtime[s].state in NEEDS_HUMAN),
     )
     yield per_session(

@@ -18,8 +18,11 @@ page (docs/demo.md lists what is simulated):
   ``#button``;
 * code cells with ``colab-run-button`` in ``.cell-gutter .cell-execution-container
   .cell-execution`` (a click runs the cell, or interrupts it while it runs: shadowRoot
-  ``#stopSymbolMask`` and ``.cell-execution.running``), Monaco editors
-  (``.monaco .monaco-editor textarea.inputarea``) and output iframes
+  ``#stopSymbolMask`` and ``.cell-execution.running``), Monaco editors built lazily
+  (``div.editor.lazy-editor`` until the cell is clicked or scrolled into view, then
+  ``.monaco .monaco-editor textarea.inputarea``; the FIRST cell's editor is lazy at load
+  while the second cell's is built, so a document-wide first textarea is the second
+  cell's) and output iframes
   (``iframe[src*="outputframe"]``) that keep the keys pressed in them; Ctrl+Enter runs the
   cell whose editor has the focus, Ctrl+F9 runs all only with the focus inside
   ``.notebook-cell-list``; Colab's Files panel is open and takes the middle of the window;
@@ -54,6 +57,7 @@ API::
     sim.set_cell_duration(s)    # how long a run lasts
     sim.set_noisy(False)        # the tooltip's figures stop changing
     sim.set_language("pt")      # the account's language (the URL's hl=en still wins)
+    sim.set_language("pt", over_hl=True)    # ... and wins over hl=en (language_over_hl=)
     sim.set_busy(True)          # the tooltip says "Waiting to finish the current execution."
     sim.set_leave_guard(True)   # unloading the page raises a "Leave site?" prompt
     sim.reset_vm()              # Colab swaps the VM under a connected runtime
@@ -297,7 +301,6 @@ _CELL_CODE = ("#@title Bootstrap: start the tunnel", 'print("second cell")')
 # The cell whose editor Colab has already built at load (the one last edited); every other
 # cell's editor is built when the cell is clicked or scrolled into view.
 BUILT_AT_LOAD = 1
-LAZY_EDITORS = False  # step 1: every editor built at load (lazy editors come next)
 
 
 def monaco_editor(code: str) -> str:
@@ -324,7 +327,7 @@ def _cell_html(index: int, code: str, features: frozenset[str]) -> str:
         editor = (
             f'<div class="editor"><div class="cm-content" contenteditable="true">{code}</div></div>'
         )
-    elif "monaco" in features or index == BUILT_AT_LOAD or not LAZY_EDITORS:
+    elif "monaco" in features or index == BUILT_AT_LOAD:
         editor = monaco_editor(code)
     else:
         editor = f'<div class="editor flex lazy-editor"><pre class="lazy-code">{code}</pre></div>'
@@ -379,9 +382,10 @@ def render_page(template: bytes, features: frozenset[str], hl: str = "", lang: s
     return text.encode()
 
 
-def page_language(query: str, language: str) -> tuple[str, str]:
-    """(the URL's ``hl``, the language the page speaks): ``hl=en`` (or ``pt``) wins."""
-    hl = (parse_qs(query).get("hl") or [""])[0].lower()
+def page_language(query: str, language: str, over_hl: bool = False) -> tuple[str, str]:
+    """(the URL's ``hl`` as the page heeds it, the language the page speaks): ``hl=en`` (or
+    ``pt``) wins, unless the account's language is set to win over it (``over_hl``)."""
+    hl = "" if over_hl else (parse_qs(query).get("hl") or [""])[0].lower()
     return hl, hl if hl in LANGUAGES else language
 
 
@@ -418,10 +422,14 @@ class SimColab:
         variant: str = "",
         language: str = "en",
         noisy: bool = True,
+        language_over_hl: bool = False,
     ):
         self.connect_delay = connect_delay
         self.variant = parse_variant(variant)
         self.language = _language(language)
+        # Google pages heed ``hl=``; this switch makes the account's language win anyway, so
+        # that a page the keep-alive cannot read in English can be shown (it must say so).
+        self.language_over_hl = language_over_hl
         # The connect button's tooltip shows live RAM/Disk figures while connected, and
         # the page changes them every second, as Colab's does: the page is never quiet.
         self.noisy = noisy
@@ -517,7 +525,7 @@ class SimColab:
         """The page for a request's query string (``?variant=`` wins over ``self.variant``)."""
         asked = parse_qs(query).get("variant")
         features = parse_variant(asked[0]) if asked else self.variant
-        hl, lang = page_language(query, self.language)
+        hl, lang = page_language(query, self.language, self.language_over_hl)
         return render_page(self._page, features, hl=hl, lang=lang)
 
     # -- scenario controls --------------------------------------------------------------------
@@ -564,10 +572,13 @@ class SimColab:
         with self._changing():
             self.noisy = on
 
-    def set_language(self, language: str) -> None:
-        """The account's language: the page speaks it unless its URL says ``hl=en``."""
+    def set_language(self, language: str, *, over_hl: bool | None = None) -> None:
+        """The account's language: the page speaks it unless its URL says ``hl=en`` (or
+        ``over_hl``: whatever the URL says)."""
         with self._changing():
             self.language = _language(language)
+            if over_hl is not None:
+                self.language_over_hl = over_hl
 
     def set_cell_duration(self, seconds: float) -> None:
         """How long a cell's run lasts (its run button shows "Interrupt" meanwhile)."""

@@ -18,6 +18,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "colab_gateway_dialogs_total": ("session", "kind"),
     "colab_gateway_reruns_total": ("session",),
     "colab_gateway_vm_resets_total": ("session",),
+    "colab_gateway_colab_refusals_total": ("session", "reason"),
     "colab_gateway_tunnel_up": ("session",),
     "colab_gateway_tunnel_bytes_total": ("session", "direction"),
     "colab_gateway_tunnel_refused_total": ("reason",),

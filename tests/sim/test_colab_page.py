@@ -122,7 +122,9 @@ def test_connect_button_has_the_nested_structure_and_a_noisy_tooltip(
     browser: Browser, sim: SimColab
 ) -> None:
     driver = open_page(browser, sim)
-    fresh = wait_probe(driver, sim, lambda p: p["connect"], "the connect button")
+    fresh = wait_probe(
+        driver, sim, lambda p: p["connect"] and "T4" in p["connect"]["text"], "the button"
+    )
     assert fresh["connect"]["tooltip"] == "Connect to a new runtime"
     assert "Connect" in fresh["connect"]["text"] and "T4" in fresh["connect"]["text"]
     structure = driver.execute_script(
@@ -190,3 +192,127 @@ def test_language_follows_the_account_unless_the_url_says_hl_en(
         assert seen["lang"] == "en"
         assert seen["dialogs"][0]["title"] == "Runtime disconnected"
         assert sim.events("load")[-1]["query"] == "?hl=en"
+
+
+def press(driver: Any, *keys: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    chain = ActionChains(driver).key_down(Keys.CONTROL)
+    for key in keys:
+        chain = chain.send_keys(key)
+    chain.key_up(Keys.CONTROL).perform()
+
+
+def test_the_first_cells_editor_is_lazy_and_a_later_one_is_built(
+    browser: Browser, sim: SimColab
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = open_page(browser, sim)
+    connect(driver, sim)
+    first = driver.find_element(By.CSS_SELECTOR, ".cell.code[data-index='0']")
+    assert first.find_elements(By.CSS_SELECTOR, "div.editor.lazy-editor")
+    assert not first.find_elements(By.CSS_SELECTOR, "textarea.inputarea")
+    # the document's first textarea belongs to the second cell: Ctrl+Enter there runs IT
+    driver.execute_script("document.querySelector('.cell.code textarea.inputarea').focus()")
+    press(driver, Keys.ENTER)
+    sim.wait_for(lambda s: s.events("action", action="run"), 5, "a run")
+    assert sim.events("action", action="run")[-1]["cell"] == 1 and sim.runs == ["cell"]
+    # a click on the first cell's editor builds it; Ctrl+Enter in it runs the first cell
+    first.find_element(By.CSS_SELECTOR, "div.editor.lazy-editor").click()
+    sim.wait_for(lambda s: s.events("shown", what="editor_built", value=0), 5, "built")
+    editor = first.find_element(By.CSS_SELECTOR, ".monaco .monaco-editor textarea.inputarea")
+    driver.execute_script("arguments[0].focus()", editor)
+    press(driver, Keys.ENTER)
+    sim.wait_for(lambda s: s.runs == ["cell", "first"], 5, "the first cell ran")
+    assert sim.events("action", action="run")[-1]["cell"] == 0
+
+
+def test_the_run_button_interrupts_a_running_cell(browser: Browser, sim: SimColab) -> None:
+    driver = open_page(browser, sim)
+    connect(driver, sim)
+    sim.set_cell_duration(30)
+    click_run = "document.querySelector('colab-run-button').click()"
+    driver.execute_script(click_run)
+    seen = wait_probe(driver, sim, lambda p: p["running"], "the cell runs")
+    assert seen["running"] is True
+    marks = driver.execute_script(
+        "const rb = document.querySelector('colab-run-button');"
+        "return [!!rb.shadowRoot.querySelector('#stopSymbolMask'),"
+        " rb.closest('.cell-execution').classList.contains('running'), rb.title]"
+    )
+    assert marks == [True, True, "Interrupt execution"]
+    driver.execute_script(click_run)  # a second click on the running cell interrupts it
+    sim.wait_for(lambda s: s.events("action", action="interrupted"), 5, "interrupted")
+    assert sim.events("action", action="interrupted")[-1]["cell"] == 0
+    assert sim.runs == ["first"] and sim.running is None
+
+
+def test_run_anyway_on_the_first_run_of_any_cell_per_page_load(
+    browser: Browser, sim: SimColab
+) -> None:
+    driver = open_page(browser, sim)
+    connect(driver, sim)
+    sim.set_run_anyway(True)
+    sim.set_cell_duration(0.05)  # a click on a running cell would interrupt it
+    driver.execute_script("document.querySelectorAll('colab-run-button')[1].click()")
+    seen = wait_probe(driver, sim, lambda p: p["dialogs"], "Run anyway asked")
+    assert [b["text"] for b in seen["dialogs"][0]["buttons"]] == ["Cancel", "Run anyway"]
+    assert sim.runs == []  # nothing runs until it is answered
+    driver.execute_script(colab_dom.CLICK_DIALOG_JS, SEL, 0, "Run anyway", False)
+    sim.wait_for(lambda s: s.runs == ["cell"], 5, "the cell ran")
+    driver.execute_script("document.querySelector('colab-run-button').click()")
+    sim.wait_for(lambda s: s.runs == ["cell", "first"], 5, "no second question")
+    sim.wait_for(lambda s: s.running is None, 5, "the run over")
+    open_page(browser, sim)  # a new page load asks again
+    driver.execute_script("document.querySelector('colab-run-button').click()")
+    sim.wait_for(lambda s: s.dialogs_open() == ["run_anyway"], 5, "asked again")
+
+
+def test_run_all_needs_the_focus_in_the_notebook_and_output_frames_keep_keys(
+    browser: Browser, sim: SimColab
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = open_page(browser, sim)
+    connect(driver, sim)
+    driver.find_element(By.TAG_NAME, "body").click()  # lands on the Files panel
+    press(driver, Keys.F9)
+    sim.wait_for(lambda s: s.events("ignored"), 5, "Ctrl+F9 on body ignored")
+    assert sim.events("ignored")[-1]["focus"] == "body"
+    frame = driver.find_element(By.CSS_SELECTOR, 'iframe[src*="outputframe"]')
+    driver.switch_to.frame(frame)
+    driver.find_element(By.TAG_NAME, "body").click()
+    press(driver, Keys.F9)
+    driver.switch_to.default_content()
+    sim.wait_for(lambda s: s.events("key", focus="output_frame", key="F9"), 5, "frame key")
+    driver.find_element(By.CSS_SELECTOR, ".notebook-cell-list").click()
+    press(driver, Keys.F9)
+    sim.wait_for(lambda s: s.runs == ["all"], 5, "Run all ran")
+    assert sim.running_cells == [0, 1]
+
+
+def test_the_tooltips_live_figures_do_not_count_as_changes_but_a_disconnect_does(
+    browser: Browser, sim: SimColab
+) -> None:
+    driver = open_page(browser, sim)
+    connect(driver, sim)
+    wait_probe(driver, sim, lambda p: "Connected to" in p["connect"]["tooltip"], "connected")
+    # installs the page's change watcher (returns at once: it has seen nothing yet)
+    driver.execute_async_script(colab_dom.WAIT_FOR_CHANGE_JS, SEL, 10, -1)
+    start = probe(driver)
+    tips = {start["connect"]["tooltip"]}
+    # the RAM figure changes every second: wait for two changes of it
+    wait_probe(driver, sim, lambda p: tips.add(p["connect"]["tooltip"]) or len(tips) >= 3, "RAM")
+    assert probe(driver)["changes"] == start["changes"], "a RAM figure counted as a change"
+    assert (
+        driver.execute_async_script(colab_dom.WAIT_FOR_CHANGE_JS, SEL, 1500, start["changes"])
+        == start["changes"]
+    )
+    sim.disconnect(dialog=False)  # a change of state still wakes the watcher at once
+    after = driver.execute_async_script(colab_dom.WAIT_FOR_CHANGE_JS, SEL, 10_000, start["changes"])
+    assert after > start["changes"]
+    assert probe(driver)["connect"]["tooltip"] == "Click to connect"
