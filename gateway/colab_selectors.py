@@ -37,11 +37,13 @@ DEFAULTS: dict[str, str] = {
     # Newer Monaco builds use an EditContext element instead.
     "first_cell_editor": ".cell.code textarea.inputarea, .cell.code .native-edit-context, "
     ".cell.code textarea",
-    # Where Run all's focus goes. Only the notebook itself: find_elements returns document
-    # order, so an outer fallback such as `body` would always come first and be picked.
+    # Where Run all's focus goes. Only the notebook itself: a selector list matches in
+    # document order, where an outer fallback such as `body` comes first (the re-run tries
+    # the alternatives in the order written and never takes <body>).
     "notebook_focus": ".notebook-cell-list",
-    # the re-run's cell (every lookup above is scoped to the first match) and the
-    # placeholder Colab draws until that cell's editor is built (a click builds it)
+    # the re-run's cell (first_cell_editor, lazy_editor and run_button are looked for
+    # inside its first match) and the placeholder Colab draws until that cell's editor is
+    # built (a click builds it)
     "code_cell": ".cell.code",
     "lazy_editor": ".lazy-editor",
     # present on every loaded notebook page; its absence long after load = failed load
