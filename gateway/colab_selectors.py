@@ -28,17 +28,24 @@ DEFAULTS: dict[str, str] = {
     # mwc-button since May 2025 (md-text-button between 2024-12 and 2025-05): accept both
     "recaptcha_button": "mwc-button, md-text-button",
     "recaptcha_inner": "#button",
-    # cells: a running cell's run button shows a stop symbol in its shadowRoot
+    # cells: a running cell's run button shows a stop symbol in its shadowRoot (the re-run
+    # also looks in the cell itself: `.cell-execution.running`)
     "run_button": "colab-run-button",
-    "running_marker": "#stopSymbolMask",
+    "running_marker": "#stopSymbolMask, .cell-execution.running",
     # The code editor is Monaco: its input is a 1-pixel `textarea.inputarea`; a bare
     # `.inputarea` could also hit a container div around it, which cannot take the focus.
     # Newer Monaco builds use an EditContext element instead.
     "first_cell_editor": ".cell.code textarea.inputarea, .cell.code .native-edit-context, "
     ".cell.code textarea",
-    # Where Run all's focus goes. Only the notebook itself: find_elements returns document
-    # order, so an outer fallback such as `body` would always come first and be picked.
+    # Where Run all's focus goes. Only the notebook itself: a selector list matches in
+    # document order, where an outer fallback such as `body` comes first (the re-run tries
+    # the alternatives in the order written and never takes <body>).
     "notebook_focus": ".notebook-cell-list",
+    # the re-run's cell (first_cell_editor, lazy_editor and run_button are looked for
+    # inside its first match) and the placeholder Colab draws until that cell's editor is
+    # built (a click builds it)
+    "code_cell": ".cell.code",
+    "lazy_editor": ".lazy-editor",
     # present on every loaded notebook page; its absence long after load = failed load
     "page_marker": "#top-toolbar, colab-connect-button",
     # an element whose attribute names the VM; real Colab has none (heuristic used then)

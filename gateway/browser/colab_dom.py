@@ -191,14 +191,33 @@ return label;
 """
 )
 
-# Focus the first cell's editor for Ctrl+Enter. Returns "ok", "missing" (the selector
-# matches nothing) or "unfocusable" (it matches an element that does not take the focus,
-# e.g. Colab's `div.inputarea` container instead of Monaco's textarea).
+# The first code cell: every re-run lookup is scoped to it. Colab builds editors lazily, so
+# the document's first editor may belong to a later cell, which would then run instead.
+_FIRST_CELL = r"""
+const cell = q(document, S.code_cell);
+const isRunning = (c) => {  // the run button's stop symbol, or the cell's running class
+  const rb = q(c, S.run_button);
+  return !!(q(rb && rb.shadowRoot, S.running_marker) || q(c, S.running_marker));
+};
+"""
+
+# Focus the first code cell's editor for Ctrl+Enter. Returns "ok"; "no_cell" (code_cell
+# matches nothing); the cell's lazy editor placeholder (an element: the caller clicks it,
+# as a person would, so that Colab builds the editor, and asks again); "missing" (the cell
+# has neither); or "unfocusable" (first_cell_editor matches an element that does not take
+# the focus, e.g. Colab's `div.inputarea` container instead of Monaco's textarea).
 FOCUS_EDITOR_JS = (
     _LIB
+    + _FIRST_CELL
     + r"""
-const el = q(document, S.first_cell_editor);
-if (!el) return 'missing';
+if (!cell) return 'no_cell';
+const el = q(cell, S.first_cell_editor);
+if (!el) {
+  const lazy = q(cell, S.lazy_editor);
+  if (!lazy) return 'missing';
+  lazy.scrollIntoView({block: 'center'});
+  return lazy;
+}
 el.scrollIntoView({block: 'center'});
 el.focus();
 const active = document.activeElement;
@@ -206,17 +225,67 @@ return active && (active === el || el.contains(active)) ? 'ok' : 'unfocusable';
 """
 )
 
-# Click the first cell's run button (Colab runs the cell on a click on the host element).
+# Click the first code cell's run button (Colab runs the cell on a click on the host
+# element) - unless the cell is running: then the same click interrupts it. Returns
+# "clicked", "running", "no_cell" or "missing".
 CLICK_RUN_BUTTON_JS = (
     _LIB
+    + _FIRST_CELL
     + r"""
-const el = q(document, S.run_button);
-if (!el) return false;
+if (!cell) return 'no_cell';
+const el = q(cell, S.run_button);
+if (!el) return 'missing';
+if (isRunning(cell)) return 'running';
 el.scrollIntoView({block: 'center'});
 el.click();
-return true;
+return 'clicked';
 """
 )
+
+# Put the keyboard focus inside the notebook for Run all (Ctrl+F9): on <body>, or inside a
+# cell's output (an iframe, which swallows keys), Colab's shortcut never arrives.
+# arguments[1]: the notebook_focus alternatives, in the order of preference (a selector list
+# would match in document order, where <body> always comes first); then the first code
+# cell and its editor. Returns "ok", "unfocusable" (something matched, nothing took the
+# focus) or "missing".
+FOCUS_NOTEBOOK_JS = (
+    _LIB
+    + _FIRST_CELL
+    + r"""
+const inside = (el) => {
+  const a = document.activeElement;
+  return !!a && a !== document.body && a !== document.documentElement &&
+         a.localName !== 'iframe' && a.localName !== 'frame' && (a === el || el.contains(a));
+};
+const candidates = [];
+for (const sel of arguments[1]) candidates.push(...qa(document, sel));
+if (cell) candidates.push(cell, q(cell, S.first_cell_editor));
+let found = false;
+for (const el of candidates) {
+  if (!el || el === document.body || el === document.documentElement) continue;
+  found = true;
+  el.focus({preventScroll: true});
+  if (inside(el)) return 'ok';
+}
+return found ? 'unfocusable' : 'missing';
+"""
+)
+
+# Load the notebook again from its URL (arguments[0]), after this script has returned. Assigning
+# location.href a URL that differs from the current one only after '#' (Colab's links carry
+# `#scrollTo=...`) is a jump within the page, not a load: then put the URL in place and reload.
+LOAD_AGAIN_JS = r"""
+const url = arguments[0];
+const page = (u) => u.split('#')[0];
+setTimeout(() => {
+  if (page(location.href) === page(url)) {
+    history.replaceState(history.state, '', url);
+    location.reload();
+  } else {
+    location.href = url;
+  }
+}, 0);
+"""
 
 DISMISS_RECAPTCHA_JS = (
     _LIB

@@ -36,6 +36,7 @@ from gateway.browser import colab_dom, login, stop_flag, view_request
 from gateway.browser.canary import Canary, load_names
 from gateway.browser.evidence import Evidence
 from gateway.browser.failed_looks import FailedLooks
+from gateway.browser.language import english_url
 from gateway.browser.launch import Browser, BrowserNotFound, launch
 from gateway.browser.page_state import (
     Action,
@@ -115,7 +116,7 @@ class Worker:
         self.sessions = [
             _Session(
                 s.name,
-                s.notebook_url,
+                english_url(s.notebook_url),  # opened and reloaded with it: docs/browser.md
                 SessionMachine(self.sel, Settings(config.browser), session=s.name),
                 Canary(load_names(config.browser.rerun)),
             )
@@ -497,9 +498,7 @@ class Worker:
         session.canary.page_loaded(time.time())
         session.changes = -1
         with contextlib.suppress(Exception):
-            driver.execute_script(
-                "setTimeout(() => { location.href = arguments[0]; }, 0);", session.url
-            )
+            driver.execute_script(colab_dom.LOAD_AGAIN_JS, session.url)
         deadline = time.monotonic() + self.config.browser.page_timeout
         while time.monotonic() < deadline and not self.stopping.is_set():
             self.beat()

@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from gateway.browser.client_hints import user_agent_override
+from gateway.browser.language import ENGLISH_ARGS
 from gateway.config import BrowserConfig
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def chrome_options(
 def chromium_args(
     config: BrowserConfig, profile: Path, agent: str, *, headless_shell: bool = False
 ) -> list[str]:
-    args = [*LEAN_FLAGS, f"--user-data-dir={profile}", f"--user-agent={agent}"]
+    args = [*LEAN_FLAGS, *ENGLISH_ARGS, f"--user-data-dir={profile}", f"--user-agent={agent}"]
     if headless_shell:
         args.append("--disable-gpu")  # the shell is headless by itself
     elif config.headless:

@@ -339,6 +339,10 @@ metrics:
             )
 
     def _on_run_cell(self, kind: str) -> None:
+        if kind not in ("first", "all"):  # another cell ran: the bootstrap is the first
+            self.hook_errors.append(f"the page ran a cell that is not the bootstrap ({kind})")
+            self.log(f"ERROR the page ran a cell that is not the bootstrap ({kind})")
+            return
         try:
             self.run_bootstrap(kind)
         except Exception as exc:

@@ -43,6 +43,9 @@ def test_arguments_always_use_basic_password_store_and_lean_flags(tmp_path: Path
     assert f"--user-data-dir={tmp_path}" in args and f"--user-agent={agent}" in args
     headed = launch.chromium_args(BrowserConfig(headless=False, display="xvfb"), tmp_path, agent)
     assert "--password-store=basic" in headed and "--headless=new" not in headed
+    shell = launch.chromium_args(BrowserConfig(), tmp_path, agent, headless_shell=True)
+    for each in (args, headed, shell):  # English on every engine: tests/browser/test_language.py
+        assert "--lang=en-US" in each and "--accept-lang=en-US,en" in each
 
 
 # (driver, browser) as each install method puts them: Debian's chromium-driver package,
