@@ -112,9 +112,13 @@ def test_the_gpu_idle_notice_is_closed_and_the_runtime_stays_on_gpu(
     runner: BrowserRunner, sim: SimColab
 ) -> None:
     runner.wait_state("connected", timeout=60)
-    for _ in range(2):  # it comes back every 15 minutes on an idle GPU runtime
+    for shown in (1, 2):  # it comes back every 15 minutes on an idle GPU runtime
         sim.show_dialog("gpu_idle")
         sim.wait_for(lambda s: s.dialogs_open() == [], 10, "the GPU-idle notice closed")
+        # The page posts the click and the closing separately: wait for the click too.
+        sim.wait_for(
+            lambda s, n=shown: len(_answered(s, "gpu_idle")) == n, 10, "its click recorded"
+        )
     assert [c["button"] for c in _answered(sim, "gpu_idle")] == ["Close", "Close"]
     assert not sim.events("action", action="switched_to_cpu")
     assert sim.gpu is True and sim.runtime == "connected"
@@ -249,6 +253,10 @@ def test_an_unknown_dialog_without_buttons_it_can_read_is_closed_with_escape(
             sim.show_dialog("notice")
             sim.wait_for(lambda s: s.dialogs_open() == [], 15, "the notice closed")
             assert sim.events("action", action="dialog_notice_escape")
+            # The page posts the key and the closing separately: wait for the key too.
+            sim.wait_for(
+                lambda s: any(e["key"] == "Escape" for e in s.events("key")), 10, "Escape seen"
+            )
             assert not _answered(sim, "notice")  # no button of it was clicked
             escape = [e for e in sim.events("key") if e["key"] == "Escape"][-1]
             assert escape["trusted"]  # a real key, as a person's
