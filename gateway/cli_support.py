@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.config import ConfigError, LoadedConfig, load_config
+from gateway.config import EX_CONFIG, Config, ConfigError, LoadedConfig, SessionConfig, load_config
 from gateway.paths import Paths
 
 
@@ -45,3 +45,22 @@ def load_or_report(paths: Paths) -> LoadedConfig | None:
     for warning in loaded.warnings:
         print(warning, file=sys.stderr)
     return loaded
+
+
+def session_from(args: argparse.Namespace) -> tuple[Paths, Config, SessionConfig] | int:
+    """The paths, the config and the session a command names (``args.session``, default
+    the first one); an exit status, after saying what is wrong, when there is none."""
+    paths = paths_from(args)
+    loaded = load_or_report(paths)
+    if loaded is None:
+        return EX_CONFIG
+    config = loaded.config
+    if not config.sessions:
+        print(f"{paths.config}: no sessions configured", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        session = config.session(args.session) if args.session else config.sessions[0]
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+    return paths, config, session

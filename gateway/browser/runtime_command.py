@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 from gateway.browser import stop_flag
-from gateway.config import EX_CONFIG
 
 EXIT_OK, EXIT_FAILED = 0, 1
 WAIT_FOR_DAEMON = 20.0  # seconds: a look at the page happens at least every poll_every
@@ -48,21 +47,12 @@ def register_runtime(subparsers: Any) -> None:
 
 
 def cmd_clear(args: argparse.Namespace) -> int:
-    from gateway.cli_support import load_or_report, paths_from
+    from gateway.cli_support import session_from
 
-    paths = paths_from(args)
-    loaded = load_or_report(paths)
-    if loaded is None:
-        return EX_CONFIG
-    config = loaded.config
-    if not config.sessions:
-        print(f"{paths.config}: no sessions configured", file=sys.stderr)
-        return EX_CONFIG
-    try:
-        session = config.session(args.session) if args.session else config.sessions[0]
-    except KeyError as exc:
-        print(exc.args[0], file=sys.stderr)
-        return 2
+    chosen = session_from(args)
+    if isinstance(chosen, int):
+        return chosen
+    paths, _config, session = chosen
     try:
         stopped = stop_flag.clear(paths.state_dir, session.name)
     except OSError as exc:

@@ -20,7 +20,6 @@ from typing import Any
 
 from gateway.browser import view_request
 from gateway.browser.view_request import ViewAnswer, ViewRequest
-from gateway.config import EX_CONFIG
 from gateway.durations import format_duration
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -49,21 +48,12 @@ def register_view(subparsers: Any) -> None:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from gateway.cli_support import load_or_report, paths_from
+    from gateway.cli_support import session_from
 
-    paths = paths_from(args)
-    loaded = load_or_report(paths)
-    if loaded is None:
-        return EX_CONFIG
-    config = loaded.config
-    if not config.sessions:
-        print(f"{paths.config}: no sessions configured", file=sys.stderr)
-        return EX_CONFIG
-    try:
-        session = config.session(args.session) if args.session else config.sessions[0]
-    except KeyError as exc:
-        print(exc.args[0], file=sys.stderr)
-        return 2
+    chosen = session_from(args)
+    if isinstance(chosen, int):
+        return chosen
+    paths, config, session = chosen
     if not 0 <= args.port <= 65535:
         print(
             f"--port {args.port} is not a port: use 1-65535, or 0 for a free one", file=sys.stderr
