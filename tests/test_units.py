@@ -665,3 +665,92 @@ def test_role_refuses_the_headless_shell_where_it_cannot_run(
     assert failed_task and failed_task[-1].startswith("Check that the headless shell"), out
     assert " ".join(message.split()) in " ".join(out.split()), out[-4000:]
     assert play.calls == [], "it fails before dpkg or apt is asked anything"
+
+
+def _play_wheel_build(
+    tmp_path: Path, checkout: Path
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The role's wheel-build tasks, played on this host as the controller; the wheel they
+    build is copied to tmp_path/built.whl."""
+    import json
+
+    if not (BIN / "ansible-playbook").exists():
+        pytest.skip("needs ansible-core in the venv (pip install -e '.[test]')")
+    built = tmp_path / "built.whl"
+    playbook = tmp_path / "wheel.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "The role's wheel build",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars": {"role_path": str(ROLE)},
+                    "tasks": [
+                        {"ansible.builtin.import_tasks": f"{ROLE}/tasks/wheel-build.yml"},
+                        {
+                            "name": "Keep the wheel",
+                            "ansible.builtin.copy": {
+                                "src": "{{ _colab_gateway_built.files[0].path }}",
+                                "dest": str(built),
+                                "mode": "0644",
+                            },
+                        },
+                    ],
+                }
+            ]
+        )
+    )
+    variables = {
+        "ansible_python_interpreter": sys.executable,
+        "colab_gateway_wheel": "",
+        "colab_gateway_checkout": str(checkout),
+    }
+    (tmp_path / "tmp").mkdir()
+    result = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            *("-c", "local", "-i", "localhost,", str(playbook)),
+            *("-e", json.dumps(variables)),
+        ],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "TMPDIR": str(tmp_path / "tmp"),
+            "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            "ANSIBLE_LOCALHOST_WARNING": "0",
+            "ANSIBLE_NOCOLOR": "1",
+        },
+        timeout=300,
+    )
+    return result, built
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["git", "tree"])
+def test_role_wheel_never_ships_a_stale_module_from_build(tmp_path: Path, kind: str) -> None:
+    """A module deleted from the checkout but still in its build/lib (left by an earlier
+    `pip wheel .` or `setup.py build`) stays out of the wheel; so does an untracked one
+    next to the source in a git checkout. A checkout that is no git repository (an unpacked
+    tarball) is copied without its build/."""
+    import zipfile
+
+    checkout = tmp_path / "checkout"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(checkout)], check=True)
+    stale = checkout / "build/lib/gateway/deleted_module.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("GONE = True\n")
+    (checkout / "gateway/local_experiment.py").write_text("UNTRACKED = True\n")
+    if kind == "tree":
+        shutil.rmtree(checkout / ".git")
+    result, built = _play_wheel_build(tmp_path, checkout)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    names = zipfile.ZipFile(built).namelist()
+    assert "gateway/__init__.py" in names
+    assert "gateway/deleted_module.py" not in names
+    if kind == "git":
+        assert "gateway/local_experiment.py" not in names
+    else:
+        assert "is not a git checkout" in result.stdout, result.stdout[-4000:]
