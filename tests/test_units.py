@@ -478,8 +478,17 @@ exit $rc
 echo "apt-cache $*" >>"$FAKE_APT_LOG"
 cat "$FAKE_POLICY"
 """,
+    # Fails `update` as often as $FAKE_APT_BUSY says, as when apt-daily holds the lock.
     "apt-get": """#!/bin/sh
 echo "apt-get $*" >>"$FAKE_APT_LOG"
+case " $* " in *" update "*)
+  busy=$(cat "$FAKE_APT_BUSY" 2>/dev/null || echo 0)
+  if [ "$busy" -gt 0 ]; then
+    echo $((busy - 1)) >"$FAKE_APT_BUSY"
+    echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 812 (apt-get)" >&2
+    exit 100
+  fi;;
+esac
 """,
 }
 
@@ -490,13 +499,21 @@ class PackagePlay:
     calls: list[str]  # each tool's command line, in order
 
     def installed(self) -> list[str]:
-        lines = [c for c in self.calls if c.startswith("apt-get install")]
+        lines = [c for c in self.calls if c.startswith("apt-get") and " install " in c]
         assert len(lines) <= 1, lines
-        return lines[0].split()[4:] if lines else []
+        return lines[0].split(" install -y -q ")[1].split() if lines else []
+
+    def updates(self) -> list[str]:
+        return [c for c in self.calls if c.startswith("apt-get") and c.endswith(" update -q")]
 
 
 def _play_packages(
-    tmp_path: Path, os_name: str, policy: str, installed: set[str], **variables: object
+    tmp_path: Path,
+    os_name: str,
+    policy: str,
+    installed: set[str],
+    apt_busy: int = 0,
+    **variables: object,
 ) -> PackagePlay:
     """The role's engine checks and package tasks, played on this host with FAKE_TOOLS."""
     import json
@@ -512,6 +529,7 @@ def _play_packages(
     (tmp_path / "policy").write_text(policy)
     log = tmp_path / "calls.log"
     log.touch()
+    (tmp_path / "apt-busy").write_text(f"{apt_busy}\n")
     playbook = tmp_path / "packages.yml"
     playbook.write_text(
         json.dumps(
@@ -552,6 +570,7 @@ def _play_packages(
             "FAKE_APT_LOG": str(log),
             "FAKE_INSTALLED": str(tmp_path / "installed"),
             "FAKE_POLICY": str(tmp_path / "policy"),
+            "FAKE_APT_BUSY": str(tmp_path / "apt-busy"),
             "ANSIBLE_HOME": str(tmp_path / "ansible"),
             "ANSIBLE_LOCALHOST_WARNING": "0",
             "ANSIBLE_NOCOLOR": "1",
@@ -569,12 +588,27 @@ BROWSER_PACKAGES = ["chromium", "chromium-driver", "xvfb"]
 def test_role_installs_the_headless_shell_at_chromiums_version(tmp_path: Path) -> None:
     play = _play_packages(tmp_path, "Debian", POLICIES["debian"], set())
     assert play.result.returncode == 0, play.result.stdout[-4000:]
-    assert play.calls.index("apt-get update -q") < play.calls.index(
+    assert play.calls.index(play.updates()[0]) < play.calls.index(
         "apt-cache policy chromium chromium-headless-shell"
     ), play.calls
     assert sorted(play.installed()) == sorted(
         BASE_PACKAGES + BROWSER_PACKAGES + ["chromium-headless-shell"]
     )
+
+
+@pytest.mark.slow
+def test_role_waits_for_apts_lock_after_boot(tmp_path: Path) -> None:
+    """apt-daily holds the lists' lock on a fresh boot: `apt-get update` is tried again
+    until it gets it, and apt-get waits for dpkg's lock before installing."""
+    play = _play_packages(
+        tmp_path, "Debian", POLICIES["debian"], set(), apt_busy=2, _colab_gateway_apt_update_delay=0
+    )
+    assert play.result.returncode == 0, play.result.stdout[-4000:]
+    assert len(play.updates()) == 3, play.calls
+    assert play.installed(), play.calls
+    for call in play.calls:
+        if call.startswith("apt-get"):
+            assert " -o DPkg::Lock::Timeout=600 " in call, call
 
 
 @pytest.mark.slow
@@ -754,3 +788,84 @@ def test_role_wheel_never_ships_a_stale_module_from_build(tmp_path: Path, kind: 
         assert "gateway/local_experiment.py" not in names
     else:
         assert "is not a git checkout" in result.stdout, result.stdout[-4000:]
+
+
+# Ubuntu 20.04 for files/bootstrap-python.sh: a python3 that is 3.8, apt offering nothing
+# newer, and stand-ins for apt-get (its lists' lock held $FAKE_APT_BUSY times, as by
+# apt-daily after boot) and for uv. PATH holds only these and the few tools the script
+# calls, so that this host's own Python 3.10+ is not found.
+FOCAL_TOOLS = {
+    "python3": """#!/bin/sh
+echo "python3 $*" >>"$FAKE_APT_LOG"
+case "$*" in *version_info*) exit 1;; esac  # 3.8: not new enough
+exit 0
+""",
+    "apt-cache": """#!/bin/sh
+echo "apt-cache $*" >>"$FAKE_APT_LOG"
+printf 'python3:\\n  Installed: 3.8.2-0ubuntu2\\n  Candidate: 3.8.2-0ubuntu2\\n'
+""",
+    "apt-get": FAKE_TOOLS["apt-get"],
+}
+UV_STAND_IN = """#!/bin/sh
+echo "uv $*" >>"$FAKE_APT_LOG"
+case "$1 $2" in "python find") echo "$FAKE_UV_PYTHON";; *) exit 2;; esac
+"""
+
+
+def _bootstrap(
+    tmp_path: Path, mode: str, *, uv_python: bool, apt_busy: int = 0
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name, script in FOCAL_TOOLS.items():
+        (fake_bin / name).write_text(script)
+        (fake_bin / name).chmod(0o755)
+    for tool in ("sh", "sed", "mkdir", "cat", "sleep", "rm"):
+        (fake_bin / tool).symlink_to(shutil.which(tool) or tool)
+    python_dir = tmp_path / "python"
+    if uv_python:
+        (python_dir / "uv/bin").mkdir(parents=True)
+        (python_dir / "uv/bin/uv").write_text(UV_STAND_IN)
+        (python_dir / "uv/bin/uv").chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.touch()
+    (tmp_path / "apt-busy").write_text(f"{apt_busy}\n")
+    result = subprocess.run(
+        [
+            *(str(fake_bin / "sh"), str(ROLE / "files/bootstrap-python.sh")),
+            *(mode, "3.12", str(python_dir), ""),
+        ],
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": str(fake_bin),
+            "FAKE_APT_LOG": str(log),
+            "FAKE_APT_BUSY": str(tmp_path / "apt-busy"),
+            "FAKE_UV_PYTHON": sys.executable,
+            "COLAB_GATEWAY_APT_RETRY_DELAY": "0",
+        },
+        timeout=60,
+    )
+    return result, log.read_text().splitlines()
+
+
+def test_bootstrap_on_focal_asks_apt_nothing_once_uvs_python_is_there(tmp_path: Path) -> None:
+    """The second play on Ubuntu 20.04: python3 is 3.8, uv's CPython is installed; apt's
+    lists are not updated again (they were, on every play)."""
+    result, calls = _bootstrap(tmp_path, "auto", uv_python=True)
+    assert result.returncode == 0, result.stderr
+    assert f"python={sys.executable}" in result.stdout.splitlines()
+    assert "changed=0" in result.stdout.splitlines()
+    assert not [c for c in calls if c.startswith("apt")], calls
+
+
+def test_bootstrap_waits_for_apts_lists_lock(tmp_path: Path) -> None:
+    """apt-daily holds the lists' lock right after boot: the bootstrap's `apt-get update`
+    is tried again until it gets the lock (here it then learns that apt has no Python
+    3.10+, which mode system refuses by name)."""
+    result, calls = _bootstrap(tmp_path, "system", uv_python=False, apt_busy=2)
+    updates = [c for c in calls if c.startswith("apt-get") and c.endswith(" update -q")]
+    assert len(updates) == 3, calls
+    assert all("-o DPkg::Lock::Timeout=600" in c for c in updates), updates
+    assert result.returncode == 1
+    assert "colab_gateway_python is 'system' but this machine's python3 is 3.8" in result.stderr
