@@ -795,10 +795,27 @@ def test_role_wheel_never_ships_a_stale_module_from_build(tmp_path: Path, kind: 
 # apt-daily after boot) and for uv. PATH holds only these and the few tools the script
 # calls, so that this host's own Python 3.10+ is not found.
 FOCAL_TOOLS = {
+    # `-m venv DIR` makes a pip that logs and, asked for uv, installs UV_STAND_IN.
     "python3": """#!/bin/sh
 echo "python3 $*" >>"$FAKE_APT_LOG"
-case "$*" in *version_info*) exit 1;; esac  # 3.8: not new enough
+case "$*" in
+  *version_info*) exit 1;;  # 3.8: not new enough
+  "-m venv "*)
+    mkdir -p "$3/bin"
+    printf '#!/bin/sh\\necho "pip $*" >>"$FAKE_APT_LOG"\\n' >"$3/bin/pip"
+    printf 'case "$*" in *" uv") cp "$FAKE_UV" "%s/bin/uv";; esac\\n' "$3" >>"$3/bin/pip"
+    chmod 755 "$3/bin/pip";;
+esac
 exit 0
+""",
+    # A deadsnakes python3.10 without python3.10-venv.
+    "python3.10": """#!/bin/sh
+echo "python3.10 $*" >>"$FAKE_APT_LOG"
+case "$*" in
+  *"version_info < (3, 10)"*) exit 0;;
+  *ensurepip*) exit 1;;
+  *"version_info[:2]"*) echo 3.10;;
+esac
 """,
     "apt-cache": """#!/bin/sh
 echo "apt-cache $*" >>"$FAKE_APT_LOG"
@@ -813,14 +830,18 @@ case "$1 $2" in "python find") echo "$FAKE_UV_PYTHON";; *) exit 2;; esac
 
 
 def _bootstrap(
-    tmp_path: Path, mode: str, *, uv_python: bool, apt_busy: int = 0
+    tmp_path: Path, mode: str, *, uv_python: bool, apt_busy: int = 0, deadsnakes: bool = False
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
+    (tmp_path / "uv").write_text(UV_STAND_IN)
+    (tmp_path / "uv").chmod(0o755)
     for name, script in FOCAL_TOOLS.items():
+        if name == "python3.10" and not deadsnakes:
+            continue
         (fake_bin / name).write_text(script)
         (fake_bin / name).chmod(0o755)
-    for tool in ("sh", "sed", "mkdir", "cat", "sleep", "rm"):
+    for tool in ("sh", "sed", "mkdir", "cat", "sleep", "rm", "cp", "chmod"):
         (fake_bin / tool).symlink_to(shutil.which(tool) or tool)
     python_dir = tmp_path / "python"
     if uv_python:
@@ -842,6 +863,7 @@ def _bootstrap(
             "FAKE_APT_LOG": str(log),
             "FAKE_APT_BUSY": str(tmp_path / "apt-busy"),
             "FAKE_UV_PYTHON": sys.executable,
+            "FAKE_UV": str(tmp_path / "uv"),
             "COLAB_GATEWAY_APT_RETRY_DELAY": "0",
         },
         timeout=60,
@@ -869,3 +891,138 @@ def test_bootstrap_waits_for_apts_lists_lock(tmp_path: Path) -> None:
     assert all("-o DPkg::Lock::Timeout=600" in c for c in updates), updates
     assert result.returncode == 1
     assert "colab_gateway_python is 'system' but this machine's python3 is 3.8" in result.stderr
+
+
+# A stand-in for snap on a freshly booted Ubuntu image: until `snap wait system
+# seed.loaded` has run, snapd refuses changes; then `snap install` clashes $FAKE_SNAP_BUSY
+# times with the first auto-refresh (exit 10). And for loginctl.
+SNAP_TOOLS = {
+    "snap": """#!/bin/sh
+echo "snap $*" >>"$FAKE_APT_LOG"
+case "$*" in
+  "wait system seed.loaded") touch "$FAKE_SNAP_SEEDED"; exit 0;;
+  "install "*)
+    if [ ! -e "$FAKE_SNAP_SEEDED" ]; then
+      echo 'error: too early for operation, device not yet seeded or device model not' \\
+        'acknowledged' >&2
+      exit 1
+    fi
+    busy=$(cat "$FAKE_APT_BUSY")
+    if [ "$busy" -gt 0 ]; then
+      echo $((busy - 1)) >"$FAKE_APT_BUSY"
+      echo 'error: snap "chromium" has "auto-refresh" change in progress' >&2
+      exit 10
+    fi;;
+esac
+""",
+    "loginctl": """#!/bin/sh
+echo "loginctl $*" >>"$FAKE_APT_LOG"
+""",
+}
+
+
+def _play_snap(
+    tmp_path: Path, home: str, busy: int = 0
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The role's snap tasks (tasks/browser-snap.yml), played on this host with SNAP_TOOLS."""
+    import json
+
+    if not (BIN / "ansible-playbook").exists():
+        pytest.skip("needs ansible-core in the venv (pip install -e '.[test]')")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name, script in SNAP_TOOLS.items():
+        (fake_bin / name).write_text(script)
+        (fake_bin / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.touch()
+    (tmp_path / "busy").write_text(f"{busy}\n")
+    playbook = tmp_path / "snap.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "The role's snap tasks",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars_files": [
+                        f"{ROLE}/defaults/main.yml",
+                        f"{ROLE}/vars/main.yml",
+                        f"{ROLE}/vars/Ubuntu.yml",
+                    ],
+                    "tasks": [{"ansible.builtin.import_tasks": f"{ROLE}/tasks/browser-snap.yml"}],
+                }
+            ]
+        )
+    )
+    variables = {
+        "ansible_python_interpreter": sys.executable,
+        "_colab_gateway_user": "colab-gateway",
+        "_colab_gateway_home": home,
+        "_colab_gateway_snap_delay": 0,
+    }
+    result = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            *("-c", "local", "-i", "localhost,", str(playbook)),
+            *("-e", json.dumps(variables)),
+        ],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{fake_bin}:{os.environ['PATH']}",
+            "FAKE_APT_LOG": str(log),
+            "FAKE_APT_BUSY": str(tmp_path / "busy"),
+            "FAKE_SNAP_SEEDED": str(tmp_path / "seeded"),
+            "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            "ANSIBLE_LOCALHOST_WARNING": "0",
+            "ANSIBLE_NOCOLOR": "1",
+        },
+        timeout=180,
+    )
+    return result, log.read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_role_refuses_a_snap_user_whose_home_is_outside_home(tmp_path: Path) -> None:
+    result, calls = _play_snap(tmp_path, "/var/lib/colab-gateway")
+    out = " ".join(result.stdout.split())
+    assert result.returncode != 0
+    assert "has the home /var/lib/colab-gateway, outside /home" in out, result.stdout[-4000:]
+    assert "snap-confine refuses it" in out
+    assert calls == [], "it fails before snap is asked anything"
+
+
+@pytest.mark.slow
+def test_role_keeps_the_units_xdg_dirs_out_of_the_snap(tmp_path: Path) -> None:
+    """The unit's XDG_CACHE_HOME/XDG_CONFIG_HOME (under /var/lib/colab-gateway) are not
+    handed to the snap, which may not write there; Chromium from apt keeps them."""
+    for method, unset in (("snap", True), ("apt", False)):
+        (tmp_path / method).mkdir()
+        unit = _gateway_with_drop_ins(tmp_path / method, method)
+        assert "Environment=XDG_CACHE_HOME=" in unit.read_text()
+        site = unit_settings(unit.parent / "colab-gateway.service.d/10-site.conf")
+        names = set(site.get("UnsetEnvironment", []))
+        assert ({"XDG_CACHE_HOME", "XDG_CONFIG_HOME"} <= names) is unset, (method, site)
+
+
+def test_bootstrap_refuses_a_python_without_venv(tmp_path: Path) -> None:
+    """A deadsnakes python3.10 without python3.10-venv: refused by name, with the package
+    to install, instead of a failing `python -m venv` later in the play."""
+    result, _ = _bootstrap(tmp_path, "auto", uv_python=False, deadsnakes=True)
+    assert result.returncode == 1, result.stdout
+    message = " ".join(result.stderr.split())
+    assert "(Python 3.10) has no venv/ensurepip module" in message, result.stderr
+    assert "install python3.10-venv" in message
+    assert "python=" not in result.stdout
+
+
+def test_bootstrap_installs_uv_from_a_wheel_only(tmp_path: Path) -> None:
+    """Ubuntu 20.04's first play: uv comes from the index as a wheel, never built from
+    source (Rust, an hour on a Pi); uv then gives the CPython."""
+    result, calls = _bootstrap(tmp_path, "auto", uv_python=False)
+    assert result.returncode == 0, result.stderr
+    assert f"python={sys.executable}" in result.stdout.splitlines()
+    (install_uv,) = [c for c in calls if c.startswith("pip install") and c.endswith(" uv")]
+    assert " --only-binary :all: " in f"{install_uv} ", calls

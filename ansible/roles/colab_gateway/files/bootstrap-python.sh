@@ -117,7 +117,9 @@ if [ -z "$python" ]; then
         mkdir -p "$dir"
         python3 -m venv "$dir/uv" || fail "python3 -m venv $dir/uv failed"
         "$dir/uv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-        "$dir/uv/bin/pip" install -q uv || fail "pip could not install uv from the package index"
+        # A wheel only: uv is Rust, a source build needs cargo and an hour on a Pi.
+        "$dir/uv/bin/pip" install -q --only-binary :all: uv ||
+            fail "pip could not install a uv wheel from the package index (see above)"
         changed=1
     fi
     if [ -n "$mirror" ]; then
@@ -132,6 +134,20 @@ if [ -z "$python" ]; then
         python=$("$uv" python find --no-project "$version") || fail "uv installed CPython $version but cannot find it"
     fi
     new_enough "$python" || fail "colab_gateway_python_version $version is older than 3.10"
+fi
+
+# colab-gateway's virtualenv is made with this Python (tasks/install.yml). Debian and
+# Ubuntu ship venv/ensurepip apart (python3.X-venv), and a deadsnakes python3.10 may come
+# without python3.10-venv: `python -m venv` would fail later and less clearly.
+if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
+    minor=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    if [ "$python" = "$(command -v python3)" ] && command -v apt-get >/dev/null; then
+        apt_install python3-venv  # the distribution's python3: its own package
+    fi
+    "$python" -c 'import venv, ensurepip' 2>/dev/null ||
+        fail "$python (Python $minor) has no venv/ensurepip module, which colab-gateway's" \
+            "virtualenv is made with: install python$minor-venv (apt-get install" \
+            "python$minor-venv), or set colab_gateway_python to uv"
 fi
 
 echo "python=$python"
