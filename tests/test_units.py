@@ -895,7 +895,8 @@ def test_bootstrap_waits_for_apts_lists_lock(tmp_path: Path) -> None:
 
 # A stand-in for snap on a freshly booted Ubuntu image: until `snap wait system
 # seed.loaded` has run, snapd refuses changes; then `snap install` clashes $FAKE_SNAP_BUSY
-# times with the first auto-refresh (exit 10). And for loginctl.
+# times with the first auto-refresh (exit 10), or fails for good when $FAKE_SNAP_FAILS
+# exists. And for loginctl.
 SNAP_TOOLS = {
     "snap": """#!/bin/sh
 echo "snap $*" >>"$FAKE_APT_LOG"
@@ -907,6 +908,7 @@ case "$*" in
         'acknowledged' >&2
       exit 1
     fi
+    if [ -e "$FAKE_SNAP_FAILS" ]; then echo 'error: cannot install "chromium"' >&2; exit 1; fi
     busy=$(cat "$FAKE_APT_BUSY")
     if [ "$busy" -gt 0 ]; then
       echo $((busy - 1)) >"$FAKE_APT_BUSY"
@@ -975,6 +977,7 @@ def _play_snap(
             "FAKE_APT_LOG": str(log),
             "FAKE_APT_BUSY": str(tmp_path / "busy"),
             "FAKE_SNAP_SEEDED": str(tmp_path / "seeded"),
+            "FAKE_SNAP_FAILS": str(tmp_path / "snap-fails"),
             "ANSIBLE_HOME": str(tmp_path / "ansible"),
             "ANSIBLE_LOCALHOST_WARNING": "0",
             "ANSIBLE_NOCOLOR": "1",
@@ -1026,3 +1029,23 @@ def test_bootstrap_installs_uv_from_a_wheel_only(tmp_path: Path) -> None:
     assert f"python={sys.executable}" in result.stdout.splitlines()
     (install_uv,) = [c for c in calls if c.startswith("pip install") and c.endswith(" uv")]
     assert " --only-binary :all: " in f"{install_uv} ", calls
+
+
+@pytest.mark.slow
+def test_role_installs_the_snap_on_a_freshly_booted_image(tmp_path: Path) -> None:
+    """snapd refuses changes until the image is seeded, then clashes twice with its first
+    auto-refresh (exit 10): the play waits for the seed and tries again."""
+    result, calls = _play_snap(tmp_path, "/home/colab-gateway", busy=2)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert calls[:4] == ["snap wait system seed.loaded"] + ["snap install chromium"] * 3, calls
+    assert calls[4:] == ["loginctl enable-linger colab-gateway"], calls
+
+
+@pytest.mark.slow
+def test_role_stops_at_a_snap_error_other_than_a_clash(tmp_path: Path) -> None:
+    """Only exit 10 (another change in progress) is tried again."""
+    (tmp_path / "seeded").touch()
+    (tmp_path / "snap-fails").touch()
+    result, calls = _play_snap(tmp_path, "/home/colab-gateway")
+    assert result.returncode != 0
+    assert calls.count("snap install chromium") == 1, calls
