@@ -128,7 +128,7 @@ if [ -z "$python" ]; then
     fi
     if ! python=$("$uv" python find --no-project "$version" 2>/dev/null); then
         "$uv" python install "$version" >&2 ||
-            fail "uv could not install CPython $version from ${mirror:-its default mirror (GitHub)};" \
+            fail "uv could not install CPython $version from ${mirror:-its default hosts (Astral's release host, then GitHub)};" \
                 "set colab_gateway_python_mirror to a mirror this machine reaches"
         changed=1
         python=$("$uv" python find --no-project "$version") || fail "uv installed CPython $version but cannot find it"
