@@ -478,8 +478,17 @@ exit $rc
 echo "apt-cache $*" >>"$FAKE_APT_LOG"
 cat "$FAKE_POLICY"
 """,
+    # Fails `update` as often as $FAKE_APT_BUSY says, as when apt-daily holds the lock.
     "apt-get": """#!/bin/sh
 echo "apt-get $*" >>"$FAKE_APT_LOG"
+case " $* " in *" update "*)
+  busy=$(cat "$FAKE_APT_BUSY" 2>/dev/null || echo 0)
+  if [ "$busy" -gt 0 ]; then
+    echo $((busy - 1)) >"$FAKE_APT_BUSY"
+    echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 812 (apt-get)" >&2
+    exit 100
+  fi;;
+esac
 """,
 }
 
@@ -490,13 +499,21 @@ class PackagePlay:
     calls: list[str]  # each tool's command line, in order
 
     def installed(self) -> list[str]:
-        lines = [c for c in self.calls if c.startswith("apt-get install")]
+        lines = [c for c in self.calls if c.startswith("apt-get") and " install " in c]
         assert len(lines) <= 1, lines
-        return lines[0].split()[4:] if lines else []
+        return lines[0].split(" install -y -q ")[1].split() if lines else []
+
+    def updates(self) -> list[str]:
+        return [c for c in self.calls if c.startswith("apt-get") and c.endswith(" update -q")]
 
 
 def _play_packages(
-    tmp_path: Path, os_name: str, policy: str, installed: set[str], **variables: object
+    tmp_path: Path,
+    os_name: str,
+    policy: str,
+    installed: set[str],
+    apt_busy: int = 0,
+    **variables: object,
 ) -> PackagePlay:
     """The role's engine checks and package tasks, played on this host with FAKE_TOOLS."""
     import json
@@ -512,6 +529,7 @@ def _play_packages(
     (tmp_path / "policy").write_text(policy)
     log = tmp_path / "calls.log"
     log.touch()
+    (tmp_path / "apt-busy").write_text(f"{apt_busy}\n")
     playbook = tmp_path / "packages.yml"
     playbook.write_text(
         json.dumps(
@@ -552,6 +570,7 @@ def _play_packages(
             "FAKE_APT_LOG": str(log),
             "FAKE_INSTALLED": str(tmp_path / "installed"),
             "FAKE_POLICY": str(tmp_path / "policy"),
+            "FAKE_APT_BUSY": str(tmp_path / "apt-busy"),
             "ANSIBLE_HOME": str(tmp_path / "ansible"),
             "ANSIBLE_LOCALHOST_WARNING": "0",
             "ANSIBLE_NOCOLOR": "1",
@@ -569,12 +588,27 @@ BROWSER_PACKAGES = ["chromium", "chromium-driver", "xvfb"]
 def test_role_installs_the_headless_shell_at_chromiums_version(tmp_path: Path) -> None:
     play = _play_packages(tmp_path, "Debian", POLICIES["debian"], set())
     assert play.result.returncode == 0, play.result.stdout[-4000:]
-    assert play.calls.index("apt-get update -q") < play.calls.index(
+    assert play.calls.index(play.updates()[0]) < play.calls.index(
         "apt-cache policy chromium chromium-headless-shell"
     ), play.calls
     assert sorted(play.installed()) == sorted(
         BASE_PACKAGES + BROWSER_PACKAGES + ["chromium-headless-shell"]
     )
+
+
+@pytest.mark.slow
+def test_role_waits_for_apts_lock_after_boot(tmp_path: Path) -> None:
+    """apt-daily holds the lists' lock on a fresh boot: `apt-get update` is tried again
+    until it gets it, and apt-get waits for dpkg's lock before installing."""
+    play = _play_packages(
+        tmp_path, "Debian", POLICIES["debian"], set(), apt_busy=2, _colab_gateway_apt_update_delay=0
+    )
+    assert play.result.returncode == 0, play.result.stdout[-4000:]
+    assert len(play.updates()) == 3, play.calls
+    assert play.installed(), play.calls
+    for call in play.calls:
+        if call.startswith("apt-get"):
+            assert " -o DPkg::Lock::Timeout=600 " in call, call
 
 
 @pytest.mark.slow
@@ -665,3 +699,353 @@ def test_role_refuses_the_headless_shell_where_it_cannot_run(
     assert failed_task and failed_task[-1].startswith("Check that the headless shell"), out
     assert " ".join(message.split()) in " ".join(out.split()), out[-4000:]
     assert play.calls == [], "it fails before dpkg or apt is asked anything"
+
+
+def _play_wheel_build(
+    tmp_path: Path, checkout: Path
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The role's wheel-build tasks, played on this host as the controller; the wheel they
+    build is copied to tmp_path/built.whl."""
+    import json
+
+    if not (BIN / "ansible-playbook").exists():
+        pytest.skip("needs ansible-core in the venv (pip install -e '.[test]')")
+    built = tmp_path / "built.whl"
+    playbook = tmp_path / "wheel.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "The role's wheel build",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars": {"role_path": str(ROLE)},
+                    "tasks": [
+                        {"ansible.builtin.import_tasks": f"{ROLE}/tasks/wheel-build.yml"},
+                        {
+                            "name": "Keep the wheel",
+                            "ansible.builtin.copy": {
+                                "src": "{{ _colab_gateway_built.files[0].path }}",
+                                "dest": str(built),
+                                "mode": "0644",
+                            },
+                        },
+                    ],
+                }
+            ]
+        )
+    )
+    variables = {
+        "ansible_python_interpreter": sys.executable,
+        "colab_gateway_wheel": "",
+        "colab_gateway_checkout": str(checkout),
+    }
+    (tmp_path / "tmp").mkdir()
+    result = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            *("-c", "local", "-i", "localhost,", str(playbook)),
+            *("-e", json.dumps(variables)),
+        ],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "TMPDIR": str(tmp_path / "tmp"),
+            "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            "ANSIBLE_LOCALHOST_WARNING": "0",
+            "ANSIBLE_NOCOLOR": "1",
+        },
+        timeout=300,
+    )
+    return result, built
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["git", "tree"])
+def test_role_wheel_never_ships_a_stale_module_from_build(tmp_path: Path, kind: str) -> None:
+    """A module deleted from the checkout but still in its build/lib (left by an earlier
+    `pip wheel .` or `setup.py build`) stays out of the wheel; so does an untracked one
+    next to the source in a git checkout. A checkout that is no git repository (an unpacked
+    tarball) is copied without its build/."""
+    import zipfile
+
+    checkout = tmp_path / "checkout"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(checkout)], check=True)
+    stale = checkout / "build/lib/gateway/deleted_module.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("GONE = True\n")
+    (checkout / "gateway/local_experiment.py").write_text("UNTRACKED = True\n")
+    if kind == "tree":
+        shutil.rmtree(checkout / ".git")
+    result, built = _play_wheel_build(tmp_path, checkout)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    names = zipfile.ZipFile(built).namelist()
+    assert "gateway/__init__.py" in names
+    assert "gateway/deleted_module.py" not in names
+    if kind == "git":
+        assert "gateway/local_experiment.py" not in names
+    else:
+        assert "is not a git checkout" in result.stdout, result.stdout[-4000:]
+
+
+# Ubuntu 20.04 for files/bootstrap-python.sh: a python3 that is 3.8, apt offering nothing
+# newer, and stand-ins for apt-get (its lists' lock held $FAKE_APT_BUSY times, as by
+# apt-daily after boot) and for uv. PATH holds only these and the few tools the script
+# calls, so that this host's own Python 3.10+ is not found.
+FOCAL_TOOLS = {
+    # `-m venv DIR` makes a pip that logs and, asked for uv, installs UV_STAND_IN.
+    "python3": """#!/bin/sh
+echo "python3 $*" >>"$FAKE_APT_LOG"
+case "$*" in
+  *version_info*) exit 1;;  # 3.8: not new enough
+  "-m venv "*)
+    mkdir -p "$3/bin"
+    printf '#!/bin/sh\\necho "pip $*" >>"$FAKE_APT_LOG"\\n' >"$3/bin/pip"
+    printf 'case "$*" in *" uv") cp "$FAKE_UV" "%s/bin/uv";; esac\\n' "$3" >>"$3/bin/pip"
+    chmod 755 "$3/bin/pip";;
+esac
+exit 0
+""",
+    # A deadsnakes python3.10 without python3.10-venv.
+    "python3.10": """#!/bin/sh
+echo "python3.10 $*" >>"$FAKE_APT_LOG"
+case "$*" in
+  *"version_info < (3, 10)"*) exit 0;;
+  *ensurepip*) exit 1;;
+  *"version_info[:2]"*) echo 3.10;;
+esac
+""",
+    "apt-cache": """#!/bin/sh
+echo "apt-cache $*" >>"$FAKE_APT_LOG"
+printf 'python3:\\n  Installed: 3.8.2-0ubuntu2\\n  Candidate: 3.8.2-0ubuntu2\\n'
+""",
+    "apt-get": FAKE_TOOLS["apt-get"],
+}
+UV_STAND_IN = """#!/bin/sh
+echo "uv $*" >>"$FAKE_APT_LOG"
+case "$1 $2" in "python find") echo "$FAKE_UV_PYTHON";; *) exit 2;; esac
+"""
+
+
+def _bootstrap(
+    tmp_path: Path, mode: str, *, uv_python: bool, apt_busy: int = 0, deadsnakes: bool = False
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (tmp_path / "uv").write_text(UV_STAND_IN)
+    (tmp_path / "uv").chmod(0o755)
+    for name, script in FOCAL_TOOLS.items():
+        if name == "python3.10" and not deadsnakes:
+            continue
+        (fake_bin / name).write_text(script)
+        (fake_bin / name).chmod(0o755)
+    for tool in ("sh", "sed", "mkdir", "cat", "sleep", "rm", "cp", "chmod"):
+        (fake_bin / tool).symlink_to(shutil.which(tool) or tool)
+    python_dir = tmp_path / "python"
+    if uv_python:
+        (python_dir / "uv/bin").mkdir(parents=True)
+        (python_dir / "uv/bin/uv").write_text(UV_STAND_IN)
+        (python_dir / "uv/bin/uv").chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.touch()
+    (tmp_path / "apt-busy").write_text(f"{apt_busy}\n")
+    result = subprocess.run(
+        [
+            *(str(fake_bin / "sh"), str(ROLE / "files/bootstrap-python.sh")),
+            *(mode, "3.12", str(python_dir), ""),
+        ],
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": str(fake_bin),
+            "FAKE_APT_LOG": str(log),
+            "FAKE_APT_BUSY": str(tmp_path / "apt-busy"),
+            "FAKE_UV_PYTHON": sys.executable,
+            "FAKE_UV": str(tmp_path / "uv"),
+            "COLAB_GATEWAY_APT_RETRY_DELAY": "0",
+        },
+        timeout=60,
+    )
+    return result, log.read_text().splitlines()
+
+
+def test_bootstrap_on_focal_asks_apt_nothing_once_uvs_python_is_there(tmp_path: Path) -> None:
+    """The second play on Ubuntu 20.04: python3 is 3.8, uv's CPython is installed; apt's
+    lists are not updated again (they were, on every play)."""
+    result, calls = _bootstrap(tmp_path, "auto", uv_python=True)
+    assert result.returncode == 0, result.stderr
+    assert f"python={sys.executable}" in result.stdout.splitlines()
+    assert "changed=0" in result.stdout.splitlines()
+    assert not [c for c in calls if c.startswith("apt")], calls
+
+
+def test_bootstrap_waits_for_apts_lists_lock(tmp_path: Path) -> None:
+    """apt-daily holds the lists' lock right after boot: the bootstrap's `apt-get update`
+    is tried again until it gets the lock (here it then learns that apt has no Python
+    3.10+, which mode system refuses by name)."""
+    result, calls = _bootstrap(tmp_path, "system", uv_python=False, apt_busy=2)
+    updates = [c for c in calls if c.startswith("apt-get") and c.endswith(" update -q")]
+    assert len(updates) == 3, calls
+    assert all("-o DPkg::Lock::Timeout=600" in c for c in updates), updates
+    assert result.returncode == 1
+    assert "colab_gateway_python is 'system' but this machine's python3 is 3.8" in result.stderr
+
+
+# A stand-in for snap on a freshly booted Ubuntu image: until `snap wait system
+# seed.loaded` has run, snapd refuses changes; then `snap install` clashes $FAKE_SNAP_BUSY
+# times with the first auto-refresh (exit 10), or fails for good when $FAKE_SNAP_FAILS
+# exists. And for loginctl.
+SNAP_TOOLS = {
+    "snap": """#!/bin/sh
+echo "snap $*" >>"$FAKE_APT_LOG"
+case "$*" in
+  "wait system seed.loaded") touch "$FAKE_SNAP_SEEDED"; exit 0;;
+  "install "*)
+    if [ ! -e "$FAKE_SNAP_SEEDED" ]; then
+      echo 'error: too early for operation, device not yet seeded or device model not' \\
+        'acknowledged' >&2
+      exit 1
+    fi
+    if [ -e "$FAKE_SNAP_FAILS" ]; then echo 'error: cannot install "chromium"' >&2; exit 1; fi
+    busy=$(cat "$FAKE_APT_BUSY")
+    if [ "$busy" -gt 0 ]; then
+      echo $((busy - 1)) >"$FAKE_APT_BUSY"
+      echo 'error: snap "chromium" has "auto-refresh" change in progress' >&2
+      exit 10
+    fi;;
+esac
+""",
+    "loginctl": """#!/bin/sh
+echo "loginctl $*" >>"$FAKE_APT_LOG"
+""",
+}
+
+
+def _play_snap(
+    tmp_path: Path, home: str, busy: int = 0
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The role's snap tasks (tasks/browser-snap.yml), played on this host with SNAP_TOOLS."""
+    import json
+
+    if not (BIN / "ansible-playbook").exists():
+        pytest.skip("needs ansible-core in the venv (pip install -e '.[test]')")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name, script in SNAP_TOOLS.items():
+        (fake_bin / name).write_text(script)
+        (fake_bin / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.touch()
+    (tmp_path / "busy").write_text(f"{busy}\n")
+    playbook = tmp_path / "snap.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "The role's snap tasks",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars_files": [
+                        f"{ROLE}/defaults/main.yml",
+                        f"{ROLE}/vars/main.yml",
+                        f"{ROLE}/vars/Ubuntu.yml",
+                    ],
+                    "tasks": [{"ansible.builtin.import_tasks": f"{ROLE}/tasks/browser-snap.yml"}],
+                }
+            ]
+        )
+    )
+    variables = {
+        "ansible_python_interpreter": sys.executable,
+        "_colab_gateway_user": "colab-gateway",
+        "_colab_gateway_home": home,
+        "_colab_gateway_snap_delay": 0,
+    }
+    result = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            *("-c", "local", "-i", "localhost,", str(playbook)),
+            *("-e", json.dumps(variables)),
+        ],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{fake_bin}:{os.environ['PATH']}",
+            "FAKE_APT_LOG": str(log),
+            "FAKE_APT_BUSY": str(tmp_path / "busy"),
+            "FAKE_SNAP_SEEDED": str(tmp_path / "seeded"),
+            "FAKE_SNAP_FAILS": str(tmp_path / "snap-fails"),
+            "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            "ANSIBLE_LOCALHOST_WARNING": "0",
+            "ANSIBLE_NOCOLOR": "1",
+        },
+        timeout=180,
+    )
+    return result, log.read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_role_refuses_a_snap_user_whose_home_is_outside_home(tmp_path: Path) -> None:
+    result, calls = _play_snap(tmp_path, "/var/lib/colab-gateway")
+    out = " ".join(result.stdout.split())
+    assert result.returncode != 0
+    assert "has the home /var/lib/colab-gateway, outside /home" in out, result.stdout[-4000:]
+    assert "snap-confine refuses it" in out
+    assert calls == [], "it fails before snap is asked anything"
+
+
+@pytest.mark.slow
+def test_role_keeps_the_units_xdg_dirs_out_of_the_snap(tmp_path: Path) -> None:
+    """The unit's XDG_CACHE_HOME/XDG_CONFIG_HOME (under /var/lib/colab-gateway) are not
+    handed to the snap, which may not write there; Chromium from apt keeps them."""
+    for method, unset in (("snap", True), ("apt", False)):
+        (tmp_path / method).mkdir()
+        unit = _gateway_with_drop_ins(tmp_path / method, method)
+        assert "Environment=XDG_CACHE_HOME=" in unit.read_text()
+        site = unit_settings(unit.parent / "colab-gateway.service.d/10-site.conf")
+        names = set(site.get("UnsetEnvironment", []))
+        assert ({"XDG_CACHE_HOME", "XDG_CONFIG_HOME"} <= names) is unset, (method, site)
+
+
+def test_bootstrap_refuses_a_python_without_venv(tmp_path: Path) -> None:
+    """A deadsnakes python3.10 without python3.10-venv: refused by name, with the package
+    to install, instead of a failing `python -m venv` later in the play."""
+    result, _ = _bootstrap(tmp_path, "auto", uv_python=False, deadsnakes=True)
+    assert result.returncode == 1, result.stdout
+    message = " ".join(result.stderr.split())
+    assert "(Python 3.10) has no venv/ensurepip module" in message, result.stderr
+    assert "install python3.10-venv" in message
+    assert "python=" not in result.stdout
+
+
+def test_bootstrap_installs_uv_from_a_wheel_only(tmp_path: Path) -> None:
+    """Ubuntu 20.04's first play: uv comes from the index as a wheel, never built from
+    source (Rust, an hour on a Pi); uv then gives the CPython."""
+    result, calls = _bootstrap(tmp_path, "auto", uv_python=False)
+    assert result.returncode == 0, result.stderr
+    assert f"python={sys.executable}" in result.stdout.splitlines()
+    (install_uv,) = [c for c in calls if c.startswith("pip install") and c.endswith(" uv")]
+    assert " --only-binary :all: " in f"{install_uv} ", calls
+
+
+@pytest.mark.slow
+def test_role_installs_the_snap_on_a_freshly_booted_image(tmp_path: Path) -> None:
+    """snapd refuses changes until the image is seeded, then clashes twice with its first
+    auto-refresh (exit 10): the play waits for the seed and tries again."""
+    result, calls = _play_snap(tmp_path, "/home/colab-gateway", busy=2)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert calls[:4] == ["snap wait system seed.loaded"] + ["snap install chromium"] * 3, calls
+    assert calls[4:] == ["loginctl enable-linger colab-gateway"], calls
+
+
+@pytest.mark.slow
+def test_role_stops_at_a_snap_error_other_than_a_clash(tmp_path: Path) -> None:
+    """Only exit 10 (another change in progress) is tried again."""
+    (tmp_path / "seeded").touch()
+    (tmp_path / "snap-fails").touch()
+    result, calls = _play_snap(tmp_path, "/home/colab-gateway")
+    assert result.returncode != 0
+    assert calls.count("snap install chromium") == 1, calls

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from gateway.browser.login import login_command, profile_in_use, signed_in, write_pause
+from gateway.browser.user_session import with_user_session
 
 DEFAULT_DEVTOOLS_PORT = 9222
 
@@ -63,7 +64,7 @@ def cmd_login(args: argparse.Namespace) -> int:
                 )
                 return 1
             time.sleep(0.5)
-        env = dict(os.environ)
+        env = with_user_session()  # a snap on cgroup v2 needs the session bus
         devtools_port = None
         if args.xvfb or not env.get("DISPLAY"):
             xvfb, display = start_xvfb()

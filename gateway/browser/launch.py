@@ -28,6 +28,7 @@ import psutil
 
 from gateway.browser.client_hints import user_agent_override
 from gateway.browser.language import ENGLISH_ARGS
+from gateway.browser.user_session import with_user_session
 from gateway.config import BrowserConfig
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,12 @@ def find_engine(config: BrowserConfig, driver: str) -> Engine:
 def chromium_version(binary: str) -> str | None:
     try:
         out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+            [binary, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=with_user_session(),  # a snap on cgroup v2 needs the session bus
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None

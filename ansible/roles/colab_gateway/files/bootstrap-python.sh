@@ -36,14 +36,29 @@ system_python() {
     return 1
 }
 
+# A freshly booted Debian or Ubuntu runs apt-daily / unattended-upgrades at once and holds
+# apt's locks for minutes: apt-get waits for dpkg's lock (DPkg::Lock::Timeout, apt >=
+# 1.9.11), and `apt-get update`, which does not wait for the lists' lock, is tried again.
+# COLAB_GATEWAY_APT_RETRY_DELAY: seconds between tries (the tests make it 0).
+apt_lock="-o DPkg::Lock::Timeout=600"
 apt_updated=no
-apt_install() {
+apt_update() {
+    [ "$apt_updated" = no ] || return 0
     export DEBIAN_FRONTEND=noninteractive
-    if [ "$apt_updated" = no ]; then
-        apt-get update -q >/dev/null || fail "apt-get update failed"
-        apt_updated=yes
-    fi
-    apt-get install -y -q "$@" >/dev/null || fail "apt-get install $* failed"
+    tries=20
+    # shellcheck disable=SC2086
+    until apt-get $apt_lock update -q >/dev/null; do
+        tries=$((tries - 1))
+        [ "$tries" -gt 0 ] || fail "apt-get update failed 20 times (is apt's lock held? see above)"
+        sleep "${COLAB_GATEWAY_APT_RETRY_DELAY:-30}"
+    done
+    apt_updated=yes
+}
+
+apt_install() {
+    apt_update
+    # shellcheck disable=SC2086
+    apt-get $apt_lock install -y -q "$@" >/dev/null || fail "apt-get install $* failed"
     changed=1
 }
 
@@ -58,12 +73,29 @@ apt_python_new_enough() {
     [ -n "$v" ] && [ "${v%%.*}" -ge 3 ] && [ "${v#*.}" -ge 10 ]
 }
 
+uv="$dir/uv/bin/uv"
+UV_PYTHON_INSTALL_DIR="$dir/pythons"
+UV_PYTHON_PREFERENCE=only-managed
+UV_NO_CONFIG=1
+export UV_PYTHON_INSTALL_DIR UV_PYTHON_PREFERENCE UV_NO_CONFIG
+
+# The CPython an earlier run had uv install, if it is still there.
+uv_python() {
+    [ -x "$uv" ] && "$uv" python find --no-project "$version" 2>/dev/null
+}
+
 python=""
-if [ "$mode" != uv ]; then
-    if ! python=$(system_python); then
+if [ "$mode" != uv ] && ! python=$(system_python); then
+    python=""
+    # auto on a machine an earlier run gave uv's CPython (Ubuntu 20.04): apt had no newer
+    # python3 then (a release upgrade brings one as python3 itself, found above), and
+    # asking apt again would update its lists on every play.
+    if [ "$mode" = auto ] && python=$(uv_python); then
+        :
+    else
         python=""
         command -v apt-get >/dev/null || fail "no Python >= 3.10 here and no apt-get to install one"
-        [ "$apt_updated" = yes ] || { apt-get update -q >/dev/null || fail "apt-get update failed"; apt_updated=yes; }
+        apt_update
         if apt_python_new_enough; then
             apt_install python3 python3-venv
             python=$(system_python) || fail "apt installed python3 but it is older than 3.10"
@@ -78,7 +110,6 @@ fi
 if [ -z "$python" ]; then
     # A uv-managed CPython (python-build-standalone): Ubuntu 20.04 has no Python >= 3.10 in
     # apt. uv comes from the package index into a small virtualenv of the system python3.
-    uv="$dir/uv/bin/uv"
     if [ ! -x "$uv" ]; then
         if ! python3 -c 'import ensurepip' 2>/dev/null; then
             apt_install python3 python3-venv
@@ -86,25 +117,37 @@ if [ -z "$python" ]; then
         mkdir -p "$dir"
         python3 -m venv "$dir/uv" || fail "python3 -m venv $dir/uv failed"
         "$dir/uv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-        "$dir/uv/bin/pip" install -q uv || fail "pip could not install uv from the package index"
+        # A wheel only: uv is Rust, a source build needs cargo and an hour on a Pi.
+        "$dir/uv/bin/pip" install -q --only-binary :all: uv ||
+            fail "pip could not install a uv wheel from the package index (see above)"
         changed=1
     fi
-    UV_PYTHON_INSTALL_DIR="$dir/pythons"
-    UV_PYTHON_PREFERENCE=only-managed
-    UV_NO_CONFIG=1
-    export UV_PYTHON_INSTALL_DIR UV_PYTHON_PREFERENCE UV_NO_CONFIG
     if [ -n "$mirror" ]; then
         UV_PYTHON_INSTALL_MIRROR=$mirror
         export UV_PYTHON_INSTALL_MIRROR
     fi
     if ! python=$("$uv" python find --no-project "$version" 2>/dev/null); then
         "$uv" python install "$version" >&2 ||
-            fail "uv could not install CPython $version from ${mirror:-its default mirror (GitHub)};" \
+            fail "uv could not install CPython $version from ${mirror:-its default hosts (Astral's release host, then GitHub)};" \
                 "set colab_gateway_python_mirror to a mirror this machine reaches"
         changed=1
         python=$("$uv" python find --no-project "$version") || fail "uv installed CPython $version but cannot find it"
     fi
     new_enough "$python" || fail "colab_gateway_python_version $version is older than 3.10"
+fi
+
+# colab-gateway's virtualenv is made with this Python (tasks/install.yml). Debian and
+# Ubuntu ship venv/ensurepip apart (python3.X-venv), and a deadsnakes python3.10 may come
+# without python3.10-venv: `python -m venv` would fail later and less clearly.
+if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
+    minor=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    if [ "$python" = "$(command -v python3)" ] && command -v apt-get >/dev/null; then
+        apt_install python3-venv  # the distribution's python3: its own package
+    fi
+    "$python" -c 'import venv, ensurepip' 2>/dev/null ||
+        fail "$python (Python $minor) has no venv/ensurepip module, which colab-gateway's" \
+            "virtualenv is made with: install python$minor-venv (apt-get install" \
+            "python$minor-venv), or set colab_gateway_python to uv"
 fi
 
 echo "python=$python"
