@@ -71,7 +71,7 @@ def test_missing_editor_runs_the_run_button_and_keeps_answering_disconnects(
         runner.wait_state("connected", timeout=60)
         runner.post(RerunBootstrap("colab", "test: editor drifted"))
         sim.wait_for(lambda s: s.runs == ["first"], 10, "the first cell ran")
-        clicks = run_button_clicks(sim)
+        clicks = sim.wait_for(run_button_clicks, 5, "the page saw the run button's click")
         assert [c["cell"] for c in clicks] == [0]
         assert not enter_keys(sim), "Ctrl+Enter went somewhere although no editor matched"
         # The canary may name first_cell_editor first ("... match nothing"): wait for the
@@ -126,7 +126,8 @@ def test_editor_selector_matching_a_container_falls_back_to_the_run_button(
         runner.wait_state("connected", timeout=60)
         runner.post(RerunBootstrap("colab", "test: container"))
         sim.wait_for(lambda s: s.runs == ["first"], 10, "the first cell ran")
-        assert [c["cell"] for c in run_button_clicks(sim)] == [0]
+        clicks = sim.wait_for(run_button_clicks, 5, "the page saw the run button's click")
+        assert [c["cell"] for c in clicks] == [0]
         facts = runner.wait(lambda r: "keyboard focus" in r.runtime.message and r.runtime)
         assert "browser.selectors.first_cell_editor" in facts.message
         assert starts[0] == 1 and runner.worker().restarts == 0
@@ -142,7 +143,8 @@ def test_no_editor_nor_run_button_uses_run_all_when_allowed(
         runner.wait_state("connected", timeout=60)
         runner.post(RerunBootstrap("colab", "test: no cell controls"))
         sim.wait_for(lambda s: s.runs == ["all"], 10, "Run all ran")
-        assert sim.events("key", key="F9", ctrl=True)
+        # the page posts the key apart from the run: wait for it rather than race it
+        sim.wait_for(lambda s: s.events("key", key="F9", ctrl=True), 10, "Ctrl+F9 recorded")
         sim.wait_for(lambda s: s.events("click", dialog="run_anyway"), 5, "Run anyway click")
         assert sim.events("click", dialog="run_anyway")[-1]["button"] == "Run anyway"
         facts = runner.wait(lambda r: "Run all instead" in r.runtime.message and r.runtime)
