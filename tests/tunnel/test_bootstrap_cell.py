@@ -122,6 +122,35 @@ def lines(text: str) -> list[str]:
     return text.splitlines()
 
 
+def python_cell(
+    tmp_path: Path, r: RunningEndpoint, config: Config, pi_key: Path, vm: ColabVM, secrets: Path
+) -> tuple[Path, dict[str, str]]:
+    """The rendered Python cell, and the environment it runs in: a fake
+    ``google.colab.userdata`` answering from the files in ``secrets``."""
+    fake = tmp_path / "fakecolab" / "google" / "colab"
+    fake.mkdir(parents=True)
+    (fake.parent / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "userdata.py").write_text(
+        "import os\n"
+        "def get(name):\n"
+        "    return open(os.path.join(os.environ['FAKE_SECRETS'], name)).read()\n"
+    )
+    params = BootstrapParams(
+        "127.0.0.1",
+        r.port,
+        "colab",
+        " ".join(r.keys.host_info().public.split()[:2]),
+        {ssh_port(config): 22},
+        pi_key.with_name("id_ed25519.pub").read_text().strip(),
+        session="colab",
+    )
+    cell = tmp_path / "cell.py"
+    cell.write_text(render_cell(params, "colab"))
+    env = dict(vm.env, PYTHONPATH=str(tmp_path / "fakecolab"), FAKE_SECRETS=str(secrets))
+    return cell, env
+
+
 # -- 1. the tunnel secret ----------------------------------------------------------------------
 
 
@@ -133,15 +162,6 @@ def test_the_one_line_secret_from_keys_private_brings_the_tunnel_up(
     config = make_config(tmp_path)
     with running_endpoint(config, tmp_path / "state") as r:
         vm = vm_for(tmp_path, r, config, pi_key)
-        fake = tmp_path / "fakecolab" / "google" / "colab"
-        fake.mkdir(parents=True)
-        (fake.parent / "__init__.py").write_text("")
-        (fake / "__init__.py").write_text("")
-        (fake / "userdata.py").write_text(
-            "import os\n"
-            "def get(name):\n"
-            "    return open(os.path.join(os.environ['FAKE_SECRETS'], name)).read()\n"
-        )
         secrets = tmp_path / "secrets"
         secrets.mkdir()
         printed = subprocess.run(
@@ -153,18 +173,7 @@ def test_the_one_line_secret_from_keys_private_brings_the_tunnel_up(
         ).stdout  # fmt: skip
         assert printed.count("\n") == 1 and printed.startswith("openssh-base64:")
         (secrets / "colab_gateway_colab").write_text(printed)
-        params = BootstrapParams(
-            "127.0.0.1",
-            r.port,
-            "colab",
-            " ".join(r.keys.host_info().public.split()[:2]),
-            {ssh_port(config): 22},
-            pi_key.with_name("id_ed25519.pub").read_text().strip(),
-            session="colab",
-        )
-        cell = tmp_path / "cell.py"
-        cell.write_text(render_cell(params, "colab"))
-        env = dict(vm.env, PYTHONPATH=str(tmp_path / "fakecolab"), FAKE_SECRETS=str(secrets))
+        cell, env = python_cell(tmp_path, r, config, pi_key, vm, secrets)
         for name in ("GW_KEY_FILE", "GW_SESSION", "GW_SECRET"):
             env.pop(name)  # the cell's own: from the rendered defaults and the secret
         done = subprocess.run(
@@ -610,27 +619,7 @@ def test_the_cell_writes_the_key_fresh_whatever_was_at_its_name(
         secrets = tmp_path / "secrets"
         secrets.mkdir()
         (secrets / "colab_gateway_colab").write_text(r.keys.tunnel_private_text("colab"))
-        fake = tmp_path / "fakecolab" / "google" / "colab"
-        fake.mkdir(parents=True)
-        (fake.parent / "__init__.py").write_text("")
-        (fake / "__init__.py").write_text("")
-        (fake / "userdata.py").write_text(
-            "import os\n"
-            "def get(name):\n"
-            "    return open(os.path.join(os.environ['FAKE_SECRETS'], name)).read()\n"
-        )
-        params = BootstrapParams(
-            "127.0.0.1",
-            r.port,
-            "colab",
-            " ".join(r.keys.host_info().public.split()[:2]),
-            {ssh_port(config): 22},
-            pi_key.with_name("id_ed25519.pub").read_text().strip(),
-            session="colab",
-        )
-        cell = tmp_path / "cell.py"
-        cell.write_text(render_cell(params, "colab"))
-        env = dict(vm.env, PYTHONPATH=str(tmp_path / "fakecolab"), FAKE_SECRETS=str(secrets))
+        cell, env = python_cell(tmp_path, r, config, pi_key, vm, secrets)
         for name in ("GW_KEY_FILE", "GW_SESSION", "GW_SECRET"):
             env.pop(name)
         done = subprocess.run(
