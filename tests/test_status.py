@@ -127,8 +127,10 @@ def test_idle_and_oversized_clients_are_bounded_and_status_still_answers(
             sock.connect(str(path))
             idle.append(sock)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as big:
-            big.settimeout(10)
+            # A blocking connect: with a timeout set, a Unix socket whose accept queue is
+            # full (a loaded daemon behind on its accepts) answers EAGAIN at once.
             big.connect(str(path))
+            big.settimeout(10)
             with contextlib.suppress(OSError):
                 big.sendall(b"x" * (256 * 1024))
         held = proc.num_fds() - fds_before
