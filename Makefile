@@ -3,9 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages the tests and the demo use: the real programs, never mocks.
+# Debian packages the tests and the demo use: the real programs, never mocks. strace: the
+# power-cut tests read the order of a snapshot's flush and renames from the kernel's side.
 SYSTEM_PACKAGES := chromium chromium-headless-shell chromium-driver tmux openssh-client \
-	openssh-server rsync iproute2 procps debootstrap systemd-container xvfb
+	openssh-server rsync iproute2 procps debootstrap systemd-container xvfb strace
 PYTEST_ARGS ?=
 # Test workers. Most tests wait on real programs (Chromium, sshd, tmux, a booting machine)
 # rather than compute: on the 2-core machine CI runs on, two workers kept the cores about
