@@ -246,3 +246,29 @@ def test_a_commit_cut_at_each_step_restores_the_previous_or_the_new_snapshot(
     asyncio.run(pulling.pull(after, Remote(None, local_root=vm), PullPlan(paths=paths)))
     again = after.newest()
     assert again is not None and _tree(after.files(again)) == {**PREVIOUS, **CHANGES}
+
+
+def test_atomic_write_flushes_the_data_before_the_rename_and_the_directory_after(
+    tmp_path: Path,
+) -> None:
+    """The other persistent files (keys, pinned host keys, DDNS and stop flags, a
+    snapshot's snapshot.json) go through ``atomic_write``: in the kernel's record, its
+    temporary file is fsynced before it is renamed over the target, and the directory
+    after."""
+    target = tmp_path / "state.json"
+    log = tmp_path / "strace.log"
+    script = f"from gateway.atomic import atomic_write; atomic_write({str(target)!r}, 'new')"
+    subprocess.run(
+        ["strace", "-f", "-y", "-e", "signal=none", "-e", f"trace={TRACED}", "-o", str(log),
+         sys.executable, "-c", script],
+        check=True, timeout=60,
+    )  # fmt: skip
+    calls = read_trace(log)
+    renamed = _one("rename", [i for i, c in enumerate(calls) if c.paths[-1:] == (str(target),)])
+    tmp = calls[renamed].paths[0]
+    assert tmp in unflushed([c for c in calls if c.name == "openat"]), "no write seen"
+    assert tmp not in unflushed(calls[:renamed]), f"{tmp} renamed before it was fsynced"
+    assert any(c.name == "fsync" and c.paths == (str(tmp_path),) for c in calls[renamed + 1 :]), (
+        "the directory was not fsynced after the rename"
+    )
+    assert target.read_text() == "new"
