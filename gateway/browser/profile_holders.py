@@ -93,26 +93,28 @@ def _holds(proc: psutil.Process, profile: Path) -> bool:
     return any(_same_profile(v, profile, cwd) for v in values)
 
 
-def _holder(proc: psutil.Process) -> Holder:
-    uid = proc.info["uids"].real if proc.info["uids"] else -1
-    user = proc.info["username"] or str(uid)
-    return Holder(
-        pid=proc.pid,
-        ppid=proc.info["ppid"] or 0,
-        name=untrusted(proc.info["name"] or "?", 40),
-        user=untrusted(user, 40),
-        uid=uid,
-    )
+def _holder(proc: psutil.Process) -> Holder | None:
+    """The facts of a matching process, None for a zombie (it holds nothing)."""
+    with proc.oneshot():
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        uid = proc.uids().real
+        try:
+            user = proc.username()
+        except (psutil.Error, KeyError):  # a uid without a passwd entry
+            user = str(uid)
+        return Holder(proc.pid, proc.ppid(), untrusted(proc.name(), 40), untrusted(user, 40), uid)
 
 
 def find_holders(profile: Path) -> list[Holder]:
-    """Every live process whose command line opens ``profile``, in pid order."""
+    """Every live process whose command line opens ``profile``, in pid order. Only the
+    command lines are read for all processes; the rest only for the few that match."""
     profile = profile.resolve()
     found = []
-    for proc in psutil.process_iter(["cmdline", "status", "name", "ppid", "uids", "username"]):
-        with contextlib.suppress(psutil.Error):
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and _holds(proc, profile):
-                found.append(_holder(proc))
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):  # gone meanwhile
+            if _holds(proc, profile) and (holder := _holder(proc)) is not None:
+                found.append(holder)
     return sorted(found, key=lambda h: h.pid)
 
 

@@ -25,7 +25,14 @@ import pytest
 from helpers import wait_until
 
 from gateway.browser import launch, login
-from gateway.browser.profile_holders import ProfileInUse, lock_owner
+from gateway.browser.keepalive import restart_reason
+from gateway.browser.profile_holders import (
+    SINGLETONS,
+    ProfileInUse,
+    find_holders,
+    lock_owner,
+    remove_stale_singletons,
+)
 from gateway.config import BrowserConfig
 from gateway.sim import SimColab
 from gateway.sim.runner import BrowserRunner
@@ -288,3 +295,52 @@ def test_the_stop_ends_a_chromium_left_holding_the_profile(
     assert left.wait(timeout=10) is not None
     assert f"ended pid {left.pid} (chromium) and " in caplog.text
     assert not lock_owner(profile)
+
+
+# -- the parts without a browser ------------------------------------------------------------
+
+
+def test_only_the_exact_argument_naming_the_profile_matches(
+    tmp_path: Path, processes: Callable[..., subprocess.Popen[Any]]
+) -> None:
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (tmp_path / "alias").symlink_to(profile)
+    sleep = ["python3", "-c", "import time; time.sleep(600)"]
+    by_link = processes([*sleep, f"--user-data-dir={tmp_path / 'alias'}"])
+    relative = processes([*sleep, "--user-data-dir=profile"], cwd=tmp_path)
+    processes([*sleep, f"--user-data-dir={profile}-other"])
+    processes([*sleep, f"--disk-cache-dir={profile}"])
+    processes([*sleep, "--user-data-dir", str(profile)])  # Chromium reads only the = form
+    found = wait_until(
+        lambda: {h.pid for h in find_holders(profile)} == {by_link.pid, relative.pid},
+        10,
+        "the two holders",
+    )
+    assert found
+
+
+def test_stale_singletons_are_unlinked_never_followed(tmp_path: Path) -> None:
+    profile, elsewhere = tmp_path / "profile", tmp_path / "elsewhere"
+    profile.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "SingletonSocket").write_text("not ours to remove")
+    (profile / "SingletonLock").symlink_to("another-host-4242")  # Chromium would refuse it
+    (profile / "SingletonSocket").symlink_to(elsewhere / "SingletonSocket")
+    (profile / "SingletonCookie").symlink_to(elsewhere)  # a link to a directory
+    assert remove_stale_singletons(profile) == list(SINGLETONS)
+    assert not any(os.path.lexists(profile / name) for name in SINGLETONS)
+    assert (elsewhere / "SingletonSocket").read_text() == "not ours to remove"
+
+
+def test_a_lock_naming_a_live_process_of_this_machine_is_kept(tmp_path: Path) -> None:
+    """Chromium asks that process to open a window, or ends it when it does not answer:
+    removing its lock would let two browsers write one profile."""
+    (tmp_path / "SingletonLock").symlink_to(f"{socket.gethostname()}-{os.getpid()}")
+    assert remove_stale_singletons(tmp_path) == []
+    assert os.path.lexists(tmp_path / "SingletonLock")
+
+
+def test_a_profile_in_use_is_its_own_restart_label() -> None:
+    reason = "browser profile /p is in use by pid 7 (chromium, user pi), which this …"
+    assert restart_reason(reason, missing=False) == "profile_in_use"
