@@ -181,7 +181,9 @@ browser.wait()
 
 
 def test_the_browser_of_a_running_login_is_never_ended_and_named_in_words(
-    tmp_path: Path, processes: Callable[..., subprocess.Popen[Any]]
+    tmp_path: Path,
+    processes: Callable[..., subprocess.Popen[Any]],
+    request: pytest.FixtureRequest,
 ) -> None:
     """`colab-gateway login` holds the profile on purpose (it writes the pause flag with
     its pid, and starts its Chromium in a session of its own)."""
@@ -198,6 +200,7 @@ def test_the_browser_of_a_running_login_is_never_ended_and_named_in_words(
         return next((c.pid for c in children if holds_lock(profile, c.pid)), None)
 
     chromium = wait_until(its_browser, 60, "the login's Chromium holding the profile")
+    request.addfinalizer(lambda: launch.kill_session(chromium))  # it runs in its own session
     family = {chromium, *(p.pid for p in psutil.Process(chromium).children(recursive=True))}
 
     config = BrowserConfig(profile_dir=str(profile), engine="chromium")
