@@ -28,6 +28,8 @@ from gateway.cli import main
 REPO = Path(__file__).resolve().parent.parent
 ROLE = REPO / "ansible/roles/colab_gateway"
 BIN = Path(sys.executable).parent
+PLAYBOOK_LOCAL = (str(BIN / "ansible-playbook"), "-c", "local", "-i", "localhost,")
+AD_HOC_LOCAL = (str(BIN / "ansible"), "localhost", "-c", "local", "-i", "localhost,")
 
 # The variables tasks/user.yml has set by the time tasks/attach.yml runs.
 USER_FACTS = {
@@ -77,8 +79,7 @@ def attach_users(tmp_path: Path, **variables: object) -> tuple[list[str] | None,
     )
     extra = {"ansible_python_interpreter": sys.executable, **USER_FACTS, **variables}
     result = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-c", "local", "-i", "localhost,", str(playbook)]
-        + ["-e", json.dumps(extra)],
+        [*PLAYBOOK_LOCAL, str(playbook), "-e", json.dumps(extra)],
         capture_output=True,
         text=True,
         env=_ansible_env(tmp_path),
@@ -102,9 +103,12 @@ def render(tmp_path: Path, template: str, **variables: object) -> Path:
         **variables,
     }
     result = subprocess.run(
-        [str(BIN / "ansible"), "localhost", "-c", "local", "-i", "localhost,"]
-        + ["-m", "ansible.builtin.template", "-a", f"src={ROLE}/templates/{template} dest={dest}"]
-        + ["-e", f"@{ROLE}/defaults/main.yml", "-e", json.dumps(extra)],
+        [
+            *AD_HOC_LOCAL,
+            *("-m", "ansible.builtin.template"),
+            *("-a", f"src={ROLE}/templates/{template} dest={dest}"),
+            *("-e", f"@{ROLE}/defaults/main.yml", "-e", json.dumps(extra)),
+        ],
         capture_output=True,
         text=True,
         env=_ansible_env(tmp_path),
@@ -253,9 +257,7 @@ def test_the_wrapper_leaves_everything_else_to_tmux(
 
 def test_the_sudo_rule_allows_exactly_the_client_with_a_pty_of_its_own(tmp_path: Path) -> None:
     rule = render(tmp_path, "sudoers-attach.j2", _colab_gateway_attach=["pi", "alice"])
-    lines = [
-        line for line in rule.read_text().splitlines() if line and not line.startswith("#")
-    ]
+    lines = [line for line in rule.read_text().splitlines() if line and not line.startswith("#")]
     assert lines == [
         "Cmnd_Alias COLAB_GATEWAY_ATTACH = /usr/bin/tmux attach-session -t colab",
         "Defaults!COLAB_GATEWAY_ATTACH use_pty",
