@@ -1253,6 +1253,9 @@ def _pane_text(m: Machine) -> str:
 def vm(deployed: Deployment) -> Iterator[VM]:
     m = deployed.machine
     sshd_port = free_port()
+    # A Pi's image resolves localhost (what the pane's ssh dials) in /etc/hosts; the
+    # debootstrap root has no such line.
+    m.run("grep -qw localhost /etc/hosts || echo '127.0.0.1 localhost' | sudo tee -a /etc/hosts")
     # pi's own key and name for this machine: the laptop's side of the laptop path.
     m.run(
         "test -f ~/.ssh/id_ed25519 || ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519; "
