@@ -1278,8 +1278,8 @@ def vm(deployed: Deployment) -> Iterator[VM]:
     )
     # The Pi's key (what the tmux pane logs in with) and pi's (what ssh-config's user has).
     m.run(
-        f"cat /home/{SERVICE_USER}/.ssh/id_ed25519.pub ~/.ssh/id_ed25519.pub "
-        f"| sudo tee {VM_DIR}/pubkeys >/dev/null"
+        f"set -o pipefail; {{ sudo cat /home/{SERVICE_USER}/.ssh/id_ed25519.pub && "
+        f"cat ~/.ssh/id_ed25519.pub; }} | sudo tee {VM_DIR}/pubkeys >/dev/null"
     )
     m.run(
         f"sudo systemd-run --unit={VM_UNIT} -p Type=oneshot -p RemainAfterExit=yes "
