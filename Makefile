@@ -3,9 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages the tests and the demo use: the real programs, never mocks.
+# Debian packages the tests and the demo use: the real programs, never mocks. strace: the
+# power-cut tests read the order of a snapshot's flush and renames from the kernel's side.
 SYSTEM_PACKAGES := chromium chromium-headless-shell chromium-driver tmux openssh-client \
-	openssh-server rsync iproute2 procps debootstrap systemd-container xvfb
+	openssh-server rsync iproute2 procps debootstrap systemd-container xvfb strace
 PYTEST_ARGS ?=
 # Test workers. Most tests wait on real programs (Chromium, sshd, tmux, a booting machine)
 # rather than compute: on the 2-core machine CI runs on, two workers kept the cores about
@@ -14,13 +15,14 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 3
 
 .PHONY: help venv system-deps deps test lint format demo bench bench-tunnel bench-browser \
-	bench-recovery bench-idle bench-tmux bench-sync bench-sync-watch clean
+	bench-recovery bench-idle bench-tmux bench-sync bench-sync-watch bench-snapshot-flush clean
 
 help:
 	@echo "make test    install what the tests need, then run them all"
 	@echo "make demo    the whole loop against a simulated Colab on this machine"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux | bench-sync | bench-sync-watch | bench-idle"
+	@echo "make bench-snapshot-flush"
 
 $(BIN)/colab-gateway: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,7 +69,8 @@ format: venv
 demo: deps
 	$(BIN)/colab-gateway demo
 
-bench: bench-tunnel bench-browser bench-recovery bench-tmux bench-sync bench-sync-watch bench-idle
+bench: bench-tunnel bench-browser bench-recovery bench-tmux bench-sync bench-sync-watch bench-idle \
+	bench-snapshot-flush
 
 bench-tunnel: deps
 	$(BIN)/python bench/bench_tunnel.py
@@ -91,6 +94,10 @@ bench-sync: deps
 # What watching a pull's limits while rsync runs costs, against statvfs alone.
 bench-sync-watch: deps
 	$(BIN)/python bench/bench_sync_watch.py $(BENCH_SYNC_ARGS)
+
+# What flushing a snapshot before its commit costs (syncfs, the fsync fallback, neither).
+bench-snapshot-flush: deps
+	$(BIN)/python bench/bench_snapshot_flush.py $(BENCH_FLUSH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -8,6 +8,8 @@ import logging
 import time
 
 from gateway.browser.keepalive import HTTP_GRACE, Worker
+from gateway.browser.launch import configured_profile, free_profile_of_leftovers
+from gateway.browser.profile_holders import ProfileInUse
 from gateway.component import Context
 
 log = logging.getLogger("gateway.browser.keepalive")  # one logger name in the journal, as before
@@ -53,3 +55,19 @@ class BrowserKeeper:
             if worker.thread.is_alive():
                 worker.kill_browser()
                 await asyncio.to_thread(worker.thread.join, 3.0)
+            await asyncio.to_thread(_free_profile, ctx)
+
+
+def _free_profile(ctx: Context) -> None:
+    """After our own browser is closed: nothing of ours may keep holding the profile (a
+    Chromium left over from before, a chromedriver that lost its browser), or the next
+    start, this daemon's or the login's, finds it locked."""
+    profile = configured_profile(ctx.config.browser, ctx.paths.state_dir)
+    if profile is None or not profile.exists():
+        return
+    try:
+        free_profile_of_leftovers(profile, ctx.paths.runtime_dir)
+    except ProfileInUse as exc:
+        log.warning("on stop: %s", exc)
+    except Exception:  # the stop goes on whatever the scan met
+        log.exception("on stop: could not look for processes holding %s", profile)

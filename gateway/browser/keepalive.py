@@ -46,6 +46,7 @@ from gateway.browser.page_state import (
     Settings,
     classify,
 )
+from gateway.browser.profile_holders import ProfileInUse
 from gateway.browser.rerun import RerunOutcome, run_all, run_bootstrap
 from gateway.browser.view_server import Op, ViewServer
 from gateway.component import Context
@@ -141,6 +142,7 @@ class Worker:
         # A navigation may take page_timeout; chromedriver answers within HTTP_GRACE more.
         self._failed_looks = FailedLooks(float(config.browser.page_timeout) + HTTP_GRACE)
         self.viewing: ViewServer | None = None  # while a person is in control (for tests)
+        self._held_reason = ""  # the last "profile in use" logged, to log each one once
 
     @property
     def config(self) -> Config:
@@ -196,12 +198,21 @@ class Worker:
             reason = ""
             missing = False
             self._failed_looks.ok()  # a new Chromium starts with a clean slate
+            held = False
             try:
-                self.browser = launch(self.config.browser, self.ctx.paths.state_dir)
+                self.browser = launch(
+                    self.config.browser, self.ctx.paths.state_dir, self.ctx.paths.runtime_dir
+                )
                 if not self.stopping.is_set():  # stop may have come while Chromium started
                     self._run_browser(self.browser)
             except BrowserNotFound as exc:
                 reason, missing = str(exc), True  # a person has to install something
+            except ProfileInUse as exc:
+                # words for a person already (profile_holders.py); said once per change
+                reason, held = str(exc), True
+                if reason != self._held_reason and not self.stopping.is_set():
+                    log.warning("browser: %s; trying again with backoff", reason)
+                self._held_reason = reason
             except Exception as exc:
                 reason = _short(exc)
                 if not self.stopping.is_set():
@@ -220,11 +231,16 @@ class Worker:
                 backoff.reset()
             wait = backoff.failure()
             self.evidence.save("browser", "restart", {"reason": reason, "restarts": self.restarts})
-            self._publish_all(RuntimeState.UNKNOWN, f"browser restarting: {reason}")
+            self._publish_all(
+                RuntimeState.UNKNOWN,
+                f"browser not started: {reason}" if held else f"browser restarting: {reason}",
+            )
+            if not held:
+                self._held_reason = ""
             self.ctx.health(
                 Health.FAILED if missing else Health.DEGRADED,
                 f"{reason}; trying again in {wait:.0f}s"
-                if missing
+                if missing or held
                 else f"Chromium restarting in {wait:.0f}s ({reason})",
                 restarts=self.restarts,
             )
@@ -794,6 +810,7 @@ def restart_reason(reason: str, missing: bool) -> str:
     if missing:
         return "not_found"
     for words, label in (
+        ("browser profile", "profile_in_use"),
         ("max_memory_mb", "memory"),
         ("exited", "exited"),
         ("stopped answering", "hung"),

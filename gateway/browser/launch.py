@@ -28,6 +28,7 @@ import psutil
 
 from gateway.browser.client_hints import user_agent_override
 from gateway.browser.language import ENGLISH_ARGS
+from gateway.browser.profile_holders import ProfileInUse, free_profile, in_use_message
 from gateway.browser.user_session import with_user_session
 from gateway.config import BrowserConfig
 
@@ -471,8 +472,35 @@ def start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f":{number}"
 
 
-def launch(config: BrowserConfig, state_dir: Path) -> Browser:
-    """Start chromedriver and Chromium as the config says; raise BrowserNotFound if absent."""
+def configured_profile(config: BrowserConfig, state_dir: Path) -> Path | None:
+    """The profile ``launch`` would open; None when no browser is installed."""
+    try:
+        driver_path = find_chromedriver(config.chromedriver)
+        return profile_dir(config, state_dir, find_engine(config, driver_path).binary)
+    except BrowserNotFound:
+        return None
+
+
+def free_profile_of_leftovers(profile: Path, runtime_dir: Path | None) -> None:
+    """End what was left holding ``profile`` (profile_holders.py), sparing the browsers
+    this process runs; raise ProfileInUse for what cannot be freed."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    free_profile(
+        profile,
+        runtime_dir,
+        spare_sessions={b.sid for b in live},
+        spare_pids={pid for b in live for pid in b.helpers},
+    )
+
+
+def launch(config: BrowserConfig, state_dir: Path, runtime_dir: Path | None = None) -> Browser:
+    """Start chromedriver and Chromium as the config says; raise BrowserNotFound if absent,
+    ProfileInUse while the profile is held by what may not or could not be ended.
+
+    ``runtime_dir`` is where a running ``colab-gateway login`` leaves its pause flag: its
+    browser is never ended. None (tests, benchmarks): no login to look for.
+    """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -483,6 +511,7 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
     engine = find_engine(config, driver_path)
     profile = profile_dir(config, state_dir, engine.binary)
     profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+    free_profile_of_leftovers(profile, runtime_dir)
     agent = config.user_agent or user_agent(chromium_version(engine.binary))
 
     options = chrome_options(config, driver_path, engine, profile, agent)
@@ -501,12 +530,17 @@ def launch(config: BrowserConfig, state_dir: Path) -> Browser:
     crashpad_before = crashpad_handlers()
     try:
         driver = webdriver.Chrome(options=options, service=service)
-    except Exception:
+    except Exception as exc:
         process = getattr(service, "process", None)
         if process is not None:
             kill_session(process.pid)
         if xvfb is not None:
             xvfb.kill()
+        # Something this scan does not see still holds the profile (a browser started
+        # without the argument, another machine's): say so, not Selenium's stack dump.
+        held = in_use_message(profile, str(exc))
+        if held is not None:
+            raise ProfileInUse(held) from None
         raise
     sid = service.process.pid
     browser = Browser(

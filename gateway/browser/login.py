@@ -46,6 +46,16 @@ def pause_requested(runtime_dir: Path) -> bool:
         return True  # a flag we cannot read is still a flag: better paused than fighting
 
 
+def pause_pid(runtime_dir: Path) -> int | None:
+    """The pid of the live ``colab-gateway login`` holding the pause flag, else None (also
+    when the flag cannot be read: ``pause_requested`` then still says True)."""
+    try:
+        pid = int(json.loads((runtime_dir / PAUSE_FILE).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if pid > 0 and _pid_alive(pid) else None
+
+
 def write_pause(runtime_dir: Path) -> Path:
     from gateway.atomic import atomic_write
 

@@ -10,8 +10,9 @@ Layout, in ``<state>/sync/<session>/``::
 A pull writes into ``<id>.partial`` and renames it to ``<id>`` only when it is complete;
 then ``latest`` is replaced atomically (a new symlink renamed over the old one). A crash,
 a reset of the VM in the middle of a pull or a refused pull therefore never changes which
-snapshot is newest. Unchanged files are hard links into the previous snapshot (rsync
-``--link-dest``), so a snapshot costs only what changed.
+snapshot is newest; what the pull wrote is flushed to the disk before the rename, so a
+power cut does not either (``commit``). Unchanged files are hard links into the previous
+snapshot (rsync ``--link-dest``), so a snapshot costs only what changed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gateway.atomic import atomic_write, fsync_dir
+from gateway.atomic import atomic_write, flush_tree, fsync_dir
 
 PARTIAL = ".partial"
 LATEST = "latest"
@@ -118,16 +119,26 @@ class SnapshotStore:
         return partial
 
     def commit(self, info: SnapshotInfo) -> None:
-        """Make the finished pull a snapshot, then the newest one."""
+        """Make the finished pull a snapshot, then the newest one, in an order a power cut
+        cannot undo: the Pi has no battery and an SD card loses what is only in the page
+        cache. rsync wrote the files without fsync, so before any name says "complete"
+        they are flushed (``flush_tree``); the rename is made durable before ``latest``
+        names the new snapshot, and ``latest`` before ``commit`` returns. Cut anywhere,
+        ``latest`` names the previous snapshot or the complete new one, never one whose
+        newest files are empty."""
         partial = self.root / (info.id + PARTIAL)
+        final = self.root / info.id
         meta = asdict(info)
         meta["kept_previous"] = list(info.kept_previous)
         atomic_write(partial / META, json.dumps(meta, indent=1) + "\n", mode=0o644)
-        os.rename(partial, self.root / info.id)
+        flush_tree(partial)
+        os.rename(partial, final)
+        fsync_dir(self.root)
         self._point_latest(info.id)
         fsync_dir(self.root)
 
     def _point_latest(self, snapshot_id: str) -> None:
+        # A new link renamed over the old one: ``latest`` is always one or the other.
         tmp = self.root / f".{LATEST}.{os.getpid()}.tmp"
         if tmp.is_symlink():
             tmp.unlink()

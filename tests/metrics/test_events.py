@@ -130,6 +130,11 @@ def test_ddns_counts_errors_by_kind_and_stamps_publications(
         ("the page stopped answering (timeout)", False, "hung"),
         ("chromedriver not found: install chromium-driver", True, "not_found"),
         ("WebDriverException: something new", False, "error"),
+        (
+            "browser profile /p is in use by pid 7 (chromium, user pi), which …",
+            False,
+            "profile_in_use",
+        ),
     ],
 )
 def test_browser_restart_reasons_are_a_few_labels(reason: str, missing: bool, label: str) -> None:
