@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -1340,3 +1341,199 @@ def test_a_chromium_left_in_another_cgroup_is_ended_after_a_hard_kill(
         restored = deployed.play()
         assert restored.returncode == 0, restored.stdout[-6000:]
         restart_and_wait(m)
+
+
+# ---- the login user: a plain `tmux attach` into a VM, and the laptop path (issue 24) ----
+
+# A Colab VM stand-in inside the machine: a root process in private mount and UTS
+# namespaces with its own /root, /etc/ssh and /run (as gateway/sim/vm.py isolates its VM),
+# running the real bootstrap script, which starts the VM's sshd on a free loopback port
+# and dials the endpoint. A transient unit holds all of it, so stopping the unit ends it.
+VM_DIR = "/srv/cgw-vm"
+VM_HOSTNAME = "cgw-vm-deploy"
+VM_UNIT = "cgw-vm.service"
+PI_SELF = "pi-self"  # the name pi's own ssh knows this machine by (the laptop's "pi")
+VM_ENTER = f"""set -e
+mount --make-rslave /
+mount -t tmpfs -o mode=0755 vm-run /run
+mkdir -m 0755 /run/sshd
+mount --bind {VM_DIR}/root /root
+mount --bind {VM_DIR}/etc-ssh /etc/ssh
+hostname {VM_HOSTNAME}
+export HOME=/root GW_PI_PUBKEY="$(cat {VM_DIR}/pubkeys)"
+cd /root
+exec bash {VM_DIR}/bootstrap.sh
+"""
+
+
+@dataclass(frozen=True)
+class VM:
+    machine: Machine
+    sshd_port: int  # the VM's sshd, on this machine's loopback
+    tunnel_port: int  # the endpoint the VM dials
+
+
+def _pane_text(m: Machine) -> str:
+    return m.run(f"{AS_SERVICE} tmux capture-pane -p -t {TMUX_SESSION}:", check=False).stdout
+
+
+@pytest.fixture(scope="module")
+def vm(deployed: Deployment) -> Iterator[VM]:
+    m = deployed.machine
+    sshd_port = free_port()
+    # pi's own key and name for this machine: the laptop's side of the laptop path.
+    m.run(
+        "test -f ~/.ssh/id_ed25519 || ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519; "
+        "grep -qf ~/.ssh/id_ed25519.pub ~/.ssh/authorized_keys "
+        "|| cat ~/.ssh/id_ed25519.pub >> ~/.ssh/authorized_keys; "
+        f"printf 'Host {PI_SELF}\\n    HostName 127.0.0.1\\n    Port {m.ssh_port}\\n"
+        f"    User {LOGIN_USER}\\n    IdentityFile ~/.ssh/id_ed25519\\n' > ~/.ssh/config; "
+        f"printf '[127.0.0.1]:{m.ssh_port} %s\\n' \"$(cut -d' ' -f1,2 "
+        '/etc/ssh/ssh_host_ed25519_key.pub)" > ~/.ssh/known_hosts'
+    )
+    m.run(f"sudo install -d -m 0700 {VM_DIR} {VM_DIR}/root {VM_DIR}/root/.colab-gateway")
+    m.run(f"sudo install -d -m 0755 {VM_DIR}/etc-ssh")
+    m.run(
+        f"{AS_SERVICE} colab-gateway snippet --shell --host 127.0.0.1 "
+        f"--port {deployed.tunnel_port} {TMUX_SESSION} | sudo tee {VM_DIR}/bootstrap.sh >/dev/null"
+    )
+    m.run(
+        f"{AS_SERVICE} colab-gateway keys --private {TMUX_SESSION} "
+        f"| sudo tee {VM_DIR}/root/.colab-gateway/tunnel_key >/dev/null"
+    )
+    # The Pi's key (what the tmux pane logs in with) and pi's (what ssh-config's user has).
+    m.run(
+        f"set -o pipefail; {{ sudo cat /home/{SERVICE_USER}/.ssh/id_ed25519.pub && "
+        f"cat ~/.ssh/id_ed25519.pub; }} | sudo tee {VM_DIR}/pubkeys >/dev/null"
+    )
+    m.run(
+        f"sudo systemd-run --unit={VM_UNIT} -p Type=oneshot -p RemainAfterExit=yes "
+        f"--setenv=GW_SSHD_PORT={sshd_port} --setenv=GW_INSTALL=0 "
+        f"unshare -m -u sh -c {shlex.quote(VM_ENTER)}",
+        timeout=180,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while VM_HOSTNAME not in (pane := _pane_text(m)):
+            assert time.monotonic() < deadline, (
+                f"the tmux pane never logged into the VM:\n{pane}\n"
+                + m.run(f"sudo journalctl -u {VM_UNIT} -o cat --no-pager", check=False).stdout[
+                    -3000:
+                ]
+            )
+            time.sleep(1)
+        yield VM(m, sshd_port, deployed.tunnel_port)
+    finally:
+        m.run(f"sudo systemctl stop {VM_UNIT}", check=False)
+        m.run(f"sudo rm -rf {VM_DIR}", check=False)
+
+
+def _read_until(process: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
+    """What ``process`` wrote to stdout until ``marker`` appeared (or the time ran out)."""
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen and time.monotonic() < deadline and process.poll() is None:
+        select.select([process.stdout], [], [], 1.0)
+        chunk = process.stdout.read(65536)
+        if chunk:
+            seen += chunk
+    return seen
+
+
+def test_the_login_user_attaches_with_a_plain_tmux_attach(vm: VM) -> None:
+    """Issue 24, Deliver 2: as pi, in a terminal, a plain `tmux attach` shows the pane
+    logged into the VM. The client runs as the service user (a tmux client obeys its
+    server: docs/tmux-attach.md), in a terminal of sudo's, not pi's own."""
+    m = vm.machine
+    m.run("rm -f /tmp/cgw-attach-tty")
+    command = m.ssh_command("tty > /tmp/cgw-attach-tty; exec timeout 120 tmux attach")
+    process = subprocess.Popen(
+        [command[0], "-tt", *command[1:]], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        seen = _read_until(process, VM_HOSTNAME.encode(), 60)
+        assert VM_HOSTNAME.encode() in seen, seen[-3000:]
+        pi_tty = m.run("cat /tmp/cgw-attach-tty").stdout.strip().removeprefix("/dev/")
+        clients = m.run("ps -o user=,tty=,args= -C tmux").stdout.splitlines()
+        attached = [line.split(None, 2) for line in clients if "attach-session" in line]
+        assert attached, clients
+        for user, tty, _ in attached:
+            assert user == SERVICE_USER, clients
+            assert tty != pi_tty, (pi_tty, clients)
+        assert "tmux" not in m.run(f"ps -u {LOGIN_USER} -o comm=").stdout.split()
+        # The service user's server, its socket directory private as before.
+        mode = m.run(f"{AS_SERVICE} sh -c 'stat -c %a /tmp/tmux-$(id -u)'").stdout.strip()
+        assert mode == "700", mode
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def _scp_from_machine(m: Machine, remote: str, local: Path) -> subprocess.CompletedProcess[str]:
+    ssh = m.ssh_command("true")
+    options = ssh[1 : ssh.index(f"{LOGIN_USER}@127.0.0.1")]
+    options = [("-P" if o == "-p" else o) for o in options]
+    return subprocess.run(
+        ["scp", *options, f"{LOGIN_USER}@127.0.0.1:{remote}", str(local)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+# The daemon's own evidence writer, as the service user under the unit's UMask, with a
+# page that has a screenshot to give (the browser is off in this machine).
+EVIDENCE = f"""import sys
+from pathlib import Path
+from gateway.browser.evidence import Evidence
+
+class Page:
+    def get_screenshot_as_png(self):
+        return b"\\x89PNG\\r\\n\\x1a\\n deploy-test"
+
+print(Evidence(Path("{STATE}/screenshots"), 5).save("colab", "deploy-test", {{}}, Page()))
+"""
+
+
+def test_the_laptop_path_works_as_the_login_user(vm: VM, tmp_path: Path) -> None:
+    """Issue 24, Deliver 3, with the default dedicated user: as pi, `colab-gateway
+    ssh-config` and the KnownHostsCommand it writes log into the VM through the forward,
+    and the notebook and a screenshot can be copied off the machine as pi (`scp pi:…`)."""
+    m = vm.machine
+    conf = m.run(f"colab-gateway ssh-config --pi {PI_SELF} {TMUX_SESSION}", check=False)
+    assert conf.returncode == 0, conf.stderr
+    assert "KnownHostsCommand" in conf.stdout, conf.stdout
+    m.run(
+        f"cat ~/.ssh/config > /tmp/cgw-laptop.conf && printf %s {shlex.quote(conf.stdout)} "
+        ">> /tmp/cgw-laptop.conf"
+    )
+    known = m.run(f"colab-gateway ssh-config --known-hosts {TMUX_SESSION}", check=False)
+    assert known.returncode == 0 and known.stdout.startswith("colab-"), known
+    login = m.run(
+        f"ssh -F /tmp/cgw-laptop.conf -o BatchMode=yes colab-{TMUX_SESSION} hostname",
+        check=False,
+        timeout=60,
+    )
+    assert login.stdout.strip() == VM_HOSTNAME, login
+
+    # The notebook, as docs/install.md makes it (with the address this machine's VM dials).
+    m.run(
+        f"rm -f /tmp/gateway.ipynb && {AS_SERVICE} colab-gateway notebook --host 127.0.0.1 "
+        f"--port {vm.tunnel_port} {TMUX_SESSION} -o /tmp/gateway.ipynb"
+    )
+    copied = _scp_from_machine(m, "/tmp/gateway.ipynb", tmp_path / "gateway.ipynb")
+    assert copied.returncode == 0, copied.stderr
+    assert json.loads((tmp_path / "gateway.ipynb").read_text())["cells"]
+
+    m.run(f"printf %s {shlex.quote(EVIDENCE)} | sudo tee /tmp/cgw-evidence.py >/dev/null")
+    saved = m.run(f"{AS_SERVICE} sh -c 'umask 077; {VENV}/bin/python /tmp/cgw-evidence.py'")
+    png = saved.stdout.strip()
+    assert png.startswith(f"{STATE}/screenshots/") and png.endswith(".png"), saved
+    copied = _scp_from_machine(m, png, tmp_path / "shot.png")
+    assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "shot.png").read_bytes().startswith(b"\x89PNG")
+    # What pi may read is exactly that: the daemon's keys stay out of reach.
+    for secret in (f"{STATE}/keys/host_ed25519", f"/home/{SERVICE_USER}/.ssh/id_ed25519"):
+        assert m.run(f"cat {secret}", check=False).returncode != 0, secret

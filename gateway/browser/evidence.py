@@ -33,7 +33,10 @@ class Evidence:
         if self.keep <= 0:
             return None
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            # Explicitly: the unit's UMask=0077 would make mkdir's 0750 a 0700, and the
+            # service user's group (the login user) copies screenshots from here.
+            self.directory.chmod(0o750)
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
             stem = f"{stamp}-{_safe(session)}-{_safe(what)}"
             json_path = self.directory / f"{stem}.json"

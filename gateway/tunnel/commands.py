@@ -163,7 +163,10 @@ def cmd_snippet(args: argparse.Namespace) -> int:
     if not args.notebook:
         sys.stdout.write(cell)
         return 0
-    # The notebook may hold a private key: private like every other secret.
-    atomic_write(args.output, render_notebook(cell, session.name), 0o600)
+    # With --inline-key the notebook holds a private key: private like every other secret.
+    # Without, the service user's group may read it: the login user copies it to the
+    # laptop (`scp pi:/tmp/gateway.ipynb .`, docs/install.md).
+    mode = 0o600 if args.inline_key else 0o640
+    atomic_write(args.output, render_notebook(cell, session.name), mode)
     print(f"wrote {args.output}: open it in Colab (File > Upload notebook) and run all")
     return 0
