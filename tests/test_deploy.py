@@ -1470,7 +1470,7 @@ def test_the_login_user_attaches_with_a_plain_tmux_attach(vm: VM) -> None:
         pi_tty = m.run("cat /tmp/cgw-attach-tty").stdout.strip().removeprefix("/dev/")
         # By command line: tmux renames its processes ("tmux: client (/tmp/…"), so
         # `ps -C tmux` finds none of them.
-        rows = [r.split(None, 2) for r in m.run("ps -e -o user=,tty=,args=").stdout.splitlines()]
+        rows = [r.split(None, 2) for r in m.run("ps -e -o user:32=,tty=,args=").stdout.splitlines()]
         clients = [r for r in rows if len(r) == 3 and r[2].startswith("/usr/bin/tmux attach")]
         assert clients, rows
         for user, tty, _ in clients:
@@ -1484,6 +1484,9 @@ def test_the_login_user_attaches_with_a_plain_tmux_attach(vm: VM) -> None:
     finally:
         process.kill()
         process.wait(timeout=30)
+        assert process.stdout is not None and process.stdin is not None
+        process.stdout.close()
+        process.stdin.close()
 
 
 def _scp_from_machine(m: Machine, remote: str, local: Path) -> subprocess.CompletedProcess[str]:
