@@ -272,6 +272,10 @@ class BrowserConfig:
     max_reruns_per_hour: int = setting(4, min=1, max=60)
     on_gpu_limit: Literal["connect_without_gpu", "wait"] = "connect_without_gpu"
     poll_every: Duration = setting(Duration(5), min=0.5, max=300)
+    # WebDriver BiDi (webSocketUrl): every window tells the keep-alive when it changes, so
+    # several sessions are watched at once (change_feed.py). false: look at the windows in
+    # turn, for a chromedriver that refuses it (the keep-alive also falls back by itself).
+    bidi: bool = True
     max_memory_mb: int = setting(800, min=100)
     screenshots_keep: int = setting(20, min=0, max=1000)
     selectors: dict[str, str] = setting(factory=dict)  # overrides of gateway/colab_selectors.py
