@@ -73,8 +73,10 @@ def reactions(pages: dict[str, SimColab], runner: BrowserRunner, rounds: int, ev
     out = []
     for name, page in pages.items():
         page.wait_for(
-            lambda s, n=name: s.count("click", target="dialog", dialog="runtime_disconnected")
-            >= answered_before[n] + made[n],
+            lambda s, n=name: (
+                s.count("click", target="dialog", dialog="runtime_disconnected")
+                >= answered_before[n] + made[n]
+            ),
             30,
             f"{name}: every disconnect answered",
         )

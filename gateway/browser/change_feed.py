@@ -10,7 +10,9 @@ carry the window's browsing context id, which chromedriver also uses as the wind
 The thread sleeps on ``wait()`` and looks only at the windows that changed (docs/browser.md
 has the measurements behind this choice).
 
-Needs ``webSocketUrl: true`` in the session's capabilities (launch.py, ``browser.bidi``);
+Used with two or more sessions (one window is watched as fast by waiting inside its page,
+and the BiDi mapper costs a renderer of its own). Needs ``webSocketUrl: true`` in the
+session's capabilities (launch.py, ``browser.bidi``);
 ``start()`` raises ``FeedUnavailable`` when the driver did not grant it, and the keep-alive
 then falls back to polling.
 """

@@ -269,9 +269,12 @@ class Worker:
         return login.pause_requested(self.ctx.paths.runtime_dir)
 
     def _browser_config(self) -> Any:
-        if self._bidi == self.config.browser.bidi:
+        # One window needs no BiDi: waiting inside its page sees a change as fast, and the
+        # BiDi mapper costs a renderer of its own (about 40 MB; docs/browser.md).
+        bidi = self._bidi and len(self.sessions) > 1
+        if bidi == self.config.browser.bidi:
             return self.config.browser
-        return dataclasses.replace(self.config.browser, bidi=self._bidi)
+        return dataclasses.replace(self.config.browser, bidi=bidi)
 
     def _say_polling(self, why: str) -> None:
         if self._polling_said or len(self.sessions) < 2:
@@ -286,6 +289,8 @@ class Worker:
         )
 
     def _start_feed(self, driver: Any) -> ChangeFeed | None:
+        if len(self.sessions) < 2:
+            return None
         if not self._bidi:
             self._say_polling("browser.bidi is false")
             return None
