@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from gateway.browser import view_request
 from gateway.sim import SimColab
 from gateway.sim.runner import BrowserRunner
 from gateway.vocabulary import RerunBootstrap
@@ -102,3 +103,37 @@ def test_four_sessions_every_disconnect_answered_within_2s_while_others_are_busy
         assert not late, f"answered later than {REACTION_LIMIT_MS} ms (session, ms): {late}"
     finally:
         runner.stop()
+
+
+def test_a_person_viewing_one_session_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    """While ``colab-gateway view`` has one window, the keep-alive clicks nothing there
+    and still answers the other window's disconnects within 2 s."""
+    with SimColab(connect_delay=0.3) as viewed, SimColab(connect_delay=0.3) as other:
+        runner = BrowserRunner(tmp_path, viewed, more_sessions={"other": other})
+        try:
+            for name in ("colab", "other"):
+                runner.wait(
+                    lambda r, n=name: r.runtime_of(n).state == "connected", 60, f"{name} up"
+                )
+            runtime_dir = runner.paths.runtime_dir
+            request = view_request.write(runtime_dir, "colab", 0, "test-token")
+            runner.wait(lambda r: r.worker().viewing is not None, 30, "the view served")
+            clicks_in_viewed = viewed.count("click")
+            for _ in range(3):
+                other.wait_for(lambda s: s.runtime == "connected" and not s.dialogs_open(), 30)
+                answered = other.count("click", target="dialog", dialog="runtime_disconnected")
+                other.disconnect(dialog=True)
+                other.wait_for(
+                    lambda s, a=answered: (
+                        s.count("click", target="dialog", dialog="runtime_disconnected") > a
+                    ),
+                    10,
+                    "the other window's disconnect answered during the view",
+                )
+            assert runner.worker().viewing is not None, "the view ended early"
+            assert viewed.count("click") == clicks_in_viewed, "a click in the viewed window"
+            late = [round(c - s) for s, c in _reactions(other) if not 0 <= c - s <= 2000]
+            assert not late, f"answered later than 2000 ms: {late}"
+            view_request.remove(runtime_dir, request)
+        finally:
+            runner.stop()
