@@ -663,8 +663,8 @@ class Config:
 # only Chromium on the machine, the headless shell, on the simulated notebook page; see
 # docs/browser.md "Several sessions"): the first session, and each one more. Colab's real
 # page holds more JavaScript than the simulated one: these are lower bounds.
-CHROMIUM_FIRST_SESSION_MB = 242
-CHROMIUM_EXTRA_SESSION_MB = 15
+CHROMIUM_FIRST_SESSION_MB = 203
+CHROMIUM_EXTRA_SESSION_MB = 30
 SYSTEM_RESERVE_MB = 300  # the OS, the daemon itself (about 40 MB), tmux, ssh, rsync
 
 

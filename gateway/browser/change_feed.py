@@ -93,6 +93,19 @@ class ChangeFeed:
             self.wake.wait(timeout)
         self.wake.clear()
 
+    @staticmethod
+    def close(driver: Any) -> None:
+        """Close the BiDi WebSocket (a polite quit does; a killed browser leaves it open
+        until the garbage collector finds it)."""
+        connection = getattr(driver, "_websocket_connection", None)
+        if connection is None:
+            return
+        try:
+            connection.close()
+        except Exception as exc:  # the browser is going anyway
+            log.debug("closing the BiDi connection: %s", exc)
+        driver._websocket_connection = None
+
     def pending(self) -> bool:
         with self._lock:
             return bool(self._changed)

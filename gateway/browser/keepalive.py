@@ -238,6 +238,8 @@ class Worker:
                 # Still reachable as self.browser while closing, so the event-loop side can
                 # kill it should the polite quit hang too.
                 if self.browser is not None:
+                    if self.feed is not None:
+                        self.feed.close(self.browser.driver)
                     self.browser.close(polite=not reason)
                 self.browser = None
                 self.feed = None

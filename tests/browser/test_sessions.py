@@ -11,6 +11,8 @@ was doing in another window.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,5 +137,39 @@ def test_a_person_viewing_one_session_does_not_hold_up_the_others(tmp_path: Path
             late = [round(c - s) for s, c in _reactions(other) if not 0 <= c - s <= 2000]
             assert not late, f"answered later than 2000 ms: {late}"
             view_request.remove(runtime_dir, request)
+        finally:
+            runner.stop()
+
+
+def test_after_chromium_is_killed_every_window_is_watched_again(tmp_path: Path) -> None:
+    """A restarted browser gets its change feed again: a disconnect in the second window
+    is answered within 2 s, and the old browser's BiDi connection leaves nothing open
+    (warnings are errors here: an unclosed socket fails the test)."""
+    with SimColab(connect_delay=0.3) as first, SimColab(connect_delay=0.3) as second:
+        runner = BrowserRunner(tmp_path, first, more_sessions={"second": second})
+        try:
+            for name in ("colab", "second"):
+                runner.wait(
+                    lambda r, n=name: r.runtime_of(n).state == "connected", 60, f"{name} up"
+                )
+            old = runner.worker().browser
+            assert old is not None and old.chromium_pid is not None
+            loads = second.count("load")
+            os.kill(old.chromium_pid, signal.SIGKILL)
+            runner.wait(lambda r: r.worker().browser not in (None, old), 60, "a new browser")
+            second.wait_for(lambda s: s.count("load") > loads, 60, "the second window again")
+            runner.wait(lambda r: r.runtime_of("second").state == "connected", 60, "second up")
+            assert runner.worker().feed is not None, "no change feed after the restart"
+            answered = second.count("click", target="dialog", dialog="runtime_disconnected")
+            second.disconnect(dialog=True)
+            second.wait_for(
+                lambda s: (
+                    s.count("click", target="dialog", dialog="runtime_disconnected") > answered
+                ),
+                10,
+                "the disconnect answered",
+            )
+            late = [round(c - s) for s, c in _reactions(second) if not 0 <= c - s <= 2000]
+            assert not late, f"answered later than 2000 ms: {late}"
         finally:
             runner.stop()
