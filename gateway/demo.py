@@ -87,7 +87,7 @@ def run_demo(
         log=timeline,
         sync=SYNC_DEMO,
         top="sync: {disk_floor: 10M}",
-        second_session=True,
+        more_sessions=1,
     )
     try:
         try:

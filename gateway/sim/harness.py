@@ -37,10 +37,11 @@ from gateway.sim.polling import free_port
 from gateway.sim.vm import SimNetwork, SimVM
 
 SESSION = "demo"
-SECOND_SESSION = "second"  # the demo's second notebook (issue 26)
-# The second VM shares the VM's network namespace with the first: its sshd takes another
-# port (the session's forwards.ssh.colab, which the bootstrap's sshd listens on).
-SECOND_SSHD_PORT = 2222
+# More notebooks (issue 26): the demo's second, the end-to-end test's second to fourth.
+MORE_SESSIONS = ("second", "third", "fourth")
+# Their VMs share the VM's network namespace with the first: each sshd takes a port of its
+# own (the session's forwards.ssh.colab, which the bootstrap's sshd listens on).
+FIRST_MORE_SSHD_PORT = 2222
 TMUX_SESSION = "colab"
 RERUN_AFTER = 10  # seconds; config.py's minimum for browser.rerun_after
 POLL = 0.05
@@ -101,11 +102,12 @@ class LoopHarness:
         log: Callable[[str], None] | None = None,
         sync: str = "",
         top: str = "",
-        second_session: bool = False,
+        more_sessions: int = 0,
     ) -> None:
         """``sync``: the session's ``sync:`` block (YAML, one mapping line, e.g.
         ``{paths: [/root/work]}``); ``top``: more top-level YAML for the config;
-        ``second_session``: a second notebook (its own page and VM) in the same daemon."""
+        ``more_sessions``: that many more notebooks (each its own page and VM) in the same
+        daemon, named after ``MORE_SESSIONS``."""
         self.workdir = Path(workdir)
         self.sync_yaml = sync
         self.top_yaml = top
@@ -129,9 +131,12 @@ class LoopHarness:
         self.hook_errors: list[str] = []
         self.cell = ""
         self.secrets: dict[str, str] = {}
-        self.second: SecondNotebook | None = (
-            SecondNotebook(self, SECOND_SESSION, SECOND_SSHD_PORT) if second_session else None
-        )
+        if not 0 <= more_sessions <= len(MORE_SESSIONS):
+            raise HarnessError(f"more_sessions: 0 to {len(MORE_SESSIONS)}, not {more_sessions}")
+        self.more = [
+            MoreNotebook(self, name, FIRST_MORE_SSHD_PORT + i)
+            for i, name in enumerate(MORE_SESSIONS[:more_sessions])
+        ]
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -167,8 +172,8 @@ class LoopHarness:
         self.sim.on_reset = self._on_reset
         self.sim.on_run_cell = self._on_run_cell
         self.log(f"simulated Colab page: {self.sim.url}")
-        if self.second is not None:
-            self.second.start()
+        for notebook in self.more:
+            notebook.start()
         self.identity.parent.mkdir(mode=0o700, exist_ok=True)
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pi@demo",
@@ -187,7 +192,7 @@ class LoopHarness:
         self.start_daemon()
 
     def config_text(self) -> str:
-        second = self.second.config_text() if self.second is not None else ""
+        second = "".join(notebook.config_text() for notebook in self.more)
         return f"""\
 # Written by the colab-gateway demo harness: the real daemon against a simulated Colab.
 sessions:
@@ -266,8 +271,8 @@ metrics:
             f"notebook: bootstrap cell from `colab-gateway snippet` ({len(self.cell)} bytes), "
             f"secret {secret.group(1)!r} from `colab-gateway keys --private`"
         )
-        if self.second is not None:
-            self.second.prepare()
+        for notebook in self.more:
+            notebook.prepare()
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
@@ -317,14 +322,18 @@ metrics:
                     os.kill(pid, signal.SIGKILL)
         if self.sim is not None:
             self.sim.stop()
-        if self.second is not None:
-            self.second.stop()
+        for notebook in self.more:
+            notebook.stop()
         if self.vm is not None:
             self.vm.stop()
         if self._in_pi is not None:
             self._in_pi.__exit__(None, None, None)
             self._in_pi = None
         self.network.destroy()
+
+    @property
+    def second(self) -> MoreNotebook | None:
+        return self.more[0] if self.more else None
 
     def __enter__(self) -> LoopHarness:
         return self.start()
@@ -490,7 +499,7 @@ metrics:
         return [p for p in pids if _ppid(p) in drivers and _comm(p).startswith("chrom")]
 
 
-class SecondNotebook:
+class MoreNotebook:
     """Another notebook of the same user in the same daemon: its own simulated page (a
     second page server, as a second Colab tab) and its own VM; a second tmux window."""
 
