@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # deployed machine's module (about 250 s on one worker) is the floor.
 TEST_WORKERS ?= 3
 
-.PHONY: help venv system-deps deps test lint format demo bench bench-tunnel bench-browser \
+.PHONY: help venv system-deps deps test lint format demo bench bench-tunnel bench-browser bench-sessions \
 	bench-recovery bench-idle bench-tmux bench-sync bench-sync-watch bench-snapshot-flush clean
 
 help:
@@ -22,7 +22,7 @@ help:
 	@echo "make demo    the whole loop against a simulated Colab on this machine"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux | bench-sync | bench-sync-watch | bench-idle"
-	@echo "make bench-snapshot-flush"
+	@echo "make bench-snapshot-flush | bench-sessions"
 
 $(BIN)/colab-gateway: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,7 +69,7 @@ format: venv
 demo: deps
 	$(BIN)/colab-gateway demo
 
-bench: bench-tunnel bench-browser bench-recovery bench-tmux bench-sync bench-sync-watch bench-idle \
+bench: bench-tunnel bench-browser bench-sessions bench-recovery bench-tmux bench-sync bench-sync-watch bench-idle \
 	bench-snapshot-flush
 
 bench-tunnel: deps
@@ -77,6 +77,10 @@ bench-tunnel: deps
 
 bench-browser: deps
 	$(BIN)/python bench/bench_browser.py
+
+# Several sessions on one browser (issue 26): reaction and Chromium's PSS with 1, 2 and 4.
+bench-sessions: deps
+	$(BIN)/python bench/bench_sessions.py
 
 bench-recovery: deps
 	$(BIN)/python bench/bench_recovery.py

@@ -272,6 +272,11 @@ class BrowserConfig:
     max_reruns_per_hour: int = setting(4, min=1, max=60)
     on_gpu_limit: Literal["connect_without_gpu", "wait"] = "connect_without_gpu"
     poll_every: Duration = setting(Duration(5), min=0.5, max=300)
+    # WebDriver BiDi (webSocketUrl), with two or more sessions: every window tells the
+    # keep-alive when it changes, so all are watched at once (change_feed.py). false: look
+    # at the windows in turn, for a chromedriver that refuses it (the keep-alive also falls
+    # back by itself). One session never needs it.
+    bidi: bool = True
     max_memory_mb: int = setting(800, min=100)
     screenshots_keep: int = setting(20, min=0, max=1000)
     selectors: dict[str, str] = setting(factory=dict)  # overrides of gateway/colab_selectors.py
@@ -654,6 +659,69 @@ class Config:
         raise KeyError(f"no session named {name!r} (sessions: {known})")
 
 
+# What Chromium holds for the keep-alive, measured by bench/bench_sessions.py (PSS as the
+# only Chromium on the machine, the headless shell, on the simulated notebook page; see
+# docs/browser.md "Several sessions"): the first session, and each one more. Colab's real
+# page holds more JavaScript than the simulated one: these are lower bounds.
+CHROMIUM_FIRST_SESSION_MB = 203
+CHROMIUM_EXTRA_SESSION_MB = 30
+SYSTEM_RESERVE_MB = 300  # the OS, the daemon itself (about 40 MB), tmux, ssh, rsync
+
+
+def chromium_estimate_mb(sessions: int) -> int:
+    """Chromium's PSS for ``sessions`` windows, from the measured costs."""
+    if sessions <= 0:
+        return 0
+    return CHROMIUM_FIRST_SESSION_MB + (sessions - 1) * CHROMIUM_EXTRA_SESSION_MB
+
+
+def sessions_carried(memory_mb: int) -> int:
+    """How many sessions ``memory_mb`` of Chromium memory carries (0: not even one)."""
+    if memory_mb < CHROMIUM_FIRST_SESSION_MB:
+        return 0
+    return 1 + (memory_mb - CHROMIUM_FIRST_SESSION_MB) // CHROMIUM_EXTRA_SESSION_MB
+
+
+def machine_memory_mb() -> int | None:
+    """MemTotal of this machine, or None where /proc/meminfo cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def sessions_budget_warnings(config: Config, memory_mb: int | None) -> list[str]:
+    """Warnings when the sessions outgrow browser.max_memory_mb or the machine's memory
+    (``memory_mb``, MemTotal; None: not checked)."""
+    if not config.browser.enabled:
+        return []
+    count = sum(1 for s in config.sessions if not s.is_placeholder)
+    need = chromium_estimate_mb(count)
+    warnings = []
+    limit = config.browser.max_memory_mb
+    if count > 1 and need > limit:
+        warnings.append(
+            f"sessions: {count} sessions need about {need} MB of Chromium memory (measured: "
+            f"{CHROMIUM_FIRST_SESSION_MB} MB + {CHROMIUM_EXTRA_SESSION_MB} MB per extra "
+            f"session), above browser.max_memory_mb {limit}: Chromium would restart again and "
+            f"again; raise browser.max_memory_mb or keep at most {sessions_carried(limit)} "
+            "sessions (docs/browser.md)"
+        )
+    if memory_mb is not None and count > 1:
+        room = memory_mb - SYSTEM_RESERVE_MB
+        if need > room:
+            warnings.append(
+                f"sessions: {count} sessions need about {need} MB of Chromium memory, more "
+                f"than this machine's {memory_mb} MB leaves after {SYSTEM_RESERVE_MB} MB for "
+                f"the system; keep at most {max(1, sessions_carried(room))} sessions on it "
+                "(docs/browser.md)"
+            )
+    return warnings
+
+
 @dataclass(frozen=True)
 class LoadedConfig:
     config: Config
@@ -692,4 +760,8 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
 
 def load_config_text(text: str, filename: str = "<string>") -> LoadedConfig:
     config, warnings = bind_document(text, filename, Config)
+    warnings += [
+        Problem(filename, None, None, message, warning=True)
+        for message in sessions_budget_warnings(config, machine_memory_mb())
+    ]
     return LoadedConfig(config=config, path=Path(filename), warnings=warnings)

@@ -63,7 +63,7 @@ def run_demo(
 ) -> int:
     from gateway.sim import netns
     from gateway.sim.harness import HarnessError, LoopHarness
-    from gateway.sim.scenarios import FAULTS, SYNC_DEMO, bring_up
+    from gateway.sim.scenarios import FAULTS, SYNC_DEMO, bring_up, second_session_up
     from gateway.sim.vm import install_signal_guard
 
     timeline = Timeline(out)
@@ -80,7 +80,15 @@ def run_demo(
     steps = []
     # sessions[].sync on, for the "sync" step; it costs the other steps nothing (no
     # snapshot, nothing to restore, until that step pulls).
-    harness = LoopHarness(base, log=timeline, sync=SYNC_DEMO, top="sync: {disk_floor: 10M}")
+    # Two notebooks, as people often keep (issue 26): the faults hit the first; the second
+    # shows its own window in the tmux session.
+    harness = LoopHarness(
+        base,
+        log=timeline,
+        sync=SYNC_DEMO,
+        top="sync: {disk_floor: 10M}",
+        more_sessions=1,
+    )
     try:
         try:
             harness.start()
@@ -89,6 +97,9 @@ def run_demo(
             return EXIT_CANNOT_RUN
         up = bring_up(harness)
         steps.append(up)
+        if up.ok:
+            up = second_session_up(harness)
+            steps.append(up)
         if not up.ok:
             timeline(f"FAILED: {up.detail}")
         else:

@@ -356,6 +356,78 @@ w.waiters.push(finish);
 """
 )
 
+# The same watch as WAIT_FOR_CHANGE_JS, as a WebDriver BiDi preload script (change_feed.py):
+# it runs in every window before the page's own scripts, on every load, and tells the
+# keep-alive through its channel (``send``) that the window changed, so that one thread
+# hears every window at once without switching to any. The same noise is ignored (the
+# tooltip's figures, the resource bars). attachShadow is wrapped to watch the connect
+# button's shadow root from the moment it exists (a document-level observer does not see
+# inside it); changes within CHANGE_FEED_SETTLE_MS make one message (a dialog appears as
+# several mutations in a row). Frames are left alone: cell outputs are cross-origin frames.
+# The selectors are written into the function (a preload script takes only channels).
+CHANGE_FEED_SETTLE_MS = 30
+CHANGE_FEED_JS = r"""
+(send) => {
+  if (window !== window.top) return;
+  const S = %(selectors)s;
+  const figures = (t) => (t || '').replace(/[0-9]+(?:[.,][0-9]+)*/g, '#');
+  const insideResources = (node) => {
+    const el = node && (node.nodeType === 1 ? node : node.parentElement);
+    if (!el || !el.closest) return false;
+    let box = null;
+    try { box = el.closest(S.resource_display); } catch (e) { return false; }
+    return !!box && box !== el;
+  };
+  const noise = (r) => {
+    if (r.type === 'attributes' && r.attributeName === S.connect_tooltip_attr) {
+      return figures(r.oldValue) === figures(r.target.getAttribute(r.attributeName));
+    }
+    return insideResources(r.target);
+  };
+  const roots = new WeakSet();
+  let timer = null;
+  const changed = () => {
+    if (timer === null) timer = setTimeout(() => { timer = null; send(1); }, %(settle)d);
+  };
+  const isHost = (el) => { try { return el.matches(S.connect_host); } catch (e) { return false; } };
+  const obs = new MutationObserver((records) => {
+    watchHost();
+    if (!records.every(noise)) changed();
+  });
+  const watch = (root) => {
+    if (root && !roots.has(root)) {
+      roots.add(root);
+      obs.observe(root, {subtree: true, childList: true, attributes: true,
+                         attributeOldValue: true, characterData: true});
+    }
+  };
+  const watchHost = () => {
+    let host = null;
+    try { host = document.querySelector(S.connect_host); } catch (e) { return; }
+    if (host) watch(host.shadowRoot);
+  };
+  const attach = Element.prototype.attachShadow;
+  Element.prototype.attachShadow = function (...args) {
+    const root = attach.apply(this, args);
+    if (isHost(this)) watch(root);
+    return root;
+  };
+  watch(document);
+  changed();  // a new document is worth a look
+}
+"""
+
+
+def change_feed_js(sel: Mapping[str, str]) -> str:
+    """CHANGE_FEED_JS with the selectors written in (JSON is a JavaScript expression)."""
+    import json
+
+    return CHANGE_FEED_JS % {
+        "selectors": json.dumps(dict(sel)),
+        "settle": CHANGE_FEED_SETTLE_MS,
+    }
+
+
 # Inserted before a reload so the keep-alive can tell the new document from the old one.
 MARK_DOCUMENT_JS = "window.__cgwMark = arguments[0]; return true;"
 READ_MARK_JS = "return [window.__cgwMark || null, document.readyState];"

@@ -5,13 +5,18 @@ All Selenium work happens in this one thread, which the ``browser`` component
 (``RerunBootstrap`` from the healer) and watches that it stays alive. The thread:
 
 1. starts Chromium (``launch.py``) and opens each session's notebook in its own window;
-2. waits, inside the page, for the DOM to change (a MutationObserver, so a disconnect is
-   seen within milliseconds), at most ``poll_every``;
+2. sleeps until any window's DOM changes (a MutationObserver in every window, whose
+   messages arrive over WebDriver BiDi from all windows at once: ``change_feed.py``; a
+   disconnect is seen within milliseconds whichever window the thread is busy with), and
+   looks only at the windows that changed or are due, at least every ``poll_every``.
+   Without BiDi it waits inside each page in turn (``colab_dom.WAIT_FOR_CHANGE_JS``);
 3. reads the page (``colab_dom.PROBE_JS``), lets the session's ``SessionMachine`` decide,
    and clicks; publishes ``state.update_runtime``; saves evidence of every anomaly;
-4. reloads every ``reload_every``; re-runs the bootstrap when asked; restarts Chromium
-   with backoff when it dies, hangs or grows beyond ``max_memory_mb`` - and only then: an
-   element missing from the page is a fact about Colab's markup, reported with the
+4. reloads every ``reload_every`` without waiting for the load (the other windows are
+   watched meanwhile, as they are during a re-run and while a person views one); re-runs
+   the bootstrap when asked; restarts Chromium with backoff when it dies, hangs or grows
+   beyond ``max_memory_mb`` - and only then: an element missing from the page is a fact
+   about Colab's markup, reported with the
    ``browser.selectors`` key to override (``rerun.py`` tries the fallbacks, ``canary.py``
    checks the page's structures on every load);
 5. steps aside while ``colab-gateway login`` uses the profile (``login.PAUSE_FILE``);
@@ -23,6 +28,7 @@ All Selenium work happens in this one thread, which the ``browser`` component
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -34,6 +40,7 @@ from typing import Any
 from gateway.backoff import Backoff
 from gateway.browser import colab_dom, login, stop_flag, view_request
 from gateway.browser.canary import Canary, load_names
+from gateway.browser.change_feed import ChangeFeed, FeedUnavailable
 from gateway.browser.evidence import Evidence
 from gateway.browser.failed_looks import FailedLooks
 from gateway.browser.language import english_url
@@ -73,7 +80,12 @@ MEMORY_CHECK_EVERY = 30.0
 SETTLE_POLL = 0.25
 VIEW_OP_WAIT = 0.2  # while a person is in control: how often the thread looks up
 HTTP_GRACE = 10.0  # beyond page_timeout, how long chromedriver may take to answer
-MULTI_SESSION_SLICE = 1.0  # with several windows, watch each this long in turn
+MULTI_SESSION_SLICE = 1.0  # without BiDi, with several windows: watch each this long in turn
+RELOAD_POLL = 0.1  # while a window reloads: how often to look whether its new page is there
+FAILED_LOOK_AGAIN = 0.5  # a look failed (a navigation, an alert): look again this much later
+# With the change feed, the thread wakes at least this often with nothing to look at: the
+# watchdog's beat, the healer's commands, a view or login request (file checks, no browser).
+IDLE_TICK = 1.0
 
 
 class BrowserDied(RuntimeError):
@@ -95,6 +107,14 @@ class _Session:
     drift_note: str = ""  # a selector that matched nothing while acting, until it matches
     canary_reported: tuple[str, ...] = ()  # the missing selectors last saved as evidence
     stop_kept: bool = False  # the disallowed-code stop is in the state directory
+    look_at: float = 0.0  # time.monotonic() of the next look without a change
+    reloading: _Reload | None = None  # a reload under way (the thread does not wait for it)
+
+
+@dataclass
+class _Reload:
+    token: str  # marks the old document: a page without it is the new one
+    deadline: float  # time.monotonic(); then the reload counts as done, with a warning
 
 
 class Worker:
@@ -143,6 +163,11 @@ class Worker:
         self._failed_looks = FailedLooks(float(config.browser.page_timeout) + HTTP_GRACE)
         self.viewing: ViewServer | None = None  # while a person is in control (for tests)
         self._held_reason = ""  # the last "profile in use" logged, to log each one once
+        self.viewed: _Session | None = None  # the session the person controls
+        self.feed: ChangeFeed | None = None  # None: the windows are polled in turn
+        self._bidi = config.browser.bidi  # false once chromedriver refused it
+        self._polling_said = False  # the fallback to polling is logged once
+        self._meanwhile = False  # inside _watch_others: no nesting
 
     @property
     def config(self) -> Config:
@@ -201,7 +226,7 @@ class Worker:
             held = False
             try:
                 self.browser = launch(
-                    self.config.browser, self.ctx.paths.state_dir, self.ctx.paths.runtime_dir
+                    self._browser_config(), self.ctx.paths.state_dir, self.ctx.paths.runtime_dir
                 )
                 if not self.stopping.is_set():  # stop may have come while Chromium started
                     self._run_browser(self.browser)
@@ -215,14 +240,20 @@ class Worker:
                 self._held_reason = reason
             except Exception as exc:
                 reason = _short(exc)
+                if self.browser is None and self._bidi and "webSocketUrl" in str(exc):
+                    self._bidi = False  # an older or confined chromedriver: poll instead
+                    self._say_polling(f"chromedriver refused webSocketUrl ({reason})")
                 if not self.stopping.is_set():
                     log.warning("browser: %s; restarting Chromium", reason)
             finally:
                 # Still reachable as self.browser while closing, so the event-loop side can
                 # kill it should the polite quit hang too.
                 if self.browser is not None:
+                    if self.feed is not None:
+                        self.feed.close(self.browser.driver)
                     self.browser.close(polite=not reason)
                 self.browser = None
+                self.feed = None
             if self.stopping.is_set() or self._login_running():
                 continue
             self.restarts += 1
@@ -255,8 +286,41 @@ class Worker:
     def _login_running(self) -> bool:
         return login.pause_requested(self.ctx.paths.runtime_dir)
 
+    def _browser_config(self) -> Any:
+        # One window needs no BiDi: waiting inside its page sees a change as fast, and the
+        # BiDi mapper costs a renderer of its own (about 40 MB; docs/browser.md).
+        bidi = self._bidi and len(self.sessions) > 1
+        if bidi == self.config.browser.bidi:
+            return self.config.browser
+        return dataclasses.replace(self.config.browser, bidi=bidi)
+
+    def _say_polling(self, why: str) -> None:
+        if self._polling_said or len(self.sessions) < 2:
+            return
+        self._polling_said = True
+        log.warning(
+            "browser: %s; watching the %d windows in turn instead (each answers a disconnect "
+            "up to %.0fs later per other window); docs/browser.md",
+            why,
+            len(self.sessions),
+            MULTI_SESSION_SLICE,
+        )
+
+    def _start_feed(self, driver: Any) -> ChangeFeed | None:
+        if len(self.sessions) < 2:
+            return None
+        if not self._bidi:
+            self._say_polling("browser.bidi is false")
+            return None
+        try:
+            return ChangeFeed.start(driver, self.sel)
+        except FeedUnavailable as exc:
+            self._say_polling(str(exc))
+            return None
+
     def _run_browser(self, browser: Browser) -> None:
         driver = browser.driver
+        self.feed = self._start_feed(driver)
         for index, session in enumerate(self.sessions):
             if index:
                 driver.switch_to.new_window("window")
@@ -285,7 +349,8 @@ class Worker:
                 continue
             self._check_memory(browser)
             for session in self.sessions:
-                self._visit_tolerant(session)
+                if self._due(session):
+                    self._visit_tolerant(session)
             self._handle_commands()
             self._publish_health()
             self._wait_for_change()
@@ -307,6 +372,8 @@ class Worker:
         session.machine.page_loaded(time.time())
         session.canary.page_loaded(time.time())
         session.changes = -1
+        session.reloading = None
+        session.look_at = 0.0
         with contextlib.suppress(Exception):  # a load timeout is judged by the machine
             self.browser_driver().get(session.url)
 
@@ -316,11 +383,59 @@ class Worker:
             raise BrowserDied(f"the page probe returned {result!r}")
         return result
 
+    def _due(self, session: _Session) -> bool:
+        """Whether to look at ``session``'s window now: with the change feed, when it
+        changed or its time came; without, every time round (as the fallback always did)."""
+        if self.feed is None:
+            return True
+        if session is self.viewed:
+            return False  # a person is in control: no look, no click
+        changed = self.feed.take(session.handle)
+        return changed or time.monotonic() >= session.look_at
+
+    def _schedule(self, session: _Session) -> None:
+        """When to look again with no change: a settle time, a hold on Connect or an unknown
+        dialog's grace ends without one; a reload is watched closely; else poll_every."""
+        now = time.time()
+        interval = float(self.config.browser.poll_every)
+        if session.reloading is not None:
+            interval = RELOAD_POLL
+        if session.machine.settling(now):
+            interval = min(interval, SETTLE_POLL)
+        due = session.machine.wake_in(now)
+        if due is not None:
+            interval = min(interval, max(SETTLE_POLL, due + 0.05))
+        session.look_at = time.monotonic() + interval
+
+    def _watch_others(self, current: _Session) -> None:
+        """While ``current``'s window is busy (a re-run, a person's view), look at the other
+        windows that changed, then select ``current``'s again. Needs the change feed (the
+        polling fallback would wait in each page)."""
+        if self.feed is None or self._meanwhile:
+            return
+        self._meanwhile = True
+        try:
+            self.beat()
+            looked = False
+            for session in self.sessions:
+                if session is not current and self._due(session):
+                    self._visit_tolerant(session)
+                    looked = True
+            if looked:
+                self._select(current)
+        finally:
+            self._meanwhile = False
+
     def _visit(self, session: _Session) -> None:
         self._select(session)
+        if session.reloading is not None and not self._reload_finished(session):
+            self._schedule(session)
+            return
         now = time.time()
         if session.machine.reload_due(now):
             self._reload(session, "periodic reload")
+            self._schedule(session)
+            return
         self._check_cleared(session)
         probe = self._probe(session)
         view = classify(probe, self.sel)
@@ -368,6 +483,7 @@ class Worker:
             facts["dialog_at"] = now
             self._record_dialogs(session, decision, screenshot, now)
         self.ctx.state.update_runtime(session.name, **facts)
+        self._schedule(session)
 
     def _record_dialogs(
         self, session: _Session, decision: Decision, screenshot: str | None, now: float
@@ -453,7 +569,10 @@ class Worker:
                     f"the page stopped answering ({looks.count} failed looks in "
                     f"{now - (looks.since or now):.0f}s; {_short(exc)})"
                 ) from exc
-            self.stopping.wait(0.5)
+            if self.feed is None:
+                self.stopping.wait(FAILED_LOOK_AGAIN)
+            else:  # the other windows are not kept waiting
+                session.look_at = now + FAILED_LOOK_AGAIN
 
     def _act(self, session: _Session, action: Action, view: PageView) -> None:
         driver = self.browser_driver()
@@ -502,7 +621,9 @@ class Worker:
         log.info("%s: closed a dialog (%s) with %s", session.name, action.dialog_kind, how)
 
     def _reload(self, session: _Session, why: str) -> None:
-        """Load the notebook again, accepting a "Leave site?" prompt on the way."""
+        """Start loading the notebook again; later looks (``_reload_finished``) accept a
+        "Leave site?" prompt and see the new page. Not waited for here: the thread watches
+        the other windows meanwhile."""
         driver = self.browser_driver()
         log.info("%s: reloading (%s)", session.name, why)
         token = f"{time.monotonic()}"
@@ -515,22 +636,34 @@ class Worker:
         session.changes = -1
         with contextlib.suppress(Exception):
             driver.execute_script(colab_dom.LOAD_AGAIN_JS, session.url)
-        deadline = time.monotonic() + self.config.browser.page_timeout
-        while time.monotonic() < deadline and not self.stopping.is_set():
-            self.beat()
-            try:
-                driver.switch_to.alert.accept()
-                log.info("%s: accepted a 'Leave site?' prompt", session.name)
-            except Exception as exc:  # no alert: the usual case
-                log.debug("no alert to accept: %s", type(exc).__name__)
-            try:
-                mark, ready = driver.execute_script(colab_dom.READ_MARK_JS)
-            except Exception:
-                mark, ready = token, "loading"  # navigating, or an alert in the way
-            if mark != token and ready in ("interactive", "complete"):
-                return
-            time.sleep(0.1)
-        log.warning("%s: the reload did not finish within the page timeout", session.name)
+        deadline = time.monotonic() + float(self.config.browser.page_timeout)
+        session.reloading = _Reload(token, deadline)
+
+    def _reload_finished(self, session: _Session) -> bool:
+        """One look at a reloading window (selected): the new document is there, or the
+        page timeout passed."""
+        reload = session.reloading
+        if reload is None:
+            return True
+        driver = self.browser_driver()
+        self.beat()
+        try:
+            driver.switch_to.alert.accept()
+            log.info("%s: accepted a 'Leave site?' prompt", session.name)
+        except Exception as exc:  # no alert: the usual case
+            log.debug("no alert to accept: %s", type(exc).__name__)
+        try:
+            mark, ready = driver.execute_script(colab_dom.READ_MARK_JS)
+        except Exception:
+            mark, ready = reload.token, "loading"  # navigating, or an alert in the way
+        if mark != reload.token and ready in ("interactive", "complete"):
+            session.reloading = None
+            return True
+        if time.monotonic() >= reload.deadline:
+            log.warning("%s: the reload did not finish within the page timeout", session.name)
+            session.reloading = None
+            return True
+        return False
 
     # -- a person in control (colab-gateway view) --------------------------------------------
 
@@ -557,6 +690,7 @@ class Worker:
             return
         server.start()
         self.viewing = server
+        self.viewed = session
         message = "a person is in control (colab-gateway view): the keep-alive does not click"
         self.ctx.state.update_runtime(session.name, state=RuntimeState.PAUSED, message=message)
         self.ctx.health(
@@ -572,12 +706,16 @@ class Worker:
                 try:
                     op = server.ops.get(timeout=VIEW_OP_WAIT)
                 except queue.Empty:
+                    self._watch_others(session)  # the other windows are kept meanwhile
                     continue
                 self._select(session)
                 self._view_op(op)
+                self._watch_others(session)
         finally:
             server.stop()
             self.viewing = None
+            self.viewed = None
+            session.look_at = 0.0
             view_request.remove(runtime_dir, request)
             session.changes = -1  # look at the page afresh: the person may have changed it
             log.info(
@@ -669,7 +807,7 @@ class Worker:
         session.rerun_note = ""
         log.info("%s: re-running the bootstrap (%s, %s)", session.name, mode, reason)
         self._select(session)
-        outcome = self._run(mode)
+        outcome = self._run(mode, session)
         if outcome.ran:
             self.ctx.state.update_runtime(session.name, last_rerun=now)
             self.ctx.state.count(RERUNS, session=session.name)
@@ -695,7 +833,7 @@ class Worker:
             facts["screenshot"] = screenshot
         self.ctx.state.update_runtime(session.name, **facts)
 
-    def _run(self, mode: str) -> RerunOutcome:
+    def _run(self, mode: str, session: _Session) -> RerunOutcome:
         """Run the bootstrap; Selenium errors while the browser lives are page facts."""
         from selenium.common.exceptions import WebDriverException
 
@@ -703,7 +841,12 @@ class Worker:
         try:
             if mode == "all":
                 return run_all(driver, self.sel)
-            return run_bootstrap(driver, self.sel, self.config.browser.rerun_fallback_all)
+            return run_bootstrap(
+                driver,
+                self.sel,
+                self.config.browser.rerun_fallback_all,
+                meanwhile=lambda: self._watch_others(session),
+            )
         except WebDriverException as exc:
             if self.browser is None or not self.browser.alive():
                 raise BrowserDied("Chromium or chromedriver exited") from exc
@@ -721,7 +864,16 @@ class Worker:
 
         if not self.commands.empty():
             return
+        if self.feed is not None:
+            # Sleep until a window changes or the nearest look is due; no browser call.
+            now = time.monotonic()
+            looks = [s.look_at for s in self.sessions if s is not self.viewed]
+            nearest = min(looks, default=now + IDLE_TICK)
+            self.feed.wait(min(IDLE_TICK, max(0.0, nearest - now)))
+            return
         poll = float(self.config.browser.poll_every)
+        if any(s.reloading is not None for s in self.sessions):
+            poll = min(poll, RELOAD_POLL)
         if len(self.sessions) > 1:
             poll = min(poll, MULTI_SESSION_SLICE)
         now = time.time()

@@ -263,6 +263,8 @@ def chrome_options(
         options.add_argument(arg)
     options.unhandled_prompt_behavior = "accept"
     options.page_load_strategy = "eager"
+    if config.bidi:  # a WebDriver BiDi session beside the classic one (change_feed.py)
+        options.set_capability("webSocketUrl", True)
     options.add_experimental_option("excludeSwitches", ["enable-automation"])
     return options
 

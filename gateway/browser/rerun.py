@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,10 +103,13 @@ LAZY_EDITOR_WAIT = 3.0  # how long Colab may take to build an editor after the c
 LAZY_EDITOR_POLL = 0.1
 
 
-def focus_first_editor(driver: Any, sel: dict[str, str]) -> str:
+def focus_first_editor(
+    driver: Any, sel: dict[str, str], meanwhile: Callable[[], None] | None = None
+) -> str:
     """ "ok", "no_cell", "missing" or "unfocusable" (``FOCUS_EDITOR_JS``); a lazy editor is
     clicked (a real click, in the editor's place: never the run button nor an output) and
-    looked for again until it is built, within ``LAZY_EDITOR_WAIT``."""
+    looked for again until it is built, within ``LAZY_EDITOR_WAIT``; ``meanwhile`` is called
+    while waiting (the keep-alive looks at its other windows, then selects this one again)."""
     from selenium.common.exceptions import WebDriverException
 
     result = driver.execute_script(colab_dom.FOCUS_EDITOR_JS, sel)
@@ -123,13 +127,20 @@ def focus_first_editor(driver: Any, sel: dict[str, str]) -> str:
             return result
         if time.monotonic() >= deadline:
             return "missing"  # still a placeholder
+        if meanwhile is not None:
+            meanwhile()
         time.sleep(LAZY_EDITOR_POLL)
 
 
-def run_bootstrap(driver: Any, sel: dict[str, str], fallback_all: bool) -> RerunOutcome:
+def run_bootstrap(
+    driver: Any,
+    sel: dict[str, str],
+    fallback_all: bool,
+    meanwhile: Callable[[], None] | None = None,
+) -> RerunOutcome:
     from selenium.webdriver.common.keys import Keys
 
-    focus = focus_first_editor(driver, sel)
+    focus = focus_first_editor(driver, sel, meanwhile)
     if focus == "ok":
         _press(driver, Keys.ENTER)
         return RerunOutcome("editor")

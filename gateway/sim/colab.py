@@ -448,6 +448,7 @@ class SimColab:
         self._thread: threading.Thread | None = None
         self._failing_loads = 0
         self._hang = False
+        self.load_delay = 0.0  # seconds the server takes to answer a load of the notebook
         self.runs: list[str] = []
         # the scenario the page renders
         self.runtime = "fresh"  # fresh | connecting | connected | disconnected
@@ -653,6 +654,12 @@ class SimColab:
         """The page's JavaScript spins forever once (a hung renderer)."""
         with self._changing():
             self._hang = True
+
+    def set_load_delay(self, seconds: float) -> None:
+        """Loads of the notebook take this long (a slow Pi, a slow link): a reload that the
+        keep-alive waited for would keep it from its other windows (issue 26)."""
+        with self._cond:
+            self.load_delay = max(0.0, seconds)
 
     def fail_loads(self, count: int) -> None:
         with self._cond:
@@ -955,6 +962,8 @@ def _make_handler(sim: SimColab) -> type[BaseHTTPRequestHandler]:
                 since = int(parse_qs(url.query).get("v", ["-1"])[0])
                 self._send(200, json.dumps(sim._wait_state(since)).encode())
             elif url.path in ("/notebook", "/"):
+                if sim.load_delay:
+                    time.sleep(sim.load_delay)  # this request's own thread
                 if sim._take_failing_load():
                     # Not HTTP at all: Chromium shows its own error page (an empty answer
                     # would be retried by Chromium's network stack by itself).

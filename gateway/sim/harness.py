@@ -37,6 +37,11 @@ from gateway.sim.polling import free_port
 from gateway.sim.vm import SimNetwork, SimVM
 
 SESSION = "demo"
+# More notebooks (issue 26): the demo's second, the end-to-end test's second to fourth.
+MORE_SESSIONS = ("second", "third", "fourth")
+# Their VMs share the VM's network namespace with the first: each sshd takes a port of its
+# own (the session's forwards.ssh.colab, which the bootstrap's sshd listens on).
+FIRST_MORE_SSHD_PORT = 2222
 TMUX_SESSION = "colab"
 RERUN_AFTER = 10  # seconds; config.py's minimum for browser.rerun_after
 POLL = 0.05
@@ -97,9 +102,12 @@ class LoopHarness:
         log: Callable[[str], None] | None = None,
         sync: str = "",
         top: str = "",
+        more_sessions: int = 0,
     ) -> None:
         """``sync``: the session's ``sync:`` block (YAML, one mapping line, e.g.
-        ``{paths: [/root/work]}``); ``top``: more top-level YAML for the config."""
+        ``{paths: [/root/work]}``); ``top``: more top-level YAML for the config;
+        ``more_sessions``: that many more notebooks (each its own page and VM) in the same
+        daemon, named after ``MORE_SESSIONS``."""
         self.workdir = Path(workdir)
         self.sync_yaml = sync
         self.top_yaml = top
@@ -123,6 +131,12 @@ class LoopHarness:
         self.hook_errors: list[str] = []
         self.cell = ""
         self.secrets: dict[str, str] = {}
+        if not 0 <= more_sessions <= len(MORE_SESSIONS):
+            raise HarnessError(f"more_sessions: 0 to {len(MORE_SESSIONS)}, not {more_sessions}")
+        self.more = [
+            MoreNotebook(self, name, FIRST_MORE_SSHD_PORT + i)
+            for i, name in enumerate(MORE_SESSIONS[:more_sessions])
+        ]
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -158,6 +172,8 @@ class LoopHarness:
         self.sim.on_reset = self._on_reset
         self.sim.on_run_cell = self._on_run_cell
         self.log(f"simulated Colab page: {self.sim.url}")
+        for notebook in self.more:
+            notebook.start()
         self.identity.parent.mkdir(mode=0o700, exist_ok=True)
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pi@demo",
@@ -176,6 +192,7 @@ class LoopHarness:
         self.start_daemon()
 
     def config_text(self) -> str:
+        second = "".join(notebook.config_text() for notebook in self.more)
         return f"""\
 # Written by the colab-gateway demo harness: the real daemon against a simulated Colab.
 sessions:
@@ -184,6 +201,7 @@ sessions:
     forwards:
       ssh: {{colab: 22, local: {self.ssh_port}}}
 {f"    sync: {self.sync_yaml}" if self.sync_yaml else ""}
+{second}
 tunnel:
   listen: {self.network.pi_address}:{self.tunnel_port}
   public_host: {self.network.pi_address}
@@ -253,6 +271,8 @@ metrics:
             f"notebook: bootstrap cell from `colab-gateway snippet` ({len(self.cell)} bytes), "
             f"secret {secret.group(1)!r} from `colab-gateway keys --private`"
         )
+        for notebook in self.more:
+            notebook.prepare()
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
@@ -302,12 +322,18 @@ metrics:
                     os.kill(pid, signal.SIGKILL)
         if self.sim is not None:
             self.sim.stop()
+        for notebook in self.more:
+            notebook.stop()
         if self.vm is not None:
             self.vm.stop()
         if self._in_pi is not None:
             self._in_pi.__exit__(None, None, None)
             self._in_pi = None
         self.network.destroy()
+
+    @property
+    def second(self) -> MoreNotebook | None:
+        return self.more[0] if self.more else None
 
     def __enter__(self) -> LoopHarness:
         return self.start()
@@ -368,9 +394,9 @@ metrics:
         except (OSError, ValueError):
             return {}
 
-    def session_facts(self) -> dict[str, Any]:
+    def session_facts(self, session: str = SESSION) -> dict[str, Any]:
         sessions = self.status().get("sessions") or {}
-        facts = sessions.get(SESSION) if isinstance(sessions, dict) else None
+        facts = sessions.get(session) if isinstance(sessions, dict) else None
         return facts if isinstance(facts, dict) else {}
 
     def tunnel_up(self) -> bool:
@@ -411,15 +437,17 @@ metrics:
     def pane(self) -> str:
         return f"{TMUX_SESSION}:{SESSION}"
 
-    def pane_text(self) -> str:
-        """The pane's whole history and screen, as tmux shows it."""
-        result = self.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", self.pane, check=False)
+    def pane_text(self, pane: str = "") -> str:
+        """The pane's whole history and screen, as tmux shows it (default: the first
+        session's)."""
+        target = pane or self.pane
+        result = self.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", target, check=False)
         return result.stdout if result.returncode == 0 else ""
 
-    def pane_logins(self, hostname: str) -> int:
+    def pane_logins(self, hostname: str, pane: str = "") -> int:
         """How many shell prompts of VM ``hostname`` the pane has shown."""
         prompt = re.compile(rf"^root@{re.escape(hostname)}:\S*[#$]", re.MULTILINE)
-        return len(prompt.findall(self.pane_text()))
+        return len(prompt.findall(self.pane_text(pane)))
 
     def pane_run(self, command: str, timeout: float = 10.0) -> str:
         """Type ``command`` into the pane and return the line it printed (marked)."""
@@ -469,6 +497,88 @@ metrics:
         pids = [p for p in self.network.pi_pids() if p != os.getpid()]
         drivers = {p for p in pids if _comm(p) == "chromedriver"}
         return [p for p in pids if _ppid(p) in drivers and _comm(p).startswith("chrom")]
+
+
+class MoreNotebook:
+    """Another notebook of the same user in the same daemon: its own simulated page (a
+    second page server, as a second Colab tab) and its own VM; a second tmux window."""
+
+    def __init__(self, harness: LoopHarness, name: str, sshd_port: int) -> None:
+        self.harness = harness
+        self.name = name
+        self.sshd_port = sshd_port
+        self.vm: SimVM | None = None
+        self.sim: Any = None
+        self.ssh_port = 0
+        self.cell = ""
+        self.secrets: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._sim_vm_id: str | None = None
+
+    @property
+    def pane(self) -> str:
+        return f"{TMUX_SESSION}:{self.name}"
+
+    def start(self) -> None:
+        from gateway.sim.colab import SimColab
+
+        h = self.harness
+        self.vm = SimVM(h.network, h.workdir / f"colab-vm-{self.name}", sshd=False)
+        self.sim = SimColab(connect_delay=0.5).start()
+        self.sim.on_connect = self._ensure_vm
+        self.sim.on_reset = lambda: self._ensure_vm(self.sim.vm_id)
+        self.sim.on_run_cell = self._on_run_cell
+        self.ssh_port = free_port("127.0.0.1")
+        h.log(f"second notebook {self.name!r}: simulated Colab page {self.sim.url}")
+
+    def config_text(self) -> str:
+        return f"""\
+  - name: {self.name}
+    notebook_url: {self.sim.url}
+    forwards:
+      ssh: {{colab: {self.sshd_port}, local: {self.ssh_port}}}
+"""
+
+    def prepare(self) -> None:
+        h = self.harness
+        self.cell = h.cli("snippet", self.name)
+        secret = re.search(r"^SECRET = '([^']+)'$", self.cell, re.MULTILINE)
+        if secret is None:
+            raise HarnessError(f"`colab-gateway snippet {self.name}` printed no SECRET line")
+        self.secrets = {secret.group(1): h.cli("keys", "--private", self.name)}
+
+    def stop(self) -> None:
+        if self.sim is not None:
+            self.sim.stop()
+        if self.vm is not None:
+            self.vm.stop()
+
+    def _ensure_vm(self, sim_vm_id: str | None) -> None:
+        assert self.vm is not None
+        with self._lock:
+            if sim_vm_id == self._sim_vm_id and self.vm.vm_id:
+                return
+            self._sim_vm_id = sim_vm_id
+            if self.vm.vm_id:
+                self.vm.reset()
+            else:
+                self.vm.start()
+            self.harness.log(f"{self.name}: Colab assigned VM {self.vm.hostname}")
+
+    def _on_run_cell(self, kind: str) -> None:
+        h = self.harness
+        if kind not in ("first", "all"):
+            h.hook_errors.append(f"{self.name}: the page ran a cell that is not the bootstrap")
+            return
+        assert self.vm is not None
+        try:
+            with self._lock:
+                if not self.vm.vm_id:
+                    self.vm.start()
+                proc = self.vm.run_cell(self.cell, secrets=self.secrets, env={"GW_INSTALL": "0"})
+            h.log(f"{self.name}: page ran the {kind} cell: bootstrap pid {proc.pid}")
+        except Exception as exc:
+            h.hook_errors.append(f"{self.name}: running the bootstrap cell failed: {exc}")
 
 
 def _comm(pid: int) -> str:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.sim.harness import TMUX_SESSION as TMUX_SESSION_NAME
 from gateway.sim.harness import HarnessError, LoopHarness
 from gateway.sim.vm import SimVM
 
@@ -75,6 +76,44 @@ def bring_up(h: LoopHarness) -> Step:
         step.seconds = time.monotonic() - start
         h.log(f"tmux: pane logged into {h.vm.hostname} ({step.seconds:.1f}s)")
         _check_pane_and_pin(h, step)
+
+    return _attempt(step, body)
+
+
+def second_session_up(h: LoopHarness) -> Step:
+    """The second notebook (its own page, VM and tunnel) has its own tmux window, logged
+    into its own VM, beside the first."""
+    step = Step("a second notebook comes up", "its tmux window logged into its VM", BRING_UP_BOUND)
+    start = time.monotonic()
+
+    def body() -> None:
+        second = h.second
+        assert second is not None
+        h.wait(
+            f"the second session's runtime connects ({second.name})",
+            lambda: h.session_facts(second.name).get("runtime", {}).get("state") == "connected",
+            60,
+        )
+        h.wait(
+            "the second session's tunnel comes up",
+            lambda: bool(h.session_facts(second.name).get("tunnel", {}).get("up")),
+            60,
+        )
+        step.extra["tunnel up"] = time.monotonic() - start
+        vm = second.vm
+        assert vm is not None
+        h.wait(
+            "the second tmux window logs into the second VM",
+            lambda: h.pane_logins(vm.hostname, second.pane) > 0,
+            30,
+        )
+        step.seconds = time.monotonic() - start
+        windows = h.tmux("list-windows", "-t", TMUX_SESSION_NAME, "-F", "#W").stdout.split()
+        h.log(
+            f"tmux: window {second.pane} logged into {vm.hostname}; the session's windows: "
+            f"{', '.join(windows)}"
+        )
+        step.detail = f"windows {windows}"
 
     return _attempt(step, body)
 

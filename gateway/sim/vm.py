@@ -437,7 +437,22 @@ class SimVM:
     # -- faults --------------------------------------------------------------------------------
 
     def pids(self) -> list[int]:
-        return netns.pids(self.network.vm_ns)
+        """This VM's processes. Several VMs may share the VM namespace (the demo's second
+        notebook): a process is this VM's when its mounts are this VM's disk, or when it
+        descends from a process started here (one still entering the VM)."""
+        in_ns = netns.pids(self.network.vm_ns)
+        ours = self._descendants()
+        marker = f"/{self.workdir.name}/vm-"
+        return [pid for pid in in_ns if pid in ours or marker in _mountinfo(pid)]
+
+    def _descendants(self) -> set[int]:
+        found: set[int] = set()
+        for proc in self._procs:
+            with suppress(psutil.Error):
+                parent = psutil.Process(proc.pid)
+                found.add(parent.pid)
+                found.update(child.pid for child in parent.children(recursive=True))
+        return found
 
     def tunnel_pids(self) -> list[int]:
         """The VM's ssh clients: whatever holds the reverse tunnel to the Pi."""
@@ -494,6 +509,13 @@ def _zombie(pid: int) -> bool:
         return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
     except psutil.Error:
         return True
+
+
+def _mountinfo(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/mountinfo").read_text()
+    except OSError:
+        return ""
 
 
 def _comm(pid: int) -> str:
