@@ -1768,18 +1768,17 @@ def test_an_upgrade_in_place_keeps_keys_profile_snapshots_and_the_tmux_session(
     m = deployed.machine
     release = previous_release(deployed.controller)
     sim = SimColab(connect_delay=0.3).start()
+    # The inventory's session with the sim page's address: the same forwards, which the
+    # VM stand-in's bootstrap asks for.
+    sessions = json.loads(deployed.inventory.read_text())["colab_gateway"]["vars"][
+        "colab_gateway_sessions"
+    ]
     overrides = json.dumps(
         {
             "colab_gateway_config_overrides": {
                 "browser": {"enabled": True, "headless": True, "poll_every": "1s"}
             },
-            "colab_gateway_sessions": [
-                {
-                    "name": TMUX_SESSION,
-                    "notebook_url": sim.url,
-                    "forwards": {"ssh": {"colab": 22, "local": free_port()}},
-                }
-            ],
+            "colab_gateway_sessions": [{**sessions[0], "notebook_url": sim.url}],
         }
     )
     try:
