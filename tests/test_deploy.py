@@ -1843,6 +1843,9 @@ def test_an_upgrade_in_place_keeps_keys_profile_snapshots_and_the_tmux_session(
         wait_pane_in_vm(m, 120)
         after = upgrade_kept(m)
         assert after == before
+        # The new daemon recorded the state's layout (gateway/state_format.py): today's.
+        recorded = json.loads(m.run(f"sudo cat {STATE}/format").stdout)
+        assert recorded["version"] == 1, recorded
     finally:
         sim.stop()
         m.run(
