@@ -7,9 +7,9 @@ import logging
 import signal
 import time
 
-from gateway import logs
+from gateway import logs, state_format
 from gateway.component import ComponentSpec
-from gateway.config import ConfigError, LoadedConfig, load_config
+from gateway.config import EX_CONFIG, ConfigError, LoadedConfig, load_config
 from gateway.notify import Notifier
 from gateway.paths import Paths
 from gateway.secrets import register_secrets
@@ -39,12 +39,36 @@ class Gateway:
         self._stall_reported: set[str] = set()
 
     async def serve(self) -> int:
+        if not self.prepare_state():
+            return EX_CONFIG
         await self.startup()
         try:
             await self.main_loop()
         finally:
             await self.shutdown()
         return 0
+
+    def prepare_state(self) -> bool:
+        """The state directory in this release's layout before any component reads it
+        (gateway/state_format.py). False when it cannot be: a layout newer than this
+        release (a rollback below the state) or a failed migration. Exit status 78 then:
+        systemd does not retry (RestartPreventExitStatus), starting again would not help."""
+        self.paths.ensure()
+        try:
+            prepared = state_format.prepare(self.paths.state_dir)
+        except state_format.StateFormatError as exc:
+            log.error("not starting: %s", exc)
+            self.notifier.status(f"not started: {exc}")
+            self.notifier.close()
+            return False
+        if prepared.migrated_from is not None:
+            log.info(
+                "state directory %s migrated from layout %d to %d",
+                self.paths.state_dir,
+                prepared.migrated_from,
+                prepared.version,
+            )
+        return True
 
     async def startup(self) -> None:
         loop = asyncio.get_running_loop()
