@@ -139,6 +139,8 @@ class Deployment:
     workdir: Path
     tunnel_port: int
     first_run_seconds: float
+    first_play: str  # its output
+    tmux_starts: int  # how often the tmux server's unit was started by the end of it
 
     def play(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return run_playbook(self.controller, self.inventory, self.workdir, *extra)
@@ -198,7 +200,16 @@ def deployed(
     seconds = time.monotonic() - started
     assert result.returncode == 0, f"first playbook run failed:\n{result.stdout[-6000:]}"
     print(f"first playbook run: {seconds:.1f}s, recap {recap(result.stdout)}")
-    return Deployment(machine, controller, inventory, workdir, tunnel_port, seconds)
+    tmux_starts = unit_starts(machine, "colab-gateway-tmux.service")
+    return Deployment(
+        machine, controller, inventory, workdir, tunnel_port, seconds, result.stdout, tmux_starts
+    )
+
+
+def unit_starts(machine: Machine, unit: str) -> int:
+    """How often systemd started the unit since the machine booted, as its journal says."""
+    journal = f"sudo journalctl -b -u {unit} -o cat --no-pager | grep -c '^Starting '"
+    return int(machine.run(journal, check=False).stdout.strip() or 0)
 
 
 # ---- the assertions, in any order ------------------------------------------------------
@@ -207,6 +218,17 @@ def deployed(
 def test_service_is_active(deployed: Deployment) -> None:
     assert deployed.machine.run("systemctl is-active colab-gateway").stdout.strip() == "active"
     assert deployed.machine.run("systemctl is-active colab-gateway-tmux").stdout.strip() == "active"
+
+
+def test_the_first_play_starts_each_unit_once(deployed: Deployment) -> None:
+    """The first play starts the tmux server once: no handler restarts it seconds after the
+    start, ending the session the gateway had just created ("window closed 4.4 s after it
+    was created"); and the new daemon is not reloaded right after its start either."""
+    assert deployed.tmux_starts == 1, deployed.first_play[-6000:]
+    handlers = [
+        task for task in changed_tasks(deployed.first_play) if task.startswith("RUNNING HANDLER")
+    ]
+    assert "RUNNING HANDLER [colab_gateway : Reload colab-gateway]" not in handlers, handlers
 
 
 def test_the_newest_ansible_core_ran(deployed: Deployment) -> None:
@@ -426,6 +448,26 @@ def test_changed_variable_reloads_without_a_restart(deployed: Deployment) -> Non
     finally:
         # Back to the inventory's own values, so that the tests after this one (in any
         # order: test_second_run_changes_nothing) find the machine as deployed.
+        restored = deployed.play()
+        assert restored.returncode == 0, restored.stdout[-6000:]
+
+
+def test_a_change_to_unit_and_config_restarts_without_a_reload(deployed: Deployment) -> None:
+    """A play that changes both the unit (Restart handler) and the config (Reload handler)
+    restarts the daemon once: the restarted daemon reads the new config, a reload after it
+    is redundant."""
+    m = deployed.machine
+    pid = main_pid(m)
+    unit = "/etc/systemd/system/colab-gateway.service"
+    try:
+        m.run(f"echo '# changed by hand' | sudo tee -a {unit}")
+        result = deployed.play("-e", "colab_gateway_log_level=debug")
+        assert result.returncode == 0, result.stdout[-6000:]
+        handlers = [t for t in changed_tasks(result.stdout) if t.startswith("RUNNING HANDLER")]
+        assert handlers == ["RUNNING HANDLER [colab_gateway : Restart colab-gateway]"], handlers
+        wait_active(m, "colab-gateway")
+        assert main_pid(m) != pid
+    finally:
         restored = deployed.play()
         assert restored.returncode == 0, restored.stdout[-6000:]
 
