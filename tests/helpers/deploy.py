@@ -214,10 +214,14 @@ def cache_lock() -> Iterator[None]:
         yield
 
 
-def cached_root_tarball() -> Path:
-    """debootstrap once per machine; later runs unpack the tarball in a few seconds."""
+def cached_root_tarball(arch: str | None = None) -> Path:
+    """debootstrap once per machine; later runs unpack the tarball in a few seconds. arch: a
+    Debian architecture other than this host's (arm64: under qemu-user, see
+    helpers/binfmt.py)."""
     key = hashlib.sha256(f"{SUITE} {INCLUDE} {LOGIN_USER} v1".encode()).hexdigest()[:12]
     tarball = CACHE_DIR / f"debian-{SUITE}-{key}.tar"
+    if arch is not None:
+        tarball = CACHE_DIR / f"debian-{SUITE}-{arch}-{key}.tar"
     with cache_lock():
         if tarball.exists():
             return tarball
@@ -229,6 +233,7 @@ def cached_root_tarball() -> Path:
                     "debootstrap",
                     "--variant=minbase",
                     f"--include={INCLUDE}",
+                    *([f"--arch={arch}"] if arch else []),
                     SUITE,
                     str(build),
                     debian_mirror(),
@@ -236,7 +241,7 @@ def cached_root_tarball() -> Path:
                 check=True,
                 capture_output=True,
                 text=True,
-                timeout=900,
+                timeout=900 if arch is None else 2400,
             )
             chroot = ["chroot", str(build)]
             subprocess.run(
@@ -335,6 +340,10 @@ class Machine:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     archives_lock: Any = None  # held while the machine uses the shared apt cache
+    boot_timeout: float = BOOT_TIMEOUT
+    # Under qemu-user nspawn's SIGTERM arrives in the emulated systemd as the rescue
+    # signal: such a machine is powered off from inside.
+    power_off_inside: bool = False
 
     def ssh_command(self, command: str) -> list[str]:
         return [
@@ -403,7 +412,7 @@ class Machine:
             self.process = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + BOOT_TIMEOUT
+        deadline = time.monotonic() + self.boot_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"systemd-nspawn exited {self.process.returncode}:\n{self.boot_log()}")
@@ -411,10 +420,10 @@ class Machine:
                 break
             time.sleep(0.5)
         else:
-            pytest.fail(f"no ssh into the machine after {BOOT_TIMEOUT:.0f}s:\n{self.boot_log()}")
-        state = self.run(
-            "timeout 60 systemctl is-system-running --wait", check=False, timeout=90
-        ).stdout.strip()
+            waited = f"{self.boot_timeout:.0f}s"
+            pytest.fail(f"no ssh into the machine after {waited}:\n{self.boot_log()}")
+        wait = f"timeout {self.boot_timeout:.0f} systemctl is-system-running --wait"
+        state = self.run(wait, check=False, timeout=self.boot_timeout + 30).stdout.strip()
         assert state in ("running", "degraded"), f"machine did not finish booting: {state}"
 
     def boot_log(self) -> str:
@@ -423,8 +432,11 @@ class Machine:
     def power_off(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        # systemd-nspawn turns SIGTERM into a clean poweroff of the machine.
-        self.process.send_signal(signal.SIGTERM)
+        if self.power_off_inside:
+            self.run("sudo systemctl --no-block poweroff", check=False, timeout=60)
+        else:
+            # systemd-nspawn turns SIGTERM into a clean poweroff of the machine.
+            self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -434,7 +446,7 @@ class Machine:
             self.archives_lock.close()
 
 
-def prepare_root(machine: Machine) -> None:
+def prepare_root(machine: Machine, *, keep_python: bool = False) -> None:
     root = machine.root
     (root / "etc/hostname").write_text("deploytest\n")
     # What every image has and debootstrap does not write: without `localhost`, Selenium
@@ -467,7 +479,8 @@ def prepare_root(machine: Machine) -> None:
     copy_apt_sources(root)
     copy_ca_certificates(root)
     copy_pip_config(root)
-    remove_python(root)
+    if not keep_python:
+        remove_python(root)
 
 
 def remove_python(root: Path) -> None:
