@@ -172,9 +172,11 @@ def arm64(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm64]:
             phases.done("unpack and prepare")
             machine.boot()
             # What boot could not do under qemu-user (clone(CLONE_NEWNS) fails): the
-            # system users and the boot-time tmpfiles.
+            # system users and the boot-time tmpfiles, except /run/nologin, which only
+            # systemd-user-sessions (done by now) would remove again.
             machine.run("sudo systemd-sysusers", check=False, timeout=300)
-            machine.run("sudo systemd-tmpfiles --create --remove --boot", check=False, timeout=300)
+            tmpfiles = "systemd-tmpfiles --create --remove --boot --exclude-prefix=/run/nologin"
+            machine.run(f"sudo {tmpfiles}", check=False, timeout=300)
             arch = machine.run("uname -m").stdout.strip()
             assert arch == "aarch64", f"the machine runs {arch!r}, not emulated aarch64"
             phases.done("boot")
