@@ -14,11 +14,12 @@ PYTEST_ARGS ?=
 # deployed machine's module (about 250 s on one worker) is the floor.
 TEST_WORKERS ?= 3
 
-.PHONY: help venv system-deps deps test lint format demo bench bench-tunnel bench-browser bench-sessions \
+.PHONY: help venv system-deps deps test test-arm64 lint format demo bench bench-tunnel bench-browser bench-sessions \
 	bench-recovery bench-idle bench-tmux bench-sync bench-sync-watch bench-snapshot-flush clean
 
 help:
 	@echo "make test    install what the tests need, then run them all"
+	@echo "make test-arm64  the role played on an emulated arm64 Debian 12 machine (minutes)"
 	@echo "make demo    the whole loop against a simulated Colab on this machine"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux | bench-sync | bench-sync-watch | bench-idle"
@@ -54,6 +55,16 @@ deps: venv system-deps
 # is the last line, and its exit status is make's.
 test: deps
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --random-order \
+		$(PYTEST_ARGS)
+
+# The role on arm64 (tests/test_deploy_arm64.py): an arm64 Debian 12 root under qemu-user,
+# booted with systemd-nspawn. Not in `make test`: the emulated play takes minutes of both
+# cores (docs/install.md has the figures). -s shows its phases and figures; timeout bounds
+# the whole run, the first one's debootstrap included.
+ARM64_PACKAGES := qemu-user-static
+test-arm64: deps
+	@$(MAKE) --no-print-directory system-deps SYSTEM_PACKAGES="$(ARM64_PACKAGES)"
+	COLAB_GATEWAY_TEST_ARM64=1 timeout 3600 $(BIN)/pytest -s -v tests/test_deploy_arm64.py \
 		$(PYTEST_ARGS)
 
 lint: venv

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import helpers
 import pytest
-from helpers import MINIMAL_CONFIG, Daemon, NotifySocket, StartDaemon
+from helpers import MINIMAL_CONFIG, Daemon, NotifySocket, StartDaemon, checkout_guard
 
 # -- scheduling under pytest-xdist (`make test`: -n 3 --dist loadscope) ----------------------
 #
@@ -80,3 +80,33 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
 
     yield start
     helpers.end_daemons(started, tmp_path)
+
+
+# -- the checkout guard (tests/helpers/checkout_guard.py) ----------------------------------
+#
+# Once per run, in the process that starts and ends it (the xdist controller, or the only
+# process): a path that appeared in the checkout during the run fails the run.
+_CHECKOUT_BEFORE = pytest.StashKey[frozenset[str]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        session.config.stash[_CHECKOUT_BEFORE] = checkout_guard.checkout_paths(helpers.REPO)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    before = session.config.stash.get(_CHECKOUT_BEFORE, None)
+    if before is None:
+        return
+    new = checkout_guard.left_behind(before, helpers.REPO)
+    if new:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = (
+            f"tests left {len(new)} path(s) in the checkout {helpers.REPO}: "
+            + ", ".join(repr(path) for path in new[:10])
+            + " (a test must write under its tmp_path; remove them, then find the test)"
+        )
+        if reporter is not None:
+            reporter.write("\n")
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -43,6 +43,7 @@ def _ansible_env(tmp_path: Path) -> dict[str, str]:
     return {
         **os.environ,
         "ANSIBLE_HOME": str(tmp_path / "ansible"),
+        "ANSIBLE_REMOTE_TMP": str(tmp_path / "ansible-remote-tmp"),
         "ANSIBLE_LOCALHOST_WARNING": "0",
         "ANSIBLE_NOCOLOR": "1",
     }

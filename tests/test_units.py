@@ -155,6 +155,8 @@ def _render(tmp_path: Path, template: str, dest: Path, **variables: object) -> P
         env={
             **os.environ,
             "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            # Not ~/.ansible/tmp: with USER=pi that made a literal ~pi folder in the checkout.
+            "ANSIBLE_REMOTE_TMP": str(tmp_path / "ansible-remote-tmp"),
             "ANSIBLE_LOCALHOST_WARNING": "0",
             "ANSIBLE_NOCOLOR": "1",
             "USER": "pi",
@@ -572,6 +574,7 @@ def _play_packages(
             "FAKE_POLICY": str(tmp_path / "policy"),
             "FAKE_APT_BUSY": str(tmp_path / "apt-busy"),
             "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            "ANSIBLE_REMOTE_TMP": str(tmp_path / "ansible-remote-tmp"),
             "ANSIBLE_LOCALHOST_WARNING": "0",
             "ANSIBLE_NOCOLOR": "1",
         },
@@ -754,6 +757,7 @@ def _play_wheel_build(
             "PATH": f"{BIN}:{os.environ['PATH']}",
             "TMPDIR": str(tmp_path / "tmp"),
             "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            "ANSIBLE_REMOTE_TMP": str(tmp_path / "ansible-remote-tmp"),
             "ANSIBLE_LOCALHOST_WARNING": "0",
             "ANSIBLE_NOCOLOR": "1",
         },
@@ -979,6 +983,7 @@ def _play_snap(
             "FAKE_SNAP_SEEDED": str(tmp_path / "seeded"),
             "FAKE_SNAP_FAILS": str(tmp_path / "snap-fails"),
             "ANSIBLE_HOME": str(tmp_path / "ansible"),
+            "ANSIBLE_REMOTE_TMP": str(tmp_path / "ansible-remote-tmp"),
             "ANSIBLE_LOCALHOST_WARNING": "0",
             "ANSIBLE_NOCOLOR": "1",
         },

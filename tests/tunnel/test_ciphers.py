@@ -4,6 +4,7 @@ negotiates with the endpoint that follows it."""
 from __future__ import annotations
 
 import logging
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from gateway.tunnel.cipher_choice import (
     ciphers_for,
     ciphers_for_this_machine,
     cpu_has_aes,
+    cpuinfo_is_of,
 )
 
 CPUINFO = Path(__file__).parents[1] / "fixtures" / "cpuinfo"  # real machines: see its README.md
@@ -53,6 +55,31 @@ def test_an_unreadable_cpuinfo_means_aes_gcm_and_a_warning(
     with caplog.at_level(logging.WARNING, logger="gateway.tunnel"):
         assert ciphers_for_this_machine(tmp_path / "missing") == GCM_ONLY
     assert "cannot read" in caplog.text and "tunnel.ciphers" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("fixture", "machine"),
+    [
+        ("x86_64-aes.txt", "aarch64"),  # an arm64 root under qemu-user on an x86_64 host
+        ("pi4-aarch64.txt", "x86_64"),  # and the other way round
+    ],
+)
+def test_an_emulated_cpu_means_aes_gcm_and_a_warning(
+    fixture: str, machine: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under an emulator /proc/cpuinfo is the host's: its flags are not the CPU this
+    program sees, so they choose nothing."""
+    with caplog.at_level(logging.WARNING, logger="gateway.tunnel"):
+        assert ciphers_for_this_machine(CPUINFO / fixture, machine) == GCM_ONLY
+    assert "another architecture" in caplog.text and "tunnel.ciphers" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "fixture", ["x86_64-aes.txt", "pi5-aarch64.txt", "pi4-aarch64.txt", "pi4-armv7l.txt"]
+)
+def test_a_real_machines_cpuinfo_is_of_its_own_architecture(fixture: str) -> None:
+    machine = fixture.split("-")[1].removesuffix(".txt")
+    assert cpuinfo_is_of((CPUINFO / fixture).read_text(), machine)
 
 
 def test_an_empty_cipher_list_is_refused_with_what_to_do() -> None:
@@ -134,9 +161,11 @@ def test_openssh_negotiates_the_cipher_chosen_for_the_cpu(
 
 def test_this_machine_gets_what_its_cpuinfo_says(tmp_path: Path) -> None:
     config = make_config(tmp_path)
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    emulated = not cpuinfo_is_of(cpuinfo, platform.machine())  # e.g. the arm64 test's root
     expected = (
         "aes128-gcm@openssh.com"
-        if cpu_has_aes(Path("/proc/cpuinfo").read_text())
+        if emulated or cpu_has_aes(cpuinfo)
         else "chacha20-poly1305@openssh.com"
     )
     with running_endpoint(config, tmp_path / "state") as r:
