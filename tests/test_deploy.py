@@ -36,9 +36,11 @@ import pytest
 from helpers import free_port
 from helpers.deploy import (
     AS_SERVICE,
+    CACHE_DIR,
     FALLBACK_WARNING,
     LOGIN_USER,
     NEWEST_CORE_PYTHON,
+    PLAYBOOK_TIMEOUT,
     REPO,
     SERVICE_USER,
     TMUX_SESSION,
@@ -47,6 +49,7 @@ from helpers.deploy import (
     Machine,
     ansible_core_venv,
     ansible_core_version,
+    cache_lock,
     cached_root_tarball,
     changed_tasks,
     main_pid,
