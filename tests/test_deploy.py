@@ -875,11 +875,19 @@ def test_a_chromium_left_in_another_cgroup_is_ended_after_a_hard_kill(
         left = move_into_scope(m, scope, keep=old_main)
         names = m.run(f"ps -o comm= -p {','.join(map(str, left))}", check=False).stdout.split()
         assert "chromedriver" in names and any(n.startswith("chrom") for n in names), names
-        # (the daemon's own short-lived children, a tmux command say, may come and go)
-        stayed = [p for p in service_pids(m) if p != old_main]
-        if stayed:
-            comms = m.run(f"ps -o comm= -p {','.join(map(str, stayed))}", check=False).stdout
-            assert "chrom" not in comms, comms
+        # A helper Chromium forked while the move ran is born in the service's cgroup: it
+        # follows into a scope of its own. (The daemon's own short-lived children, a tmux
+        # command say, may come and go.)
+        for n in range(5):
+            stayed = [p for p in service_pids(m) if p != old_main]
+            listed = m.run(f"ps -o pid=,comm= -p {','.join(map(str, stayed))}", check=False)
+            browsers = [int(r.split()[0]) for r in listed.stdout.splitlines() if "chrom" in r]
+            if stayed and browsers:
+                left += move_into_scope(m, f"{scope.removesuffix('.scope')}-{n}.scope", old_main)
+            else:
+                break
+        else:
+            raise AssertionError(f"Chromium keeps starting processes in the service: {listed}")
         m.run("sudo systemctl kill --kill-who=main --signal=SIGKILL colab-gateway")
 
         deadline = time.monotonic() + 60
@@ -895,7 +903,7 @@ def test_a_chromium_left_in_another_cgroup_is_ended_after_a_hard_kill(
         print("\n".join(line for line in journal.splitlines() if "profile" in line))
     finally:
         sim.stop()
-        m.run(f"sudo systemctl stop {scope}", check=False)
+        m.run(f"sudo systemctl stop '{scope.removesuffix('.scope')}*.scope'", check=False)
         restored = deployed.play()
         assert restored.returncode == 0, restored.stdout[-6000:]
         restart_and_wait(m)
