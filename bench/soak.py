@@ -43,6 +43,7 @@ from pathlib import Path
 import psutil
 import soak_series as series
 
+from gateway.browser.keepalive import HEALTHY_RUN
 from gateway.sim import scenarios
 from gateway.sim.harness import HarnessError, LoopHarness
 from gateway.sim.scenarios import Step
@@ -54,6 +55,11 @@ SAMPLE_EVERY = 10.0
 PAUSE = 3.0  # seconds between one fault's recovery and the next fault
 RELOAD_BOUND = 20.0
 PULL_BOUND = 60.0
+SETTLE_BOUND = 180.0  # after a fault that did not recover, for the loop to be whole again
+# Chromium is killed only once it has run long enough to reset the browser's restart
+# backoff (keepalive.HEALTHY_RUN): killed more often, it waits 2, 4, ... 120 s before
+# starting again, by design, and its recovery bound would fail for that reason alone.
+CHROMIUM_MIN_AGE = HEALTHY_RUN + 10.0
 STOP_BOUND = 30.0  # the daemon's own shutdown_timeout is 8 s
 # One cycle of faults; idle disconnects the most often, as on a free Colab account.
 CYCLE = ("idle", "tunnel", "sighup", "idle", "sync", "reset", "idle", "tunnel", "chromium")
@@ -165,6 +171,40 @@ class SoakHarness(LoopHarness):
         return super().config_text()
 
 
+def chromium_age(h: LoopHarness) -> float:
+    """Seconds the daemon's Chromium has run (0 when there is none)."""
+    started = []
+    for pid in h.chromium_pids():
+        try:
+            started.append(psutil.Process(pid).create_time())
+        except psutil.Error:
+            continue
+    return time.time() - min(started) if started else 0.0
+
+
+def settle(h: LoopHarness, bound: float = SETTLE_BOUND) -> bool:
+    """After a fault that did not recover: wait until the loop is whole again (runtime
+    connected, tunnel up, the pane answering from the current VM), so that the next fault
+    hits a healthy loop instead of counting the same failure twice."""
+    assert h.vm is not None
+    vm = h.vm
+    deadline = time.monotonic() + bound
+
+    def whole() -> bool:
+        if h.runtime_state() != "connected" or not h.tunnel_up():
+            return False
+        try:
+            return h.pane_run("hostname", timeout=5) == vm.hostname
+        except HarnessError:
+            return False
+
+    while time.monotonic() < deadline:
+        if whole():
+            return True
+        time.sleep(1.0)
+    return False
+
+
 def faults_by_name() -> dict[str, Callable[[LoopHarness], Step]]:
     return {
         "idle": scenarios.disconnect_dialog,
@@ -266,14 +306,21 @@ class Soak:
         return self.report(left, stopped_ok, h.inbox.count if h.inbox else 0)
 
     def fault_loop(self, h: LoopHarness) -> None:
+        sampler = series.Sampler(lambda: self.take_sample(h), SAMPLE_EVERY).start()
+        try:
+            self._faults(h)
+        finally:
+            sampler.stop()
+
+    def _faults(self, h: LoopHarness) -> None:
         faults = faults_by_name()
-        sampler = series.Sampler(lambda: self.take_sample(h), SAMPLE_EVERY)
         end = self.start + self.minutes * 60
         n = 0
         while time.monotonic() < end:
-            sampler.tick()
             name = CYCLE[n % len(CYCLE)]
             n += 1
+            if name == "chromium" and chromium_age(h) < CHROMIUM_MIN_AGE:
+                name = "idle"
             step = faults[name](h)
             self.steps.append(step)
             t = time.monotonic() - self.start
@@ -283,16 +330,17 @@ class Soak:
             self.faults_log.flush()
             if not step.ok:
                 self.say(f"NOT RECOVERED {name}: {step.detail}")
+                start_settle = time.monotonic()
+                if not settle(h):
+                    self.say(f"the loop is not whole {SETTLE_BOUND:.0f}s later; stopping")
+                    break
+                self.say(f"the loop is whole again after {time.monotonic() - start_settle:.0f}s")
             elif n % 20 == 0:
                 self.say(f"{n} faults, {sum(s.ok for s in self.steps)} recovered")
             if h.daemon is not None and h.daemon.poll() is not None:
                 self.say(f"the daemon exited with status {h.daemon.returncode}; stopping")
                 break
-            # The pause, sampling on time meanwhile.
-            pause_end = time.monotonic() + self.pause
-            while (left := pause_end - time.monotonic()) > 0:
-                time.sleep(max(0.0, min(left, sampler.due())))
-                sampler.tick()
+            time.sleep(self.pause)
 
     def take_sample(self, h: LoopHarness) -> None:
         assert h.daemon is not None

@@ -18,6 +18,7 @@ import csv
 import math
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -185,23 +186,30 @@ def read_csv(path: Path) -> list[dict[str, float]]:
 
 
 class Sampler:
-    """Calls ``take()`` every ``every`` seconds until stopped (on the soak's own thread)."""
+    """Calls ``take()`` every ``every`` seconds on a thread of its own, so that a fault
+    waiting on its recovery (up to a minute) leaves no gap in the series."""
 
     def __init__(self, take: Callable[[], None], every: float = 10.0) -> None:
         self.take = take
         self.every = every
-        self.next_at = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
 
-    def due(self) -> float:
-        """Seconds until the next sample (0 or less: now)."""
-        return self.next_at - time.monotonic()
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
 
-    def tick(self) -> None:
-        if self.due() <= 0:
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             self.take()
             # On the schedule, not "every after the last": a slow sample does not drift it.
-            while self.next_at <= time.monotonic():
-                self.next_at += self.every
+            while next_at <= time.monotonic():
+                next_at += self.every
 
 
 # -- analysis ------------------------------------------------------------------------------------

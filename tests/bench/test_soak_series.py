@@ -13,6 +13,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -156,3 +157,20 @@ def test_plot_draws_every_panel(tmp_path: Path) -> None:
     rows = rows_of([float(i % 7) for i in range(60)], "chromium_pss_mb")
     series.plot(rows, tmp_path / "soak.png", "test")
     assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sampler_thread_keeps_sampling_until_stopped() -> None:
+    taken: list[float] = []
+    three = threading.Event()
+
+    def take() -> None:
+        taken.append(time.monotonic())
+        if len(taken) >= 3:
+            three.set()
+
+    sampler = series.Sampler(take, every=0.01).start()
+    try:
+        assert three.wait(10), f"{len(taken)} samples in 10 s"
+    finally:
+        sampler.stop()
+    assert not sampler._thread.is_alive()  # stopped: nothing samples a stopped daemon
