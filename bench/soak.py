@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,7 +62,47 @@ SETTLE_BOUND = 180.0  # after a fault that did not recover, for the loop to be w
 CHROMIUM_MIN_AGE = HEALTHY_RUN + 10.0
 STOP_BOUND = 30.0  # the daemon's own shutdown_timeout is 8 s
 # One cycle of faults; idle disconnects the most often, as on a free Colab account.
-CYCLE = ("idle", "tunnel", "sighup", "idle", "sync", "reset", "idle", "tunnel", "chromium")
+CYCLE = (
+    "idle", "tunnel", "idle", "sighup", "newvm", "idle",
+    "sync", "idle", "reset", "tunnel", "idle", "chromium",
+)  # fmt: skip
+# Each new VM costs a re-run of the bootstrap, and browser.max_reruns_per_hour (at most 60,
+# config.py) stops re-running past that: a loop guard, working as designed. So VM changes
+# ("newvm", "reset") are held under this many in any hour (the bring-up is one more); past
+# it the cycle's VM change becomes an idle disconnect that keeps the VM.
+VM_CHANGES_PER_HOUR = 50
+VM_CHANGES = ("newvm", "reset")
+
+
+def idle_disconnect(h: LoopHarness) -> Step:
+    """Colab's idle timeout: "Runtime disconnected" over a VM that lives on. The browser
+    clicks Reconnect, the runtime is back on the same VM, and its tunnel never dropped."""
+    step = Step("idle disconnect", "reconnected, same VM, pane answers", scenarios.DIALOG_BOUND)
+    assert h.vm is not None
+    vm = h.vm
+    action = "dialog_runtime_disconnected_connect"
+
+    def body() -> None:
+        clicks = h.sim.count("action", action=action)
+        start = time.monotonic()
+        h.sim.disconnect(dialog=True, new_vm=False)
+        h.wait(
+            "the browser clicks Reconnect in the dialog",
+            lambda: h.sim.count("action", action=action) > clicks,
+            scenarios.DIALOG_CLICK_BOUND,
+        )
+        h.wait(
+            "the runtime is connected again",
+            lambda: h.sim.runtime == "connected" and h.runtime_state() == "connected",
+            max(0.1, step.bound - (time.monotonic() - start)),
+        )
+        h.wait("the tunnel is up", h.tunnel_up, max(0.1, step.bound - (time.monotonic() - start)))
+        answer = h.pane_run("hostname")
+        if answer != vm.hostname:
+            raise HarnessError(f"after the reconnect the pane answered {answer!r}")
+        step.seconds = time.monotonic() - start
+
+    return scenarios._attempt(step, body)
 
 
 def sighup_reload(h: LoopHarness) -> Step:
@@ -207,7 +247,8 @@ def settle(h: LoopHarness, bound: float = SETTLE_BOUND) -> bool:
 
 def faults_by_name() -> dict[str, Callable[[LoopHarness], Step]]:
     return {
-        "idle": scenarios.disconnect_dialog,
+        "idle": idle_disconnect,
+        "newvm": scenarios.disconnect_dialog,
         "tunnel": scenarios.tunnel_killed,
         "reset": scenarios.vm_reset,
         "chromium": scenarios.chromium_killed,
@@ -316,11 +357,20 @@ class Soak:
         faults = faults_by_name()
         end = self.start + self.minutes * 60
         n = 0
+        vm_changes: deque[float] = deque()  # when each VM change of the last hour began
         while time.monotonic() < end:
             name = CYCLE[n % len(CYCLE)]
             n += 1
             if name == "chromium" and chromium_age(h) < CHROMIUM_MIN_AGE:
                 name = "idle"
+            now = time.monotonic()
+            while vm_changes and vm_changes[0] < now - 3600:
+                vm_changes.popleft()
+            if name in VM_CHANGES:
+                if len(vm_changes) >= VM_CHANGES_PER_HOUR:
+                    name = "idle"
+                else:
+                    vm_changes.append(now)
             step = faults[name](h)
             self.steps.append(step)
             t = time.monotonic() - self.start

@@ -56,6 +56,10 @@ class Budget:
     column: str
     label: str  # the name in the verdict and on the plot
     growth: float  # in the column's unit, over the whole run
+    # Judge the lowest of this many samples in a row (1: every sample): a series with
+    # short spikes that are not growth (Chromium rendering a screenshot) is judged by
+    # its floor, which a leak raises as well.
+    floor_of: int = 1
 
 
 # The series that must stay flat, and how much growth over a run is too little to matter.
@@ -69,7 +73,7 @@ BUDGETS = (
     Budget("pi_processes", "processes on the Pi", 2),
     Budget("rss_mb", "daemon RSS MB", 16),
     Budget("pss_mb", "daemon PSS MB", 16),
-    Budget("chromium_pss_mb", "Chromium PSS MB", 64),
+    Budget("chromium_pss_mb", "Chromium PSS MB", 64, floor_of=6),
     Budget("state_files", "state files", 50),
     Budget("state_mb", "state MB", 4),
 )
@@ -294,13 +298,18 @@ class Verdict:
         return f"{word} {self.budget.label:<22} slope {s.per_hour:+.3g}/h {ci} (n={s.n}): {why}"
 
 
+def floor(values: Sequence[float], window: int) -> list[float]:
+    """Each value replaced by the lowest of the ``window`` values ending at it."""
+    return [min(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
 def judge(rows: Sequence[dict[str, float]], budgets: Sequence[Budget] = BUDGETS) -> list[Verdict]:
     run_hours = rows[-1]["t_s"] / 3600 if rows else 0.0
     late = second_half(rows)
     hours = [r["t_s"] / 3600 for r in late]
     verdicts = []
     for budget in budgets:
-        s = slope(hours, [r[budget.column] for r in late])
+        s = slope(hours, floor([r[budget.column] for r in late], budget.floor_of))
         verdicts.append(Verdict(budget, s, abs(s.per_hour) * run_hours))
     return verdicts
 
