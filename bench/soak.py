@@ -14,7 +14,8 @@ snapshot holding the new file) and counts as recovered or not.
 Every 10 s it samples the daemon (RSS, PSS, FDs, threads), its child processes by kind,
 Chromium's PSS, every process on the Pi, the state directory and the log, into
 ``soak.csv``; at the end it writes ``soak.png`` and judges each series (bench/soak_series.py
-says how), stops the daemon and looks for what was left: processes on the Pi other than
+says how; ``fds-start.txt`` and ``fds-end.txt`` list what the daemon's descriptors point
+at), stops the daemon and looks for what was left: processes on the Pi other than
 the tmux server and its panes, partial snapshots and temporary files in the state
 directory. Ends with
 
@@ -28,6 +29,7 @@ it cannot run (not root, programs missing). Needs root (network namespaces).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -338,8 +340,10 @@ class Soak:
                 print(f"the loop did not come up: {up.detail}")
                 return 1
             self.say(f"loop up in {up.seconds:.1f}s; faults for {self.minutes:g} minutes")
+            self.list_fds(h, "fds-start.txt")
             self.fault_loop(h)
             self.take_sample(h)
+            self.list_fds(h, "fds-end.txt")
             stopped_ok, left = self.stop_daemon(h)
         finally:
             h.stop()
@@ -408,6 +412,15 @@ class Soak:
             return
         self.rows.append(row)
         self.csv.append(row)
+
+    def list_fds(self, h: LoopHarness, name: str) -> None:
+        """What the daemon's descriptors point at, to compare start and end by hand."""
+        assert h.daemon is not None
+        lines = []
+        for fd in sorted(Path(f"/proc/{h.daemon.pid}/fd").iterdir(), key=lambda p: int(p.name)):
+            with contextlib.suppress(OSError):
+                lines.append(f"{fd.name}\t{os.readlink(fd)}")
+        (self.out / name).write_text("\n".join(lines) + "\n")
 
     def stop_daemon(self, h: LoopHarness) -> tuple[bool, list[str]]:
         """SIGTERM as systemd would; then what was not cleaned up."""

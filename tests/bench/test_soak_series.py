@@ -134,7 +134,7 @@ def test_sampler_counts_a_real_process_tree_by_kind(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert (row["chromium"], row["ssh"], row["other"], row["rsync"]) == (1, 1, 1, 0), row
         assert row["children"] == 3
-        assert row["chromium_pss_mb"] > 0
+        assert row["chromium_pss_mb"] > 0 and row["chromium_uss_mb"] > 0
         assert row["rss_mb"] > 0 and row["pss_mb"] > 0
         assert row["fds"] >= 3 and row["threads"] >= 1
         assert (
