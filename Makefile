@@ -15,13 +15,14 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 3
 
 .PHONY: help venv system-deps deps test test-arm64 lint format demo bench bench-tunnel bench-browser bench-sessions \
-	bench-recovery bench-idle bench-tmux bench-sync bench-sync-watch bench-snapshot-flush clean
+	bench-recovery bench-idle bench-tmux bench-sync bench-sync-watch bench-snapshot-flush soak clean
 
 help:
 	@echo "make test    install what the tests need, then run them all"
 	@echo "make test-arm64  the role played on an emulated arm64 Debian 12 machine (minutes)"
 	@echo "make demo    the whole loop against a simulated Colab on this machine"
 	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make soak    the whole daemon under faults for SOAK_MINUTES (20): does anything grow?"
 	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux | bench-sync | bench-sync-watch | bench-idle"
 	@echo "make bench-snapshot-flush | bench-sessions"
 
@@ -113,6 +114,14 @@ bench-sync-watch: deps
 # What flushing a snapshot before its commit costs (syncfs, the fsync fallback, neither).
 bench-snapshot-flush: deps
 	$(BIN)/python bench/bench_snapshot_flush.py $(BENCH_FLUSH_ARGS)
+
+# The whole daemon under accelerated faults; SOAK_MINUTES=120 for the long run. Its CSV,
+# plot and logs go to SOAK_OUT (default: a new temporary directory). docs/soak.md.
+SOAK_MINUTES ?= 20
+SOAK_OUT ?=
+soak: deps
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python bench/soak.py $(if $(SOAK_OUT),--out $(SOAK_OUT))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
