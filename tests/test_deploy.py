@@ -828,6 +828,8 @@ def move_into_scope(m: Machine, scope: str, keep: int) -> list[int]:
     processes all the time: one gone between the listing and the call is listed again."""
     for _ in range(10):
         pids = [pid for pid in service_pids(m) if pid != keep]
+        if not pids:  # what was listed before ended meanwhile
+            return []
         call = m.run(
             "sudo busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 "
             "org.freedesktop.systemd1.Manager StartTransientUnit 'ssa(sv)a(sa(sv))' "
