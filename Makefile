@@ -52,11 +52,12 @@ deps: venv system-deps
 # tests/conftest.py: what a module's tests share, and the longest modules, the deploy test
 # first, handed out first); --no-loadscope-reorder keeps the order conftest.py chose. In a
 # random order (pytest-random-order, per module; the header shows the seed, to repeat it:
-# PYTEST_ARGS=--random-order-seed=N). One pytest run: its summary line ("N passed in …")
-# is the last line, and its exit status is make's.
+# PYTEST_ARGS=--random-order-seed=N). The 15 slowest steps are listed (--durations), so
+# that every run, CI's included, shows where the suite's time goes. One pytest run: its
+# summary line ("N passed in …") is the last line, and its exit status is make's.
 test: deps
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --random-order \
-		$(PYTEST_ARGS)
+		--durations=15 $(PYTEST_ARGS)
 
 # The role on arm64 (tests/test_deploy_arm64.py): an arm64 Debian 12 root under qemu-user,
 # booted with systemd-nspawn. Not in `make test`: the emulated play takes minutes of both

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,12 +146,8 @@ class Deployment:
         return run_playbook(self.controller, self.inventory, self.workdir, *extra)
 
 
-@pytest.fixture(scope="module")
-def deployed(
-    machine: Machine, controller: Controller, tmp_path_factory: pytest.TempPathFactory
-) -> Deployment:
-    workdir = tmp_path_factory.mktemp("ansible")
-    assert machine.run("command -v python3 python3.11", check=False).stdout == ""
+def write_inventory(machine: Machine, workdir: Path) -> tuple[Path, int]:
+    """The inventory of the deploy test's machine, and the tunnel port it gives the role."""
     tunnel_port = free_port()
     inventory = workdir / "inventory.yml"
     inventory.write_text(
@@ -195,8 +191,24 @@ def deployed(
             indent=2,
         )
     )
+    return inventory, tunnel_port
+
+
+FirstPlay = Callable[[Path, Path], subprocess.CompletedProcess[str]]  # (inventory, workdir)
+
+
+def first_deployment(
+    machine: Machine, controller: Controller, workdir: Path, play: FirstPlay | None = None
+) -> Deployment:
+    """The first play on the fresh machine: this checkout's, unless ``play`` is given (the
+    upgrade test's module plays the previous release first)."""
+    assert machine.run("command -v python3 python3.11", check=False).stdout == ""
+    inventory, tunnel_port = write_inventory(machine, workdir)
     started = time.monotonic()
-    result = run_playbook(controller, inventory, workdir)
+    if play is None:
+        result = run_playbook(controller, inventory, workdir)
+    else:
+        result = play(inventory, workdir)
     seconds = time.monotonic() - started
     assert result.returncode == 0, f"first playbook run failed:\n{result.stdout[-6000:]}"
     print(f"first playbook run: {seconds:.1f}s, recap {recap(result.stdout)}")
@@ -204,6 +216,13 @@ def deployed(
     return Deployment(
         machine, controller, inventory, workdir, tunnel_port, seconds, result.stdout, tmux_starts
     )
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    machine: Machine, controller: Controller, tmp_path_factory: pytest.TempPathFactory
+) -> Deployment:
+    return first_deployment(machine, controller, tmp_path_factory.mktemp("ansible"))
 
 
 def unit_starts(machine: Machine, unit: str) -> int:

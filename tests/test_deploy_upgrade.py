@@ -1,10 +1,10 @@
 """Upgrade in place (issue 25, Deliver 3): from the previous release to this checkout.
 
 A module of its own, so that its machine boots and plays beside test_deploy.py's (under
-`make test`'s workers) instead of after it: the fixtures (the machine, the first play of
-this checkout, the VM stand-in) are test_deploy.py's, imported, and so made once more for
-this module alone. The test plays the previous release's own role and wheel over that
-machine, then this checkout's.
+`make test`'s workers) instead of after it. The machine and the VM stand-in are
+test_deploy.py's fixtures, imported, and so made once more for this module alone; its first
+play is the previous release's own role and wheel, as a Pi installed then had it, with the
+keep-alive on against a simulated page. The test then plays this checkout's.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import test_deploy as base
@@ -41,16 +43,19 @@ from test_deploy import (
     VM_HOSTNAME,
     Deployment,
     _pane_text,
-    restart_and_wait,
     wait_runtime,
 )
+
+if TYPE_CHECKING:
+    from gateway.sim.colab import SimColab
 
 pytestmark = base.pytestmark
 # test_deploy.py's fixtures, under their own names (pytest finds a fixture by the name of
 # the module attribute holding it; set through globals() because the tests' parameters
-# carry the same names): this module gets a machine, a first play and a VM stand-in of its
-# own.
-for _fixture in ("controller", "machine", "deployed", "vm"):
+# carry the same names): this module gets a machine and a VM stand-in of its own. Its
+# `deployed` is its own (below): the previous release's first play, which test_deploy.py's
+# `vm` then uses too (a fixture is looked up from the test that asks).
+for _fixture in ("controller", "machine", "vm"):
     globals()[_fixture] = getattr(base, _fixture)
 
 
@@ -145,10 +150,9 @@ def previous_release(controller: Controller) -> Release:
 
 
 def play_release(
-    deployed: Deployment, release: Release, *extra: str
+    controller: Controller, inventory: Path, workdir: Path, release: Release, *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    """The release's own playbook and role, with its wheel, on the deployed machine."""
-    workdir = deployed.workdir
+    """The release's own playbook and role, with its wheel."""
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(release.tree / "ansible/ansible.cfg"),
@@ -159,13 +163,59 @@ def play_release(
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
     }
     command = [
-        str(deployed.controller.playbook),
-        *("-i", str(deployed.inventory), str(release.tree / "ansible/playbook.yml")),
+        str(controller.playbook),
+        *("-i", str(inventory), str(release.tree / "ansible/playbook.yml")),
         *("-e", f"colab_gateway_wheel={release.wheel}"),
         *extra,
     ]
     return subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=PLAYBOOK_TIMEOUT
+    )
+
+
+def keepalive_on(inventory: Path, sim_url: str) -> str:
+    """Extra variables that turn the keep-alive on against the simulated page: the
+    inventory's session with the page's address and the same forwards, which the VM
+    stand-in's bootstrap asks for."""
+    sessions = json.loads(inventory.read_text())["colab_gateway"]["vars"]["colab_gateway_sessions"]
+    return json.dumps(
+        {
+            "colab_gateway_config_overrides": {
+                "browser": {"enabled": True, "headless": True, "poll_every": "1s"}
+            },
+            "colab_gateway_sessions": [{**sessions[0], "notebook_url": sim_url}],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def sim_page() -> Iterator[SimColab]:
+    """The simulated notebook page, served from this side (the machine shares its network)."""
+    from gateway.sim.colab import SimColab
+
+    sim = SimColab(connect_delay=0.3).start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    machine: Machine,
+    controller: Controller,
+    sim_page: SimColab,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Deployment:
+    """The previous release's play on the fresh machine, with the keep-alive on."""
+    release = previous_release(controller)
+    return base.first_deployment(
+        machine,
+        controller,
+        tmp_path_factory.mktemp("ansible"),
+        lambda inventory, workdir: play_release(
+            controller, inventory, workdir, release, "-e", keepalive_on(inventory, sim_page.url)
+        ),
     )
 
 
@@ -251,105 +301,75 @@ def wait_pane_in_vm(m: Machine, timeout: float) -> None:
 
 
 def test_an_upgrade_in_place_keeps_keys_profile_snapshots_and_the_tmux_session(
-    deployed: Deployment, vm: VM
+    deployed: Deployment, vm: VM, sim_page: SimColab
 ) -> None:
-    """Issue 25, Deliver 3: the previous release (its role and its wheel) runs with the
-    keep-alive on against a simulated page, the VM stand-in connected and its pane logged
-    in, a cookie in the profile and a snapshot made by a real pull. Then this checkout's
-    role and wheel are played: the gateway restarts exactly once, the tmux server is not
-    restarted (same pid, same session), the keys, the pinned host keys, the cookie and the
-    snapshots are the same, and the runtime is connected again. Last in the module: the
-    machine is left on this checkout's release, restored to the inventory's values."""
-    from gateway.sim.colab import SimColab
-
+    """Issue 25, Deliver 3: the previous release (its role and its wheel, the module's first
+    play) runs with the keep-alive on against a simulated page, the VM stand-in connected
+    and its pane logged in, a cookie in the profile and a snapshot made by a real pull. Then
+    this checkout's role and wheel are played: the gateway restarts exactly once, the tmux
+    server is not restarted (same pid, same session), the keys, the pinned host keys, the
+    cookie and the snapshots are the same, and the runtime is connected again. The module's
+    only test: its machine is thrown away after it."""
     m = deployed.machine
     release = previous_release(deployed.controller)
-    sim = SimColab(connect_delay=0.3).start()
-    # The inventory's session with the sim page's address: the same forwards, which the
-    # VM stand-in's bootstrap asks for.
-    sessions = json.loads(deployed.inventory.read_text())["colab_gateway"]["vars"][
-        "colab_gateway_sessions"
-    ]
-    overrides = json.dumps(
-        {
-            "colab_gateway_config_overrides": {
-                "browser": {"enabled": True, "headless": True, "poll_every": "1s"}
-            },
-            "colab_gateway_sessions": [{**sessions[0], "notebook_url": sim.url}],
-        }
+    overrides = keepalive_on(deployed.inventory, sim_page.url)
+    wait_runtime(m, "connected", 180)
+    wait_pane_in_vm(m, 120)
+    installed = m.run(f"cat {VENV}/lib/python3*/site-packages/gateway/__init__.py").stdout
+    assert installed == (release.tree / "gateway/__init__.py").read_text()
+
+    m.run(
+        f"{AS_SERVICE} sh -c 'mkdir -p {STATE}/chromium-profile/Default && "
+        f"head -c 4096 /dev/urandom > {PROFILE_COOKIE}'"
     )
-    try:
-        old = play_release(deployed, release, "-e", overrides)
-        assert old.returncode == 0, f"the previous release's play failed:\n{old.stdout[-6000:]}"
-        restart_and_wait(m)
+    for text, path in ((UPGRADE_SSH, UPGRADE_SSH_PATH), (UPGRADE_PULL, UPGRADE_PULL_PATH)):
+        m.run(f"printf %s {shlex.quote(text)} | sudo tee {path} >/dev/null")
+    m.run(f"sudo chmod 755 {UPGRADE_SSH_PATH}")
+    m.run(
+        f"sudo sh -c 'rm -rf {UPGRADE_VM_TREE} && mkdir -p {UPGRADE_VM_TREE}/outputs && "
+        f"head -c 100000 /dev/urandom > {UPGRADE_VM_TREE}/outputs/model.bin && "
+        f"echo results > {UPGRADE_VM_TREE}/outputs/results.txt && "
+        f"chmod -R a+rX {UPGRADE_VM_TREE}'"
+    )
+    pulled = m.run(f"{AS_SERVICE} {VENV}/bin/python {UPGRADE_PULL_PATH}").stdout
+    assert pulled.startswith("pulled "), pulled
+
+    before = upgrade_kept(m)
+    pid_before = main_pid(m)
+    restarts_before = m.run("systemctl show -p NRestarts --value colab-gateway").stdout
+    cursor = m.run("sudo journalctl -u colab-gateway -n 0 --show-cursor --no-pager").stdout
+    cursor = cursor.strip().rpartition("cursor: ")[2]
+
+    started = time.monotonic()
+    with EndpointProbe(deployed.tunnel_port) as probe:
+        new = deployed.play("-e", overrides)
+        play_seconds = time.monotonic() - started
         wait_runtime(m, "connected", 180)
-        wait_pane_in_vm(m, 120)
-        installed = m.run(f"cat {VENV}/lib/python3*/site-packages/gateway/__init__.py").stdout
-        assert installed == (release.tree / "gateway/__init__.py").read_text()
+        connected_seconds = time.monotonic() - started
+    assert new.returncode == 0, f"the upgrade's play failed:\n{new.stdout[-6000:]}"
+    print(
+        f"upgrade play: {play_seconds:.1f}s, runtime connected again "
+        f"{connected_seconds:.1f}s after it began; the tunnel endpoint did not answer for "
+        f"{probe.longest_down:.1f}s at most ({probe.probes} probes); changed: "
+        f"{changed_tasks(new.stdout)}"
+    )
+    assert "TASK [colab_gateway : Install the wheel by its hash]" in changed_tasks(new.stdout)
+    installed = m.run(f"cat {VENV}/lib/python3*/site-packages/gateway/__init__.py").stdout
+    assert installed == (REPO / "gateway/__init__.py").read_text()
 
-        m.run(
-            f"{AS_SERVICE} sh -c 'mkdir -p {STATE}/chromium-profile/Default && "
-            f"head -c 4096 /dev/urandom > {PROFILE_COOKIE}'"
-        )
-        for text, path in ((UPGRADE_SSH, UPGRADE_SSH_PATH), (UPGRADE_PULL, UPGRADE_PULL_PATH)):
-            m.run(f"printf %s {shlex.quote(text)} | sudo tee {path} >/dev/null")
-        m.run(f"sudo chmod 755 {UPGRADE_SSH_PATH}")
-        m.run(
-            f"sudo sh -c 'rm -rf {UPGRADE_VM_TREE} && mkdir -p {UPGRADE_VM_TREE}/outputs && "
-            f"head -c 100000 /dev/urandom > {UPGRADE_VM_TREE}/outputs/model.bin && "
-            f"echo results > {UPGRADE_VM_TREE}/outputs/results.txt && "
-            f"chmod -R a+rX {UPGRADE_VM_TREE}'"
-        )
-        pulled = m.run(f"{AS_SERVICE} {VENV}/bin/python {UPGRADE_PULL_PATH}").stdout
-        assert pulled.startswith("pulled "), pulled
+    # Exactly one restart of the gateway: one stop, one start, none by systemd itself.
+    journal = m.run(
+        f"sudo journalctl -u colab-gateway --after-cursor={shlex.quote(cursor)} -o cat --no-pager"
+    ).stdout
+    starts = [line for line in journal.splitlines() if line.startswith("gateway: started (")]
+    stops = [line for line in journal.splitlines() if line == "gateway: stopping"]
+    assert (len(stops), len(starts)) == (1, 1), journal[-4000:]
+    assert main_pid(m) != pid_before
+    assert m.run("systemctl show -p NRestarts --value colab-gateway").stdout == restarts_before
 
-        before = upgrade_kept(m)
-        pid_before = main_pid(m)
-        restarts_before = m.run("systemctl show -p NRestarts --value colab-gateway").stdout
-        cursor = m.run("sudo journalctl -u colab-gateway -n 0 --show-cursor --no-pager").stdout
-        cursor = cursor.strip().rpartition("cursor: ")[2]
-
-        started = time.monotonic()
-        with EndpointProbe(deployed.tunnel_port) as probe:
-            new = deployed.play("-e", overrides)
-            play_seconds = time.monotonic() - started
-            wait_runtime(m, "connected", 180)
-            connected_seconds = time.monotonic() - started
-        assert new.returncode == 0, f"the upgrade's play failed:\n{new.stdout[-6000:]}"
-        print(
-            f"upgrade play: {play_seconds:.1f}s, runtime connected again "
-            f"{connected_seconds:.1f}s after it began; the tunnel endpoint did not answer for "
-            f"{probe.longest_down:.1f}s at most ({probe.probes} probes); changed: "
-            f"{changed_tasks(new.stdout)}"
-        )
-        assert "TASK [colab_gateway : Install the wheel by its hash]" in changed_tasks(new.stdout)
-        installed = m.run(f"cat {VENV}/lib/python3*/site-packages/gateway/__init__.py").stdout
-        assert installed == (REPO / "gateway/__init__.py").read_text()
-
-        # Exactly one restart of the gateway: one stop, one start, none by systemd itself.
-        journal = m.run(
-            f"sudo journalctl -u colab-gateway --after-cursor={shlex.quote(cursor)} "
-            "-o cat --no-pager"
-        ).stdout
-        starts = [line for line in journal.splitlines() if line.startswith("gateway: started (")]
-        stops = [line for line in journal.splitlines() if line == "gateway: stopping"]
-        assert (len(stops), len(starts)) == (1, 1), journal[-4000:]
-        assert main_pid(m) != pid_before
-        assert m.run("systemctl show -p NRestarts --value colab-gateway").stdout == restarts_before
-
-        wait_pane_in_vm(m, 120)
-        after = upgrade_kept(m)
-        assert after == before
-        # The new daemon recorded the state's layout (gateway/state_format.py): today's.
-        recorded = json.loads(m.run(f"sudo cat {STATE}/format").stdout)
-        assert recorded["version"] == 1, recorded
-    finally:
-        sim.stop()
-        m.run(
-            f"sudo rm -rf {UPGRADE_VM_TREE} {UPGRADE_SSH_PATH} {UPGRADE_PULL_PATH} "
-            f"{STATE}/sync {PROFILE_COOKIE}",
-            check=False,
-        )
-        restored = deployed.play()
-        assert restored.returncode == 0, restored.stdout[-6000:]
-        restart_and_wait(m)
+    wait_pane_in_vm(m, 120)
+    after = upgrade_kept(m)
+    assert after == before
+    # The new daemon recorded the state's layout (gateway/state_format.py): today's.
+    recorded = json.loads(m.run(f"sudo cat {STATE}/format").stdout)
+    assert recorded["version"] == 1, recorded
