@@ -77,6 +77,11 @@ Subsystem sftp internal-sftp
 # (the bootstrap's sshd takes it through GW_SSHD_EXTRA).
 STANDIN_PATH = "SetEnv PATH=/root/.colab-sim/bin:/usr/local/bin:/usr/bin:/bin"
 
+# What nvidia-smi --query-gpu=name,utilization.gpu,memory.used,memory.total
+# --format=csv,noheader,nounits printed on a Colab T4 VM while it trained: the demo's VM
+# (tests/vm_stats/fixtures has the A100's, the L4's and garbage too).
+RECORDED_T4 = "Tesla T4, 87, 11468, 15360\n"
+
 # A stand-in for nvidia-smi: prints what a test put in /root/.colab-sim/nvidia-smi.out
 # (SimVM.set_nvidia_smi: a T4's, an A100's... recorded answer, or garbage); without that
 # file it is missing, as on a CPU runtime.
@@ -218,6 +223,7 @@ class SimVM:
         self.vm_id = ""
         self.generation = 0
         self._disk: Path | None = None
+        self.nvidia_smi: str | None = None  # what the stand-in prints (set_nvidia_smi)
         self._procs: list[subprocess.Popen[bytes]] = []
         self._lock = threading.RLock()
 
@@ -324,13 +330,19 @@ class SimVM:
         standin.parent.mkdir(parents=True)
         standin.write_text(NVIDIA_SMI_STANDIN)
         standin.chmod(0o755)
+        if self.nvidia_smi is not None:  # the next VM has the same kind of GPU
+            (standin.parent.parent / "nvidia-smi.out").write_text(self.nvidia_smi)
         old = self._disk
         self._disk, self.vm_id, self.generation = disk, vm_id, generation
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
     def set_nvidia_smi(self, output: str | None) -> None:
-        """What the VM's nvidia-smi prints from now on; None: the VM has none (CPU)."""
+        """What the VM's nvidia-smi prints from now on, in this VM and the next ones;
+        None: the VM has none (CPU)."""
+        self.nvidia_smi = output
+        if self._disk is None:
+            return  # not started: _provision writes it
         out = self.root_home / ".colab-sim" / "nvidia-smi.out"
         if output is None:
             out.unlink(missing_ok=True)

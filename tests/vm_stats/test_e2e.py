@@ -14,8 +14,10 @@ import psutil
 import pytest
 from helpers.alerts import Inbox
 
+from gateway import demo
 from gateway.sim import scenarios
 from gateway.sim.harness import SESSION, LoopHarness, missing_parts
+from gateway.sim.vm import RECORDED_T4
 
 pytestmark = [
     pytest.mark.slow,
@@ -160,3 +162,14 @@ def test_an_idle_gpu_is_told_once_and_resolved_once(loop: Loop) -> None:
     _samples_after(h, 3)
     told = [t for t in inbox.titles() if f"L4 idle for {IDLE_AFTER}s" in t]
     assert [("resolved" in t) for t in told] == [False, True]
+
+
+def test_the_demo_line_reads_the_facts_from_the_daemons_status(loop: Loop) -> None:
+    """`make demo` prints this line for its T4 VM (gateway/demo.py, after bring-up)."""
+    h = loop.h
+    assert h.vm is not None
+    h.vm.set_nvidia_smi(RECORDED_T4)
+    h.wait("T4 in status --json", lambda: _vm(h).get("accelerator") == "Tesla T4", 30)
+    line = demo.vm_facts_line(h)
+    assert line.startswith("VM facts: T4 87 %, VRAM 11.2/15 GB · RAM "), line
+    assert "(sampled " in line
