@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from gateway.untrusted import untrusted
+from gateway.untrusted import quoted, untrusted
 
 MIB = 1024 * 1024
 NAME_LIMIT = 60  # an accelerator's name: "NVIDIA A100-SXM4-40GB" is 21
@@ -92,7 +92,7 @@ def parse_gpus(text: str) -> tuple[list[Gpu], list[str]]:
             continue
         fields = [f.strip() for f in line.split(",")]
         if len(fields) != 4:
-            problems.append(f"nvidia-smi line {untrusted(line, 200)!r} has not 4 fields")
+            problems.append(f"nvidia-smi line {quoted(line, 200)} has not 4 fields")
             continue
         name, util, used, total = fields
         percent = _number(util)
@@ -103,7 +103,7 @@ def parse_gpus(text: str) -> tuple[list[Gpu], list[str]]:
             memory_total=_mib(total),
         )
         if gpu.utilization is None and gpu.memory_total is None:
-            problems.append(f"nvidia-smi line {untrusted(line, 200)!r} has no number")
+            problems.append(f"nvidia-smi line {quoted(line, 200)} has no number")
             continue
         gpus.append(gpu)
     return gpus, problems

@@ -116,7 +116,9 @@ def test_garbage_costs_one_warning_and_no_gpu_facts(loop: Loop) -> None:
     assert vm["accelerator"] is None and vm["gpu_utilization"] is None
     assert isinstance(vm["memory_total"], int)
     warnings = [ln for ln in log.read_text().splitlines() if "VM facts:" in ln and "WARNING" in ln]
-    assert len(warnings) <= 1
+    # One warning for this VM, whatever came first (this garbage, or a sample cut by
+    # another test's tunnel kill); the rest went to the debug log.
+    assert len(warnings) == 1, warnings
     assert all("\x1b" not in ln for ln in log.read_text().splitlines())
     assert h.cli("status").count("vm_stats") >= 1
 

@@ -76,6 +76,7 @@ def test_garbage_from_nvidia_smi_is_absent_not_zero_and_escaped() -> None:
     assert len(sample.problems) == 1
     assert "\x1b" not in sample.problems[0] and "\x07" not in sample.problems[0]
     assert "\\x1b" in sample.problems[0]
+    assert "\\\\x1b" not in sample.problems[0]  # escaped once, not escaped and then repr'd
 
 
 def test_a_cpu_runtime_has_no_gpu_facts_and_says_its_ram() -> None:
