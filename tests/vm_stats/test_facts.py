@@ -162,3 +162,20 @@ def test_gpu_idle_notifies_once_then_resolves_once(inbox: Inbox) -> None:
     assert "T4 idle for 20m (session colab), since" in post["message"]
     assert "11.2 GB of VRAM held" in post["message"]
     assert inbox.count("T4 idle") == 2
+
+
+def test_every_0s_is_the_off_switch() -> None:
+    from gateway import registry
+    from gateway.config import load_config_text
+
+    def runs(text: str) -> bool:
+        config = load_config_text(
+            "sessions: [{name: colab, notebook_url: 'https://colab.research.google.com/drive/1'}]\n"
+            + text,
+            "c.yaml",
+        ).config
+        spec = next(s for s in registry.all_specs() if s.name == "vm_stats")
+        return spec.enabled(config)
+
+    assert runs("")  # on by default, every 30s
+    assert not runs("vm_stats: {every: 0s}\n")
