@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -100,11 +101,18 @@ def run_client(argv: list[str]) -> tuple[float, float, str]:
 
 
 def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-vmstats-"))
+    try:
+        measure(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(work: Path) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=50, help="per way (default 50)")
     args = parser.parse_args()
     netns.require_root("this benchmark")
-    work = Path(tempfile.mkdtemp(prefix="bench-vmstats-"))
     with SimNetwork() as network, SimVM(network, work / "vm", sshd=False) as vm:
         vm.set_nvidia_smi(T4)
         identity = work / "id_ed25519"
