@@ -485,9 +485,16 @@ NOTIFY_EVENTS = (
     "vm_reset",
     "ddns_stopped",
     "daemon_restarted",
+    "gpu_idle",
 )
 NotifyEvent = Literal[
-    "human_needed", "runtime_lost", "tunnel_down", "vm_reset", "ddns_stopped", "daemon_restarted"
+    "human_needed",
+    "runtime_lost",
+    "tunnel_down",
+    "vm_reset",
+    "ddns_stopped",
+    "daemon_restarted",
+    "gpu_idle",
 ]
 
 
@@ -519,6 +526,9 @@ class NotifyConfig:
     # runtime_lost and tunnel_down wait this long before anyone is told.
     tunnel_down_after: Duration = setting(Duration(600), min=10, max=86400)
     repeat_after: Duration = setting(Duration(21600), min=60)
+    # gpu_idle: the GPU's utilisation stayed below vm_stats.GPU_IDLE_BELOW this long
+    # (sampled every vm_stats.every); 0: never told.
+    gpu_idle_after: Duration = setting(Duration(0), min=0, max=7 * 86400)
 
     def check(self) -> list[tuple[str, str]]:
         """The URLs of ``urls_file``, checked as ``urls`` are (by line: they have no node)."""
@@ -601,6 +611,17 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class VmStatsConfig:
+    # How often the VM's facts (GPU, memory, disk, uptime) are sampled over the Pi's ssh
+    # into the VM; 0: never.
+    every: Duration = setting(Duration(30), min=0, max=86400)
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0
+
+
+@dataclass(frozen=True)
 class ViewConfig:
     # `colab-gateway view` gives the page back to the keep-alive after this long without a
     # click or a key: a forgotten view must not pause the keep-alive for days.
@@ -629,6 +650,7 @@ class Config:
     metrics: MetricsConfig = setting(factory=MetricsConfig)
     view: ViewConfig = setting(factory=ViewConfig)
     healthcheck: HealthcheckConfig = setting(factory=HealthcheckConfig)
+    vm_stats: VmStatsConfig = setting(factory=VmStatsConfig)
 
     def check(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []

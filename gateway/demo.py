@@ -64,7 +64,7 @@ def run_demo(
     from gateway.sim import netns
     from gateway.sim.harness import HarnessError, LoopHarness
     from gateway.sim.scenarios import FAULTS, SYNC_DEMO, bring_up, second_session_up
-    from gateway.sim.vm import install_signal_guard
+    from gateway.sim.vm import RECORDED_T4, install_signal_guard
 
     timeline = Timeline(out)
     print("colab-gateway demo: the real daemon against a simulated Colab on this machine", file=out)
@@ -95,9 +95,12 @@ def run_demo(
         except HarnessError as exc:
             timeline(f"cannot start: {exc}")
             return EXIT_CANNOT_RUN
+        if harness.vm is not None:
+            harness.vm.set_nvidia_smi(RECORDED_T4)  # a T4 runtime, as most free ones are
         up = bring_up(harness)
         steps.append(up)
         if up.ok:
+            timeline(vm_facts_line(harness))
             up = second_session_up(harness)
             steps.append(up)
         if not up.ok:
@@ -131,6 +134,28 @@ def run_demo(
     ok = steps and all(_verdict(s) == "ok" for s in steps) and not harness.hook_errors
     print(f"\n{'all steps passed' if ok else 'SOME STEPS FAILED'} in {total:.0f} s", file=out)
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def vm_facts_line(harness: Any, timeout: float = 40.0) -> str:
+    """``VM facts: T4 87 %, VRAM 11.2/15 GB · RAM …``: what the daemon sampled from the
+    first session's VM, as ``colab-gateway status`` shows it."""
+    from gateway.sim.harness import HarnessError
+
+    def shown() -> str | None:
+        vm = harness.session_facts().get("vm") or {}
+        if vm.get("sampled_at") is None:
+            return None
+        report: str = harness.cli("status")
+        for line in report.splitlines():
+            if line.strip().startswith("VM "):
+                return line.strip().removeprefix("VM ")
+        return None
+
+    try:
+        harness.wait("the VM's facts in the status", shown, timeout)
+    except HarnessError as exc:
+        return f"VM facts: none ({exc})"
+    return f"VM facts: {shown()}"
 
 
 def _show_metrics(harness: Any, timeline: Timeline) -> None:

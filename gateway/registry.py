@@ -18,6 +18,7 @@ from gateway.metrics.component import MetricsComponent
 from gateway.sync.component import SyncComponent
 from gateway.tmux.component import TmuxKeeper
 from gateway.tunnel.component import TunnelComponent
+from gateway.vm_stats.component import VmStatsComponent
 
 
 def _sessions_but_sync(c: Config) -> tuple[SessionConfig, ...]:
@@ -60,6 +61,13 @@ def all_specs() -> list[ComponentSpec]:
             # It logs into the VMs as ssh.identity through the sessions' forwards.
             relevant=lambda c: (c.sessions, c.sync, c.ssh),
             factory=SyncComponent,
+        ),
+        ComponentSpec(
+            name="vm_stats",
+            enabled=lambda c: c.tunnel.enabled and c.vm_stats.enabled and bool(c.sessions),
+            # It logs into the VMs as ssh.identity through the sessions' forwards.
+            relevant=lambda c: (_sessions_but_sync(c), c.vm_stats, c.ssh),
+            factory=VmStatsComponent,
         ),
         ComponentSpec(
             name="browser",

@@ -24,6 +24,7 @@ from gateway.vocabulary import (
     SessionState,
     SyncFacts,
     TunnelFacts,
+    VmFacts,
     outside_details,
     outside_text,
 )
@@ -229,6 +230,32 @@ def _session(name: str, value: object) -> SessionState:
             ),
         ),
         sync=_sync(_mapping(raw.get("sync", {}), f"{where}.sync"), f"{where}.sync"),
+        vm=_vm(_mapping(raw.get("vm", {}), f"{where}.vm"), f"{where}.vm"),
+    )
+
+
+def _vm(raw: Mapping[str, Any], where: str) -> VmFacts:
+    def number(key: str) -> float | None:
+        return _optional_number(raw.get(key), f"{where}.{key}")
+
+    def count(key: str) -> int | None:
+        value = raw.get(key)
+        return None if value is None else _count(value, f"{where}.{key}")
+
+    return VmFacts(
+        sampled_at=number("sampled_at"),
+        accelerator=_optional_text(raw.get("accelerator"), f"{where}.accelerator"),
+        gpus=_count(raw.get("gpus", 0), f"{where}.gpus"),
+        gpu_utilization=number("gpu_utilization"),
+        gpu_memory_used=count("gpu_memory_used"),
+        gpu_memory_total=count("gpu_memory_total"),
+        memory_used=count("memory_used"),
+        memory_total=count("memory_total"),
+        disk_used=count("disk_used"),
+        disk_total=count("disk_total"),
+        uptime_seconds=number("uptime_seconds"),
+        gpu_idle_since=number("gpu_idle_since"),
+        problem=_text(raw.get("problem"), f"{where}.problem"),
     )
 
 

@@ -29,6 +29,7 @@ from gateway.vocabulary import (
     SessionState,
     SyncFacts,
     TunnelFacts,
+    VmFacts,
     outside_details,
     outside_text,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "State",
     "SyncFacts",
     "TunnelFacts",
+    "VmFacts",
 ]
 
 
@@ -200,6 +202,11 @@ class State:
     def update_sync(self, session: str, **facts: Any) -> None:
         with self._lock:
             if _assign(self.session(session).sync, facts):
+                self._bump()
+
+    def update_vm(self, session: str, **facts: Any) -> None:
+        with self._lock:
+            if _assign(self.session(session).vm, facts):
                 self._bump()
 
     def drop_sessions_except(self, names: set[str]) -> None:

@@ -20,7 +20,7 @@ from gateway.durations import format_duration
 from gateway.secrets import redact
 from gateway.sizes import format_size
 from gateway.untrusted import untrusted
-from gateway.vocabulary import Health, RestoreState, SessionState, SyncFacts
+from gateway.vocabulary import Health, RestoreState, SessionState, SyncFacts, VmFacts
 
 if TYPE_CHECKING:  # a Snapshot renders itself with summary(): no import at run time
     from gateway.snapshot import Snapshot
@@ -62,7 +62,75 @@ def session_facts(
         facts.append(f"runtime {runtime.state.words}{gpu}")
     if session.sync.enabled:
         facts.append(sync_words(session.sync))
+    vm = vm_words(session.vm)
+    if vm:
+        facts.append(vm)
     return facts
+
+
+GIB = 1024**3
+_VENDORS = ("NVIDIA ", "Tesla ")
+
+
+def _gib(used: int | None, total: int | None) -> str:
+    """``11.2/15 GB`` (binary GB, as Colab's own resource panel counts them)."""
+    if used is None or total is None:
+        return ""
+    whole = total / GIB
+    shown = f"{whole:.0f}" if abs(whole - round(whole)) < 0.05 else f"{whole:.1f}"
+    return f"{used / GIB:.1f}/{shown} GB"
+
+
+def accelerator_short(name: str | None) -> str:
+    """``T4`` for "Tesla T4", ``A100-SXM4-40GB`` for "NVIDIA A100-SXM4-40GB"."""
+    short = name or ""
+    for vendor in _VENDORS:
+        short = short.removeprefix(vendor)
+    return untrusted(short, 40)
+
+
+def vm_words(vm: VmFacts) -> str:
+    """``T4 87 % · 11.2/15 GB`` (the GPU: utilisation, memory), or ``VM RAM 3.1/12 GB`` on a
+    runtime without one; empty before the first sample said anything."""
+    if vm.sampled_at is None:
+        return ""
+    if vm.accelerator or vm.gpu_utilization is not None:
+        parts = [accelerator_short(vm.accelerator) or "GPU"]
+        if vm.gpu_utilization is not None:
+            parts[0] += f" {vm.gpu_utilization * 100:.0f} %"
+        memory = _gib(vm.gpu_memory_used, vm.gpu_memory_total)
+        return " · ".join([*parts, memory] if memory else parts)
+    memory = _gib(vm.memory_used, vm.memory_total)
+    return f"VM RAM {memory}" if memory else ""
+
+
+def vm_details(vm: VmFacts, now: float) -> str:
+    """The long form for ``colab-gateway status``: everything the last sample said."""
+    if vm.sampled_at is None:
+        return f"VM facts: none yet{f' ({vm.problem})' if vm.problem else ''}"
+    parts = []
+    if vm.accelerator or vm.gpu_utilization is not None:
+        gpu = accelerator_short(vm.accelerator) or "GPU"
+        if vm.gpus > 1:
+            gpu = f"{vm.gpus}× {gpu}"
+        if vm.gpu_utilization is not None:
+            gpu += f" {vm.gpu_utilization * 100:.0f} %"
+        memory = _gib(vm.gpu_memory_used, vm.gpu_memory_total)
+        parts.append(f"{gpu}, VRAM {memory}" if memory else gpu)
+    else:
+        parts.append("no GPU")
+    memory = _gib(vm.memory_used, vm.memory_total)
+    if memory:
+        parts.append(f"RAM {memory}")
+    disk = _gib(vm.disk_used, vm.disk_total)
+    if disk:
+        parts.append(f"/content {disk}")
+    if vm.uptime_seconds is not None:
+        parts.append(f"up {format_duration(vm.uptime_seconds)}")
+    line = f"VM {' · '.join(parts)} (sampled {format_duration(max(0.0, now - vm.sampled_at))} ago)"
+    if vm.problem:
+        line += f"; {vm.problem}"
+    return line
 
 
 def restore_words(sync: SyncFacts) -> str:
@@ -138,6 +206,8 @@ def report(snapshot: Snapshot) -> str:
             lines.append(f"    {sync_words(sync)}; restore {sync.restore.value}")
             if sync.restore_message and sync.restore != RestoreState.FAILED:
                 lines.append(f"    restore: {sync.restore_message}")
+        if snapshot.runs("vm_stats"):
+            lines.append(f"    {vm_details(session.vm, now)}")
         if runtime.screenshot:
             lines.append(f"    latest screenshot {runtime.screenshot}")
     # Each line one line, escaped and bounded, whatever a fact quotes.

@@ -209,11 +209,39 @@ class SyncFacts(OutsideTextFields):
 
 
 @dataclass
+class VmFacts(OutsideTextFields):
+    """Published by the vm_stats component: what the Colab VM itself reported on its last
+    sample. A value the VM did not give (no GPU, garbage) is None, never 0."""
+
+    # accelerator is the VM's word (nvidia-smi's name); problem quotes its output.
+    OUTSIDE_TEXT: ClassVar[Mapping[str, int]] = {
+        "accelerator": NAME_LIMIT,
+        "problem": MESSAGE_LIMIT,
+    }
+
+    sampled_at: float | None = None  # wall clock of the last sample that said something
+    accelerator: str | None = None  # "Tesla T4"; None on a CPU or TPU runtime
+    gpus: int = 0
+    gpu_utilization: float | None = None  # 0..1, the mean over the GPUs
+    gpu_memory_used: int | None = None  # bytes, summed over the GPUs
+    gpu_memory_total: int | None = None
+    memory_used: int | None = None  # the VM's RAM in use (total - available)
+    memory_total: int | None = None
+    disk_used: int | None = None  # of /content
+    disk_total: int | None = None
+    uptime_seconds: float | None = None
+    # Wall clock since which the GPU's utilisation stayed below the idle threshold.
+    gpu_idle_since: float | None = None
+    problem: str = ""  # why the last sample failed or was partly garbage; empty when fine
+
+
+@dataclass
 class SessionState:
     name: str
     tunnel: TunnelFacts = field(default_factory=TunnelFacts)
     runtime: RuntimeFacts = field(default_factory=RuntimeFacts)
     sync: SyncFacts = field(default_factory=SyncFacts)
+    vm: VmFacts = field(default_factory=VmFacts)
 
 
 # -- commands: the healer (or a test) asks a component to do something ---------------------

@@ -1054,3 +1054,20 @@ def test_role_stops_at_a_snap_error_other_than_a_clash(tmp_path: Path) -> None:
     result, calls = _play_snap(tmp_path, "/home/colab-gateway")
     assert result.returncode != 0
     assert calls.count("snap install chromium") == 1, calls
+
+
+def test_role_renders_the_vm_stats_and_gpu_idle_settings(tmp_path: Path) -> None:
+    import yaml
+
+    default = yaml.safe_load(_render_config(tmp_path).read_text())
+    assert default["vm_stats"] == {"every": "30s"}
+    assert default["notify"]["gpu_idle_after"] == "0s"
+    assert "gpu_idle" in default["notify"]["events"]
+    config = _render_config(
+        tmp_path, colab_gateway_vm_stats_every="1m", colab_gateway_notify_gpu_idle_after="20m"
+    )
+    rendered = yaml.safe_load(config.read_text())
+    assert rendered["vm_stats"] == {"every": "1m"}
+    assert rendered["notify"]["gpu_idle_after"] == "20m"
+    result = _check_config(config)
+    assert result.returncode == 0, result.stderr

@@ -117,6 +117,9 @@ class Watcher:
                 continue
             for problem in self._session_problems(snap, session, now):
                 current[problem.key] = problem
+            idle = self._gpu_idle(session, now)
+            if idle is not None:
+                current[idle.key] = idle
             out += self._vm_reset(snap, session, now)
         stopped = self._ddns_stopped(snap)
         if stopped is not None:
@@ -209,6 +212,32 @@ class Watcher:
                     )
                 )
         return problems
+
+    def _gpu_idle(self, session: SessionState, now: float) -> Problem | None:
+        """The GPU did next to nothing for notify.gpu_idle_after (vm_stats' facts)."""
+        after = float(self.config.notify.gpu_idle_after)
+        since = session.vm.gpu_idle_since
+        if after <= 0 or since is None or not self._waited(since, after, now):
+            return None
+        vm = session.vm
+        gpu = untrusted(vm.accelerator or "GPU", VM_ID_LIMIT)
+        for vendor in ("NVIDIA ", "Tesla "):
+            gpu = gpu.removeprefix(vendor)
+        held = (
+            f"{vm.gpu_memory_used / 1024**3:.1f} GB of VRAM held"
+            if vm.gpu_memory_used is not None
+            else "its memory use unknown"
+        )
+        return Problem(
+            "gpu_idle",
+            session.name,
+            # No clock nor memory figure in it: it is the problem's key, sent once.
+            f"{gpu} idle for {format_duration(after)}",
+            "stop the runtime if the work is done (it burns compute units), or look at "
+            "what the job is waiting for",
+            since,
+            detail=held,
+        )
 
     def _human_needed(self, session: SessionState, now: float) -> Problem | None:
         runtime, name = session.runtime, session.name

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.snapshot import Snapshot
+from gateway.untrusted import untrusted
 from gateway.vocabulary import (
     COLAB_REFUSALS,
     COMPONENT_RESTARTS,
@@ -28,6 +29,7 @@ from gateway.vocabulary import (
     Health,
     Measure,
     RuntimeState,
+    VmFacts,
 )
 
 PREFIX = "colab_gateway_"
@@ -124,6 +126,8 @@ def families(snapshot: Snapshot) -> Iterator[CounterMetricFamily | GaugeMetricFa
         "tunnel_up", "1 while the session's tunnel is up", lambda s: float(tunnel[s].up)
     )
 
+    yield from vm_families(snapshot)
+
     zeros = _zeros(snapshot)
     for measure in MEASURES:
         values = dict.fromkeys(zeros.get(measure, ()), 0.0)
@@ -139,6 +143,49 @@ def families(snapshot: Snapshot) -> Iterator[CounterMetricFamily | GaugeMetricFa
         "Seconds since the daemon started",
         value=max(0.0, snapshot.now - snapshot.started_at),
     )
+
+
+# The VM's facts (issue 27): (name, help, how to read it from VmFacts). A value the VM
+# did not give has no sample at all: absent, never 0.
+VM_GAUGES: tuple[tuple[str, str, Callable[[VmFacts], float | None]], ...] = (
+    (
+        "vm_gpu_utilization_ratio",
+        "The Colab VM's GPU utilisation (0-1, mean over its GPUs) at the last sample",
+        lambda vm: vm.gpu_utilization,
+    ),
+    (
+        "vm_gpu_memory_used_bytes",
+        "GPU memory in use on the Colab VM (all its GPUs)",
+        lambda vm: vm.gpu_memory_used,
+    ),
+    (
+        "vm_gpu_memory_total_bytes",
+        "GPU memory of the Colab VM (all its GPUs)",
+        lambda vm: vm.gpu_memory_total,
+    ),
+    ("vm_memory_used_bytes", "The Colab VM's RAM in use", lambda vm: vm.memory_used),
+    ("vm_memory_total_bytes", "The Colab VM's RAM", lambda vm: vm.memory_total),
+    ("vm_disk_used_bytes", "Disk used on the Colab VM's /content", lambda vm: vm.disk_used),
+    ("vm_disk_total_bytes", "Size of the Colab VM's /content", lambda vm: vm.disk_total),
+    ("vm_uptime_seconds", "Seconds since the Colab VM booted", lambda vm: vm.uptime_seconds),
+)
+
+
+def vm_families(snapshot: Snapshot) -> Iterator[GaugeMetricFamily]:
+    """The VM facts, labelled by session and accelerator ("none" on a runtime without a
+    GPU); a session whose VM has not been sampled has no series."""
+    sampled = [
+        (name, s.vm, untrusted(s.vm.accelerator, 60) if s.vm.accelerator else "none")
+        for name, s in sorted(snapshot.sessions.items())
+        if s.vm.sampled_at is not None
+    ]
+    for name, doc, read in VM_GAUGES:
+        family = GaugeMetricFamily(PREFIX + name, doc, labels=["session", "accelerator"])
+        for session, vm, accelerator in sampled:
+            value = read(vm)
+            if value is not None:
+                family.add_metric([session, accelerator], float(value))
+        yield family
 
 
 class StateCollector(Collector):

@@ -101,11 +101,12 @@ class LoopHarness:
         *,
         log: Callable[[str], None] | None = None,
         sync: str = "",
-        top: str = "",
+        top: str | Callable[[], str] = "",
         more_sessions: int = 0,
     ) -> None:
         """``sync``: the session's ``sync:`` block (YAML, one mapping line, e.g.
-        ``{paths: [/root/work]}``); ``top``: more top-level YAML for the config;
+        ``{paths: [/root/work]}``); ``top``: more top-level YAML for the config (a callable
+        is called on the Pi when the config is written: a test's receiver binds there);
         ``more_sessions``: that many more notebooks (each its own page and VM) in the same
         daemon, named after ``MORE_SESSIONS``."""
         self.workdir = Path(workdir)
@@ -189,6 +190,7 @@ class LoopHarness:
 
     def config_text(self) -> str:
         second = "".join(notebook.config_text() for notebook in self.more)
+        top = self.top_yaml() if callable(self.top_yaml) else self.top_yaml
         return f"""\
 # Written by the colab-gateway demo harness: the real daemon against a simulated Colab.
 sessions:
@@ -221,7 +223,7 @@ metrics:
   listen: 127.0.0.1:{self.metrics_port}
   textfile: {self.metrics_textfile}
   textfile_every: 5s
-{self.top_yaml}
+{top}
 """
 
     @property

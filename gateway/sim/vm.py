@@ -73,6 +73,24 @@ PrintMotd no
 PrintLastLog no
 Subsystem sftp internal-sftp
 """
+# Logins find the stand-in nvidia-smi first, as a Colab GPU VM's PATH finds the real one
+# (the bootstrap's sshd takes it through GW_SSHD_EXTRA).
+STANDIN_PATH = "SetEnv PATH=/root/.colab-sim/bin:/usr/local/bin:/usr/bin:/bin"
+
+# What nvidia-smi --query-gpu=name,utilization.gpu,memory.used,memory.total
+# --format=csv,noheader,nounits printed on a Colab T4 VM while it trained: the demo's VM
+# (tests/vm_stats/fixtures has the A100's, the L4's and garbage too).
+RECORDED_T4 = "Tesla T4, 87, 11468, 15360\n"
+
+# A stand-in for nvidia-smi: prints what a test put in /root/.colab-sim/nvidia-smi.out
+# (SimVM.set_nvidia_smi: a T4's, an A100's... recorded answer, or garbage); without that
+# file it is missing, as on a CPU runtime.
+NVIDIA_SMI_STANDIN = """\
+#!/bin/sh
+out=/root/.colab-sim/nvidia-smi.out
+if [ ! -f "$out" ]; then echo "nvidia-smi: command not found" >&2; exit 127; fi
+cat "$out"
+"""
 
 # A stand-in for Colab's `google.colab.userdata` module: the secrets a user stores in the
 # notebook's "Secrets" panel, read here from a 0600 JSON file the harness writes.
@@ -205,6 +223,7 @@ class SimVM:
         self.vm_id = ""
         self.generation = 0
         self._disk: Path | None = None
+        self.nvidia_smi: str | None = None  # what the stand-in prints (set_nvidia_smi)
         self._procs: list[subprocess.Popen[bytes]] = []
         self._lock = threading.RLock()
 
@@ -307,10 +326,28 @@ class SimVM:
             check=True,
         )  # fmt: skip
         (disk / "root" / "vm-id").write_text(vm_id + "\n")
+        standin = disk / "root" / ".colab-sim" / "bin" / "nvidia-smi"
+        standin.parent.mkdir(parents=True)
+        standin.write_text(NVIDIA_SMI_STANDIN)
+        standin.chmod(0o755)
+        if self.nvidia_smi is not None:  # the next VM has the same kind of GPU
+            (standin.parent.parent / "nvidia-smi.out").write_text(self.nvidia_smi)
         old = self._disk
         self._disk, self.vm_id, self.generation = disk, vm_id, generation
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+    def set_nvidia_smi(self, output: str | None) -> None:
+        """What the VM's nvidia-smi prints from now on, in this VM and the next ones;
+        None: the VM has none (CPU)."""
+        self.nvidia_smi = output
+        if self._disk is None:
+            return  # not started: _provision writes it
+        out = self.root_home / ".colab-sim" / "nvidia-smi.out"
+        if output is None:
+            out.unlink(missing_ok=True)
+        else:
+            out.write_text(output)
 
     # -- running things inside ---------------------------------------------------------------
 
@@ -428,6 +465,7 @@ class SimVM:
             "PYTHONPATH": f"{VM_TMP}/sim-colab-lib",
             "SIM_COLAB_SECRETS": f"{VM_TMP}/sim-colab-secrets.json",
             "COLAB_RELEASE_TAG": "sim",
+            "GW_SSHD_EXTRA": STANDIN_PATH,
             **(env or {}),
         }
         return self.popen(

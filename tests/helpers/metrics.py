@@ -28,6 +28,20 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "colab_gateway_ddns_published_timestamp_seconds": ("family",),
     "colab_gateway_ddns_errors_total": ("kind",),
     "colab_gateway_up_seconds": (),
+    # The Colab VM's own facts (issue 27), sampled by vm_stats.
+    **{
+        f"colab_gateway_vm_{name}": ("session", "accelerator")
+        for name in (
+            "gpu_utilization_ratio",
+            "gpu_memory_used_bytes",
+            "gpu_memory_total_bytes",
+            "memory_used_bytes",
+            "memory_total_bytes",
+            "disk_used_bytes",
+            "disk_total_bytes",
+            "uptime_seconds",
+        )
+    },
     "colab_gateway_build_info": (
         "asyncssh",
         "chromium",

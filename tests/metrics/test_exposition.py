@@ -67,6 +67,12 @@ def busy_state() -> State:
     state.count(BROWSER_RESTARTS, reason="memory")
     state.gauge(DDNS_PUBLISHED, 1700000000.0, family="ipv4")
     state.count(DDNS_ERRORS, kind="retry")
+    state.update_vm(
+        "colab", sampled_at=1700000000.0, accelerator="Tesla T4", gpus=1,
+        gpu_utilization=0.87, gpu_memory_used=12 << 30, gpu_memory_total=15 << 30,
+        memory_used=3 << 30, memory_total=12 << 30, disk_used=30 << 30,
+        disk_total=100 << 30, uptime_seconds=3600.0,
+    )  # fmt: skip
     return state
 
 
