@@ -485,9 +485,16 @@ NOTIFY_EVENTS = (
     "vm_reset",
     "ddns_stopped",
     "daemon_restarted",
+    "vm_message",
 )
 NotifyEvent = Literal[
-    "human_needed", "runtime_lost", "tunnel_down", "vm_reset", "ddns_stopped", "daemon_restarted"
+    "human_needed",
+    "runtime_lost",
+    "tunnel_down",
+    "vm_reset",
+    "ddns_stopped",
+    "daemon_restarted",
+    "vm_message",
 ]
 
 
@@ -519,6 +526,9 @@ class NotifyConfig:
     # runtime_lost and tunnel_down wait this long before anyone is told.
     tunnel_down_after: Duration = setting(Duration(600), min=10, max=86400)
     repeat_after: Duration = setting(Duration(21600), min=60)
+    # How often the VMs' outboxes (gw-notify, gw-run) are collected over ssh while the
+    # tunnel is up: one short ssh login per session each time.
+    vm_messages_every: Duration = setting(Duration(30), min=5, max=3600)
 
     def check(self) -> list[tuple[str, str]]:
         """The URLs of ``urls_file``, checked as ``urls`` are (by line: they have no node)."""

@@ -13,11 +13,12 @@ import socket
 import time
 from collections.abc import Callable
 
-from gateway.alerts import run_marker
+from gateway.alerts import run_marker, vm_outbox
 from gateway.alerts.events import Watcher
 from gateway.alerts.sender import Sender
 from gateway.component import Context
 from gateway.durations import format_duration
+from gateway.vm_ssh import VM_LOGIN, ssh_options
 from gateway.vocabulary import Health
 
 log = logging.getLogger("gateway.alerts")
@@ -42,6 +43,8 @@ class AlertsComponent:
         )
         sender.start()
         started_at = state.started_at
+        # Held here: a task nobody references may be collected mid-run.
+        collecting = asyncio.create_task(self._collect_vm_messages(ctx, sender))
         try:
             previous = await asyncio.to_thread(run_marker.unclean_predecessor, marker, started_at)
             await asyncio.to_thread(run_marker.write, marker, started_at, clean=False)
@@ -75,7 +78,46 @@ class AlertsComponent:
             run_marker.write(marker, started_at, clean=True)
             raise
         finally:
+            collecting.cancel()
+            await asyncio.gather(collecting, return_exceptions=True)
             await asyncio.to_thread(sender.stop)
+
+    async def _collect_vm_messages(self, ctx: Context, sender: Sender) -> None:
+        """Every ``notify.vm_messages_every``, each session's VM outbox (gw-notify, gw-run)
+        while its tunnel is up: the only way the VM can reach the phone."""
+        config = ctx.config
+        if vm_outbox.EVENT not in config.notify.events:
+            return
+        host = socket.gethostname()
+        collectors = {
+            s.name: vm_outbox.Collector(
+                s.name,
+                ["ssh", *ssh_options(config, s.name, ctx.paths), VM_LOGIN],
+                ctx.paths.state_dir / "vm-messages" / f"{s.name}.json",
+                host=host,
+            )
+            for s in config.sessions
+        }
+        failing: set[str] = set()
+        while True:
+            await asyncio.sleep(float(config.notify.vm_messages_every))
+            snap = ctx.state.view(self.clock())
+            for name, collector in collectors.items():
+                session = snap.sessions.get(name)
+                if session is None or not session.tunnel.up:
+                    continue
+                try:
+                    await collector.collect(sender.put, sender.has_left)
+                except (vm_outbox.SSHFailed, OSError) as exc:
+                    # Tunnels drop; the messages wait on the VM. Said once per failing run.
+                    if name not in failing:
+                        log.warning("session %s: the VM's messages could not be collected "
+                                    "(%s); trying again", name, exc)  # fmt: skip
+                    failing.add(name)
+                    continue
+                if name in failing:
+                    log.info("session %s: the VM's messages are collected again", name)
+                failing.discard(name)
 
     def _publish(self, ctx: Context) -> None:
         sender = self.sender
