@@ -94,6 +94,11 @@ class PaneLogin:
     count: int  # prompt lines of that VM in the pane's history so far
 
 
+# GW_INSTALL=0: sshd is installed on this machine. GW_BIN: the sim VM shares this machine's
+# /usr/local/bin, so gw-notify and gw-run go to the VM's own /root instead.
+SIM_CELL_ENV = {"GW_INSTALL": "0", "GW_BIN": "/root/.colab-gateway/bin"}
+
+
 class LoopHarness:
     def __init__(
         self,
@@ -381,7 +386,7 @@ metrics:
             if not self.vm.vm_id:
                 self.vm.start()
             # GW_INSTALL=0: sshd is installed on this machine, nothing to apt-get.
-            proc = self.vm.run_cell(self.cell, secrets=self.secrets, env={"GW_INSTALL": "0"})
+            proc = self.vm.run_cell(self.cell, secrets=self.secrets, env=SIM_CELL_ENV)
             self.log(f"page ran the {kind} cell: bootstrap pid {proc.pid} on {self.vm.hostname}")
 
     # -- observing -------------------------------------------------------------------------------
@@ -575,7 +580,7 @@ class MoreNotebook:
             with self._lock:
                 if not self.vm.vm_id:
                     self.vm.start()
-                proc = self.vm.run_cell(self.cell, secrets=self.secrets, env={"GW_INSTALL": "0"})
+                proc = self.vm.run_cell(self.cell, secrets=self.secrets, env=SIM_CELL_ENV)
             h.log(f"{self.name}: page ran the {kind} cell: bootstrap pid {proc.pid}")
         except Exception as exc:
             h.hook_errors.append(f"{self.name}: running the bootstrap cell failed: {exc}")

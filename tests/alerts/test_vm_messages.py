@@ -56,7 +56,6 @@ def link(tmp_path: Path) -> Iterator[Link]:
     inbox = Inbox()
     with running_endpoint(config, state) as running:
         vm = make_vm(tmp_path, running, config, pi_key=pi_key)
-        vm.env["GW_BIN"] = str(tmp_path / "vm" / "bin")  # not this machine's /usr/local/bin
         try:
             done = vm.run_bootstrap()
             assert done.returncode == 0, done.stderr
