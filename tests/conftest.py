@@ -31,6 +31,7 @@ from helpers import MINIMAL_CONFIG, Daemon, NotifySocket, StartDaemon, checkout_
 # random order.
 LONGEST_FIRST = (
     "tests/test_deploy.py",
+    "tests/test_deploy_upgrade.py",
     "tests/browser/test_policies.py",
     "tests/browser/test_reload.py",
     "tests/sync/test_e2e.py",

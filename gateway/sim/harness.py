@@ -122,8 +122,6 @@ class LoopHarness:
         self.sim: Any = None  # gateway.sim.colab.SimColab, imported late (it may be missing)
         self.daemon: subprocess.Popen[bytes] | None = None
         self._in_pi: Any = None
-        self._vm_lock = threading.Lock()
-        self._sim_vm_id: str | None = None
         self.config_path = self.workdir / "config.yaml"
         self.state_dir = self.workdir / "state"
         self.runtime_dir = self.workdir / "run"
@@ -173,9 +171,7 @@ class LoopHarness:
         # No sshd of the harness's own: the bootstrap cell starts it, as on a real Colab VM.
         self.vm = SimVM(self.network, self.workdir / "colab-vm", sshd=False)
         self.sim = SimColab(connect_delay=0.5).start()
-        self.sim.on_connect = self._on_connect
-        self.sim.on_reset = self._on_reset
-        self.sim.on_run_cell = self._on_run_cell
+        self.page_vm = PageDrivesVM(self, "", self.log, self.hook_errors).attach()
         self.log(f"simulated Colab page: {self.sim.url}")
         for notebook in self.more:
             notebook.start()
@@ -346,48 +342,9 @@ metrics:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- the simulated Colab's hooks: the page drives the VM -------------------------------------
-
-    def _on_connect(self, vm_id: str) -> None:
-        self._ensure_vm(vm_id)
-
-    def _on_reset(self) -> None:
-        self._ensure_vm(self.sim.vm_id)
-
-    def _ensure_vm(self, sim_vm_id: str | None) -> None:
-        assert self.vm is not None
-        with self._vm_lock:
-            if sim_vm_id == self._sim_vm_id and self.vm.vm_id:
-                return
-            self._sim_vm_id = sim_vm_id
-            if self.vm.vm_id:
-                self.vm.reset()
-            else:
-                self.vm.start()
-            self.log(
-                f"Colab assigned VM {self.vm.hostname} (page's id {sim_vm_id}), "
-                f"host key {self.vm.host_key_fingerprint()}"
-            )
-
-    def _on_run_cell(self, kind: str) -> None:
-        if kind not in ("first", "all"):  # another cell ran: the bootstrap is the first
-            self.hook_errors.append(f"the page ran a cell that is not the bootstrap ({kind})")
-            self.log(f"ERROR the page ran a cell that is not the bootstrap ({kind})")
-            return
-        try:
-            self.run_bootstrap(kind)
-        except Exception as exc:
-            self.hook_errors.append(f"running the bootstrap cell failed: {exc}")
-            self.log(f"ERROR running the bootstrap on the VM: {exc}")
-
     def run_bootstrap(self, kind: str) -> None:
-        assert self.vm is not None
-        with self._vm_lock:
-            if not self.vm.vm_id:
-                self.vm.start()
-            # GW_INSTALL=0: sshd is installed on this machine, nothing to apt-get.
-            proc = self.vm.run_cell(self.cell, secrets=self.secrets, env=SIM_CELL_ENV)
-            self.log(f"page ran the {kind} cell: bootstrap pid {proc.pid} on {self.vm.hostname}")
+        """What the page's run of the first cell does: the bootstrap, in the VM."""
+        self.page_vm.run_bootstrap(kind)
 
     # -- observing -------------------------------------------------------------------------------
 
@@ -517,8 +474,6 @@ class MoreNotebook:
         self.ssh_port = 0
         self.cell = ""
         self.secrets: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._sim_vm_id: str | None = None
 
     @property
     def pane(self) -> str:
@@ -530,9 +485,7 @@ class MoreNotebook:
         h = self.harness
         self.vm = SimVM(h.network, h.workdir / f"colab-vm-{self.name}", sshd=False)
         self.sim = SimColab(connect_delay=0.5).start()
-        self.sim.on_connect = self._ensure_vm
-        self.sim.on_reset = lambda: self._ensure_vm(self.sim.vm_id)
-        self.sim.on_run_cell = self._on_run_cell
+        PageDrivesVM(self, f"{self.name}: ", h.log, h.hook_errors).attach()
         self.ssh_port = free_port("127.0.0.1")
         h.log(f"second notebook {self.name!r}: simulated Colab page {self.sim.url}")
 
@@ -558,32 +511,66 @@ class MoreNotebook:
         if self.vm is not None:
             self.vm.stop()
 
-    def _ensure_vm(self, sim_vm_id: str | None) -> None:
-        assert self.vm is not None
-        with self._lock:
-            if sim_vm_id == self._sim_vm_id and self.vm.vm_id:
-                return
-            self._sim_vm_id = sim_vm_id
-            if self.vm.vm_id:
-                self.vm.reset()
-            else:
-                self.vm.start()
-            self.harness.log(f"{self.name}: Colab assigned VM {self.vm.hostname}")
 
-    def _on_run_cell(self, kind: str) -> None:
-        h = self.harness
-        if kind not in ("first", "all"):
-            h.hook_errors.append(f"{self.name}: the page ran a cell that is not the bootstrap")
+class PageDrivesVM:
+    """A notebook's simulated page driving its VM, as Colab does: a connect or a reset gives
+    the notebook a VM (a new one when the page's VM id changed), a run of the first cell
+    runs the bootstrap in it. ``notebook`` holds ``sim``, ``vm``, ``cell`` and ``secrets``
+    (the harness's own notebook, or a MoreNotebook); what goes wrong lands in ``errors``."""
+
+    def __init__(
+        self, notebook: Any, label: str, log: Callable[[str], None], errors: list[str]
+    ) -> None:
+        self.notebook = notebook
+        self.label = label  # "" for the harness's notebook, "NAME: " for the others
+        self.log = log
+        self.errors = errors
+        self.lock = threading.Lock()
+        self._page_vm_id: str | None = None
+
+    def attach(self) -> PageDrivesVM:
+        sim = self.notebook.sim
+        sim.on_connect = self.ensure_vm
+        sim.on_reset = lambda: self.ensure_vm(sim.vm_id)
+        sim.on_run_cell = self.on_run_cell
+        return self
+
+    def ensure_vm(self, page_vm_id: str | None) -> None:
+        vm: SimVM = self.notebook.vm
+        with self.lock:
+            if page_vm_id == self._page_vm_id and vm.vm_id:
+                return
+            self._page_vm_id = page_vm_id
+            if vm.vm_id:
+                vm.reset()
+            else:
+                vm.start()
+            self.log(
+                f"{self.label}Colab assigned VM {vm.hostname} (page's id {page_vm_id}), "
+                f"host key {vm.host_key_fingerprint()}"
+            )
+
+    def on_run_cell(self, kind: str) -> None:
+        if kind not in ("first", "all"):  # another cell ran: the bootstrap is the first
+            problem = f"{self.label}the page ran a cell that is not the bootstrap ({kind})"
+            self.errors.append(problem)
+            self.log(f"ERROR {problem}")
             return
-        assert self.vm is not None
         try:
-            with self._lock:
-                if not self.vm.vm_id:
-                    self.vm.start()
-                proc = self.vm.run_cell(self.cell, secrets=self.secrets, env=SIM_CELL_ENV)
-            h.log(f"{self.name}: page ran the {kind} cell: bootstrap pid {proc.pid}")
+            self.run_bootstrap(kind)
         except Exception as exc:
-            h.hook_errors.append(f"{self.name}: running the bootstrap cell failed: {exc}")
+            self.errors.append(f"{self.label}running the bootstrap cell failed: {exc}")
+            self.log(f"ERROR {self.label}running the bootstrap on the VM: {exc}")
+
+    def run_bootstrap(self, kind: str) -> None:
+        vm: SimVM = self.notebook.vm
+        with self.lock:
+            if not vm.vm_id:
+                vm.start()
+            proc = vm.run_cell(self.notebook.cell, secrets=self.notebook.secrets, env=SIM_CELL_ENV)
+            self.log(
+                f"{self.label}page ran the {kind} cell: bootstrap pid {proc.pid} on {vm.hostname}"
+            )
 
 
 def _comm(pid: int) -> str:

@@ -233,7 +233,7 @@ def render_notebook(cell: str, session: str) -> str:
                 "source": [
                     "The cell above keeps this VM reachable from the gateway: "
                     "`ssh -p <port> root@localhost` on the Pi, or its tmux session "
-                    "(`sudo -u colab-gateway tmux attach`, docs/daily-use.md). "
+                    "(`tmux attach` as the Pi's login user, docs/daily-use.md). "
                     "Your own cells go below.\n"
                 ],
             },

@@ -90,7 +90,11 @@ def test_missing_editor_runs_the_run_button_and_keeps_answering_disconnects(
         # the browser carries on: a disconnect is answered on the same page
         sim.disconnect(dialog=True)
         sim.wait_for(lambda s: s.runtime == "connected" and s.vm_id == "sim-vm-2", 15, "back")
-        click = sim.events("click", target="dialog", dialog="runtime_disconnected")[-1]
+        click = sim.wait_for(
+            lambda s: s.events("click", target="dialog", dialog="runtime_disconnected"),
+            10,
+            "the page's record of the click",
+        )[-1]
         assert click["button"] == "Reconnect"
         assert starts[0] == 1 and runner.worker().restarts == 0
         assert sim.count("load") == 1, "the page was loaded again: Chromium restarted"

@@ -74,7 +74,11 @@ def test_idle_disconnect_dialog_is_answered_within_2s(keeper: Harness, sim: SimC
     sim.wait_for(lambda s: s.runtime == "connected" and s.vm_id != old_vm, 10, "reconnect")
     new_vm = sim.vm_id
     shown = sim.events("shown", what="dialog", value="runtime_disconnected")[-1]
-    click = sim.events("click", target="dialog", dialog="runtime_disconnected")[-1]
+    click = sim.wait_for(
+        lambda s: s.events("click", target="dialog", dialog="runtime_disconnected"),
+        10,
+        "the page's record of the click",
+    )[-1]
     assert click["button"] == "Reconnect"
     assert 0 <= click["t"] - shown["t"] <= 2000, "reaction beyond 2 s"
     # the component saw the new VM, and kept evidence of the anomaly
@@ -89,7 +93,9 @@ def test_still_there_prompt_is_answered(keeper: Harness, sim: SimColab) -> None:
     connects = sim.count("click", target="connect")
     sim.show_dialog("still_there")
     sim.wait_for(lambda s: s.events("click", dialog="still_there"), 5, "still-there click")
-    click = sim.events("click", dialog="still_there")[-1]
+    click = sim.wait_for(
+        lambda s: s.events("click", dialog="still_there"), 10, "the page's record of the click"
+    )[-1]
     assert click["button"] == "Yes, I'm here"
     sim.wait_for(lambda s: s.dialog is None, 5)
     assert sim.runtime == "connected" and sim.count("click", target="connect") == connects
@@ -127,7 +133,11 @@ def test_gpu_limit_connects_without_gpu(keeper: Harness, sim: SimColab) -> None:
     try:
         sim.disconnect(dialog=False)
         sim.wait_for(lambda s: s.runtime == "connected", 10, "connected without GPU")
-        click = sim.events("click", target="dialog", dialog="gpu_limit")[-1]
+        click = sim.wait_for(
+            lambda s: s.events("click", target="dialog", dialog="gpu_limit"),
+            10,
+            "the page's record of the click",
+        )[-1]
         assert click["button"] == "Connect without GPU"
         assert sim.gpu is False
         facts = keeper.wait(lambda h: h.runtime.state == "connected" and h.runtime, 10)

@@ -92,7 +92,11 @@ def test_a_portuguese_account_still_gets_an_english_page_that_is_kept_connected(
             runner.stop()
         load = sim.events("load")[0]
         assert "hl=en" in load["query"] and load["language"] == "en-US"
-        click = sim.events("click", target="dialog", dialog="runtime_disconnected")[-1]
+        click = sim.wait_for(
+            lambda s: s.events("click", target="dialog", dialog="runtime_disconnected"),
+            10,
+            "the page's record of the click",
+        )[-1]
         assert click["button"] == "Reconnect"
 
 
