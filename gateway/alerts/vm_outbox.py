@@ -98,7 +98,9 @@ def parse_listing(text: str, limit: int = PER_COLLECTION) -> tuple[list[VMMessag
 
 def alert_for(message: VMMessage, session: str, host: str) -> Alert:
     """What the phone shows: the job's title and lines, redacted, escaped and bounded."""
-    lines = message.message.splitlines() or [""]
+    # Split at newlines only: a carriage return (or another of splitlines' separators)
+    # stays in its line and is shown escaped, not turned into a line that looks like ours.
+    lines = message.message.split("\n")
     first = lines[0] if not message.title else message.title
     title = untrusted(redact(f"colab-gateway on {host}: {session}: {first}"), TITLE_LIMIT)
     shown = [untrusted(redact(line), LINE_LIMIT) for line in lines[-BODY_LINES:]]
