@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -193,3 +194,32 @@ def test_a_collection_cut_before_deleting_delivers_once_across_a_daemon_restart(
     # The removal works again: the restarted daemon removes it without sending it again.
     loop.wait("the outbox emptied", lambda: not _waiting_on_vm(loop), 3 * ARRIVES)
     assert _inbox(loop).count("run 12 done") == 1, _inbox(loop).titles()
+
+
+def _status_text(h: LoopHarness) -> str:
+    """``colab-gateway status`` as a person runs it (it exits 1 while anything is degraded)."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "gateway", "status", "-c", str(h.config_path),
+         "--state-dir", str(h.state_dir), "--runtime-dir", str(h.runtime_dir)],
+        capture_output=True, text=True, env=h.environment(), timeout=60, check=False,
+    )  # fmt: skip
+    return ran.stdout
+
+
+def _alerts_message(h: LoopHarness) -> str:
+    return str(h.status().get("components", {}).get("alerts", {}).get("message", ""))
+
+
+def test_collections_failing_in_a_row_show_in_the_status_and_clear(loop: LoopHarness) -> None:
+    fact = "VM messages: cannot collect from session demo: "
+    with removal_fails_on_the_vm(loop):
+        sent = _in_vm(loop, vm_tool("gw-notify"), "--title", "run 13 done", "checkpoint 13")
+        assert sent.returncode == 0, sent.stderr
+        _arrived(loop, "run 13 done")
+        loop.wait("the status says collecting fails", lambda: fact in _alerts_message(loop), 60)
+        assert "Read-only file system" in _alerts_message(loop), "the VM's reason, quoted"
+        shown = _status_text(loop)
+        assert fact in shown and "Read-only file system" in shown, shown
+    loop.wait("the outbox emptied", lambda: not _waiting_on_vm(loop), 3 * ARRIVES)
+    loop.wait("the status fact gone", lambda: fact not in _alerts_message(loop), ARRIVES)
+    assert _inbox(loop).count("run 13 done") == 1, "sent once over all the failed removals"

@@ -18,18 +18,25 @@ from gateway.alerts.events import Watcher
 from gateway.alerts.sender import Sender
 from gateway.component import Context
 from gateway.durations import format_duration
+from gateway.untrusted import untrusted
 from gateway.vm_ssh import VM_LOGIN, ssh_options
 from gateway.vocabulary import Health
 
 log = logging.getLogger("gateway.alerts")
 
 IDLE_WAKE = 20.0  # at least this often: progress for the watchdog, and time-based events
+# Failed collections in a row (with the tunnel up) before the status says so: a tunnel
+# that drops between the check and the login costs one, and that is no news.
+COLLECT_FAILURES_SHOWN = 3
 
 
 class AlertsComponent:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock  # tests move it; the daemon uses the wall clock
         self.sender: Sender | None = None  # for tests, which look at its queues
+        # Session -> why its VM's messages cannot be collected (escaped), once shown.
+        # Replaced, never changed in place: the Sender's thread reads it in _publish.
+        self.collect_problems: dict[str, str] = {}
 
     async def run(self, ctx: Context) -> None:
         config = ctx.config
@@ -98,7 +105,7 @@ class AlertsComponent:
             )
             for s in config.sessions
         }
-        failing: set[str] = set()
+        failures: dict[str, int] = {}  # failed collections in a row, per session
         while True:
             await asyncio.sleep(float(config.notify.vm_messages_every))
             snap = ctx.state.view(self.clock())
@@ -110,20 +117,39 @@ class AlertsComponent:
                     await collector.collect(sender.put, sender.has_left)
                 except (vm_outbox.SSHFailed, OSError) as exc:
                     # Tunnels drop; the messages wait on the VM. Said once per failing run.
-                    if name not in failing:
+                    failures[name] = failures.get(name, 0) + 1
+                    if failures[name] == 1:
                         log.warning("session %s: the VM's messages could not be collected "
                                     "(%s); trying again", name, exc)  # fmt: skip
-                    failing.add(name)
+                    if failures[name] >= COLLECT_FAILURES_SHOWN:
+                        self._collect_problem(ctx, name, untrusted(str(exc)))
                     continue
-                if name in failing:
+                if failures.pop(name, 0):
                     log.info("session %s: the VM's messages are collected again", name)
-                failing.discard(name)
+                    self._collect_problem(ctx, name, None)
+
+    def _collect_problem(self, ctx: Context, session: str, reason: str | None) -> None:
+        problems = {k: v for k, v in self.collect_problems.items() if k != session}
+        if reason is not None:
+            problems[session] = reason
+        if problems != self.collect_problems:
+            self.collect_problems = problems
+            self._publish(ctx)
 
     def _publish(self, ctx: Context) -> None:
         sender = self.sender
         if sender is None:
             return
         ok, message, details = sender.status()
+        problems = self.collect_problems
+        if problems:
+            # The VM's messages wait there (nothing is lost), but nobody hears of them.
+            said = [
+                f"VM messages: cannot collect from session {n}: {r}" for n, r in problems.items()
+            ]
+            message = "; ".join([*([] if ok else [message]), *said])
+            ok = False
+        details["vm_messages"] = {"failing": dict(problems)}
         ctx.state.set_health(
             ctx.name, Health.OK if ok else Health.DEGRADED, message, brief="", **details
         )
