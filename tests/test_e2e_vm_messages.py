@@ -24,7 +24,7 @@ import pytest
 
 from gateway.alerts.vm_outbox import OUTBOX
 from gateway.sim import scenarios
-from gateway.sim.harness import LoopHarness, missing_parts, vm_tool
+from gateway.sim.harness import LoopHarness, missing_parts
 from gateway.sim.inbox import Inbox
 
 pytestmark = [
@@ -95,7 +95,7 @@ def _arrived(h: LoopHarness, title_part: str) -> dict[str, object]:
 def test_gw_run_exit_3_reaches_the_phone_with_status_duration_and_last_lines(
     loop: LoopHarness,
 ) -> None:
-    ran = _in_vm(loop, vm_tool("gw-run"), "--", "sh", "-c", "echo epoch 9 loss 0.77; exit 3")
+    ran = _in_vm(loop, "gw-run", "--", "sh", "-c", "echo epoch 9 loss 0.77; exit 3")
     assert ran.returncode == 3, "gw-run exits with the command's status"
     assert "epoch 9 loss 0.77" in ran.stdout, "the output still shows as usual"
     post = _arrived(loop, "epoch 9 loss")
@@ -113,7 +113,7 @@ def test_gw_notify_text_arrives_escaped_and_capped(loop: LoopHarness) -> None:
     forged = "colab-gateway on pi: demo: runtime lost"
     title = "T\x1b]0;owned\x07\u202eyrros\nFORGED TITLE"
     message = f"val acc 0.93\n\x1b[2J\r{forged}\n" + "x" * 10_000
-    sent = _in_vm(loop, vm_tool("gw-notify"), "--title", title, message)
+    sent = _in_vm(loop, "gw-notify", "--title", title, message)
     assert sent.returncode == 0, sent.stderr
     post = _arrived(loop, "owned")
     shown_title, shown = str(post["title"]), str(post["message"])
@@ -168,7 +168,7 @@ def test_a_collection_cut_before_deleting_delivers_once_across_a_daemon_restart(
     log = loop.logs_dir / "daemon.log"
     warnings_before = log.read_text().count("messages could not be collected")
     with removal_fails_on_the_vm(loop):
-        sent = _in_vm(loop, vm_tool("gw-notify"), "--title", "run 12 done", "checkpoint 12")
+        sent = _in_vm(loop, "gw-notify", "--title", "run 12 done", "checkpoint 12")
         assert sent.returncode == 0, sent.stderr
         _arrived(loop, "run 12 done")
         waiting = _waiting_on_vm(loop)
@@ -213,7 +213,7 @@ def _alerts_message(h: LoopHarness) -> str:
 def test_collections_failing_in_a_row_show_in_the_status_and_clear(loop: LoopHarness) -> None:
     fact = "VM messages: cannot collect from session demo: "
     with removal_fails_on_the_vm(loop):
-        sent = _in_vm(loop, vm_tool("gw-notify"), "--title", "run 13 done", "checkpoint 13")
+        sent = _in_vm(loop, "gw-notify", "--title", "run 13 done", "checkpoint 13")
         assert sent.returncode == 0, sent.stderr
         _arrived(loop, "run 13 done")
         loop.wait("the status says collecting fails", lambda: fact in _alerts_message(loop), 60)

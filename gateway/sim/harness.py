@@ -96,14 +96,8 @@ class PaneLogin:
     count: int  # prompt lines of that VM in the pane's history so far
 
 
-# GW_INSTALL=0: sshd is installed on this machine. GW_BIN: the sim VM shares this machine's
-# /usr/local/bin, so gw-notify and gw-run go to the VM's own /root instead.
-SIM_CELL_ENV = {"GW_INSTALL": "0", "GW_BIN": "/root/.colab-gateway/bin"}
-
-
-def vm_tool(name: str) -> str:
-    """Where the bootstrap installed ``gw-notify`` or ``gw-run`` in a sim VM."""
-    return f"{SIM_CELL_ENV['GW_BIN']}/{name}"
+# GW_INSTALL=0: sshd is installed on this machine, nothing to apt-get.
+SIM_CELL_ENV = {"GW_INSTALL": "0"}
 
 
 class LoopHarness:

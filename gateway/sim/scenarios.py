@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.sim.harness import TMUX_SESSION as TMUX_SESSION_NAME
-from gateway.sim.harness import VM_MESSAGES_EVERY, HarnessError, LoopHarness, vm_tool
+from gateway.sim.harness import VM_MESSAGES_EVERY, HarnessError, LoopHarness
 from gateway.sim.vm import SimVM
 from gateway.untrusted import untrusted
 
@@ -347,7 +347,7 @@ def job_end_message(h: LoopHarness) -> Step:
     def body() -> None:
         if h.inbox is None:
             raise HarnessError("the harness has no inbox (LoopHarness(inbox=True))")
-        argv = [vm_tool("gw-run"), "--", *JOB_END_COMMAND]
+        argv = ["gw-run", "--", *JOB_END_COMMAND]
         h.log(f"in {vm.hostname}: gw-run -- {' '.join(JOB_END_COMMAND[:2])} '...'")
         ran = vm.run(argv, timeout=30)
         if ran.returncode != 0:
