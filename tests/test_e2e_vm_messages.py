@@ -136,13 +136,20 @@ def test_the_demo_step_shows_a_gw_run_message(loop: LoopHarness) -> None:
     assert post is not None and "saved /root/model.pt" in str(post["message"])
 
 
+def _name(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:  # ended between the listing and now
+        return ""
+
+
 @contextmanager
 def removal_fails_on_the_vm(h: LoopHarness) -> Iterator[None]:
     """The VM's outbox read-only for the ssh logins (the sshd's mount namespace) and
     writable for the notebook: every collection reads it, none can remove a file. That is
     a collection cut after reading and sending, before deleting, as often as it runs."""
     assert h.vm is not None
-    sshd = [p for p in h.vm.pids() if psutil.Process(p).name() == "sshd"]
+    sshd = [p for p in h.vm.pids() if _name(p) == "sshd"]
     assert sshd, "the VM's sshd (started by the bootstrap)"
     listener = min(sshd)  # the first: its sessions fork from it and share its mounts
     enter = ["nsenter", "-t", str(listener), "-m", "--"]
