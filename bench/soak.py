@@ -35,12 +35,11 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import psutil
 import soak_series as series
@@ -170,47 +169,17 @@ class Puller:
         return scenarios._attempt(step, body)
 
 
-class Inbox:
-    """Where the daemon's alerts go (apprise's json://): counted, as a phone would get them."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        inbox = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                inbox.count += 1
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"json://127.0.0.1:{self.server.server_address[1]}/alerts"
-
-
 class SoakHarness(LoopHarness):
     """The demo's loop, with alerts going to an inbox on the Pi and pulls every 10 s."""
 
-    inbox: Inbox | None = None
-
-    def config_text(self) -> str:
-        # Called on the Pi (this thread entered its namespace): the daemon reaches it there.
-        if self.inbox is None:
-            self.inbox = Inbox()
-        self.top_yaml = (
-            "sync: {disk_floor: 10M}\n"
-            f"notify: {{urls: ['{self.inbox.url}'], tunnel_down_after: 10s, repeat_after: 1m}}"
+    def __init__(self, work: Path, **kwargs: Any) -> None:
+        super().__init__(
+            work,
+            top="sync: {disk_floor: 10M}",
+            inbox=True,
+            notify="tunnel_down_after: 10s, repeat_after: 1m",
+            **kwargs,
         )
-        return super().config_text()
 
 
 def chromium_age(h: LoopHarness) -> float:
@@ -348,7 +317,7 @@ class Soak:
         finally:
             h.stop()
             self.faults_log.close()
-        return self.report(left, stopped_ok, h.inbox.count if h.inbox else 0)
+        return self.report(left, stopped_ok, h.inbox.received if h.inbox else 0)
 
     def fault_loop(self, h: LoopHarness) -> None:
         sampler = series.Sampler(lambda: self.take_sample(h), SAMPLE_EVERY).start()

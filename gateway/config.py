@@ -486,6 +486,7 @@ NOTIFY_EVENTS = (
     "ddns_stopped",
     "daemon_restarted",
     "gpu_idle",
+    "vm_message",
 )
 NotifyEvent = Literal[
     "human_needed",
@@ -495,6 +496,7 @@ NotifyEvent = Literal[
     "ddns_stopped",
     "daemon_restarted",
     "gpu_idle",
+    "vm_message",
 ]
 
 
@@ -529,6 +531,9 @@ class NotifyConfig:
     # gpu_idle: the GPU's utilisation stayed below vm_stats.GPU_IDLE_BELOW this long
     # (sampled every vm_stats.every); 0: never told.
     gpu_idle_after: Duration = setting(Duration(0), min=0, max=7 * 86400)
+    # How often the VMs' outboxes (gw-notify, gw-run) are collected over ssh while the
+    # tunnel is up: one short ssh login per session each time.
+    vm_messages_every: Duration = setting(Duration(30), min=5, max=3600)
 
     def check(self) -> list[tuple[str, str]]:
         """The URLs of ``urls_file``, checked as ``urls`` are (by line: they have no node)."""

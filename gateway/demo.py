@@ -63,7 +63,13 @@ def run_demo(
 ) -> int:
     from gateway.sim import netns
     from gateway.sim.harness import HarnessError, LoopHarness
-    from gateway.sim.scenarios import FAULTS, SYNC_DEMO, bring_up, second_session_up
+    from gateway.sim.scenarios import (
+        FAULTS,
+        SYNC_DEMO,
+        bring_up,
+        job_end_message,
+        second_session_up,
+    )
     from gateway.sim.vm import RECORDED_T4, install_signal_guard
 
     timeline = Timeline(out)
@@ -88,6 +94,7 @@ def run_demo(
         sync=SYNC_DEMO,
         top="sync: {disk_floor: 10M}",
         more_sessions=1,
+        inbox=True,  # notifications (a gw-run message) to a json:// receiver on the Pi
     )
     try:
         try:
@@ -102,6 +109,9 @@ def run_demo(
         if up.ok:
             timeline(vm_facts_line(harness))
             up = second_session_up(harness)
+            steps.append(up)
+        if up.ok:
+            up = job_end_message(harness)
             steps.append(up)
         if not up.ok:
             timeline(f"FAILED: {up.detail}")

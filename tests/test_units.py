@@ -425,6 +425,17 @@ def test_role_renders_the_unknown_dialog_grace(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_role_renders_how_often_vm_messages_are_collected(tmp_path: Path) -> None:
+    import yaml
+
+    default = yaml.safe_load(_render_config(tmp_path).read_text())
+    assert default["notify"]["vm_messages_every"] == "30s"
+    config = _render_config(tmp_path, colab_gateway_notify_vm_messages_every="2m")
+    assert yaml.safe_load(config.read_text())["notify"]["vm_messages_every"] == "2m"
+    result = _check_config(config)
+    assert result.returncode == 0, result.stderr
+
+
 def test_role_renders_the_hostile_vm_limits(tmp_path: Path) -> None:
     """The role's defaults for issue 22's new keys reach the config and pass its check."""
     import yaml

@@ -13,22 +13,30 @@ import socket
 import time
 from collections.abc import Callable
 
-from gateway.alerts import run_marker
+from gateway.alerts import run_marker, vm_outbox
 from gateway.alerts.events import Watcher
 from gateway.alerts.sender import Sender
 from gateway.component import Context
 from gateway.durations import format_duration
+from gateway.untrusted import untrusted
+from gateway.vm_ssh import VM_LOGIN, ssh_options
 from gateway.vocabulary import Health
 
 log = logging.getLogger("gateway.alerts")
 
 IDLE_WAKE = 20.0  # at least this often: progress for the watchdog, and time-based events
+# Failed collections in a row (with the tunnel up) before the status says so: a tunnel
+# that drops between the check and the login costs one, and that is no news.
+COLLECT_FAILURES_SHOWN = 3
 
 
 class AlertsComponent:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock  # tests move it; the daemon uses the wall clock
         self.sender: Sender | None = None  # for tests, which look at its queues
+        # Session -> why its VM's messages cannot be collected (escaped), once shown.
+        # Replaced, never changed in place: the Sender's thread reads it in _publish.
+        self.collect_problems: dict[str, str] = {}
 
     async def run(self, ctx: Context) -> None:
         config = ctx.config
@@ -42,6 +50,8 @@ class AlertsComponent:
         )
         sender.start()
         started_at = state.started_at
+        # Held here: a task nobody references may be collected mid-run.
+        collecting = asyncio.create_task(self._collect_vm_messages(ctx, sender))
         try:
             previous = await asyncio.to_thread(run_marker.unclean_predecessor, marker, started_at)
             await asyncio.to_thread(run_marker.write, marker, started_at, clean=False)
@@ -75,13 +85,71 @@ class AlertsComponent:
             run_marker.write(marker, started_at, clean=True)
             raise
         finally:
+            collecting.cancel()
+            await asyncio.gather(collecting, return_exceptions=True)
             await asyncio.to_thread(sender.stop)
+
+    async def _collect_vm_messages(self, ctx: Context, sender: Sender) -> None:
+        """Every ``notify.vm_messages_every``, each session's VM outbox (gw-notify, gw-run)
+        while its tunnel is up: the only way the VM can reach the phone."""
+        config = ctx.config
+        if vm_outbox.EVENT not in config.notify.events:
+            return
+        host = socket.gethostname()
+        collectors = {
+            s.name: vm_outbox.Collector(
+                s.name,
+                ["ssh", *ssh_options(config, s.name, ctx.paths), VM_LOGIN],
+                ctx.paths.state_dir / "vm-messages" / f"{s.name}.json",
+                host=host,
+            )
+            for s in config.sessions
+        }
+        failures: dict[str, int] = {}  # failed collections in a row, per session
+        while True:
+            await asyncio.sleep(float(config.notify.vm_messages_every))
+            snap = ctx.state.view(self.clock())
+            for name, collector in collectors.items():
+                session = snap.sessions.get(name)
+                if session is None or not session.tunnel.up:
+                    continue
+                try:
+                    await collector.collect(sender.put, sender.has_left)
+                except (vm_outbox.SSHFailed, OSError) as exc:
+                    # Tunnels drop; the messages wait on the VM. Said once per failing run.
+                    failures[name] = failures.get(name, 0) + 1
+                    if failures[name] == 1:
+                        log.warning("session %s: the VM's messages could not be collected "
+                                    "(%s); trying again", name, exc)  # fmt: skip
+                    if failures[name] >= COLLECT_FAILURES_SHOWN:
+                        self._collect_problem(ctx, name, untrusted(str(exc)))
+                    continue
+                if failures.pop(name, 0):
+                    log.info("session %s: the VM's messages are collected again", name)
+                    self._collect_problem(ctx, name, None)
+
+    def _collect_problem(self, ctx: Context, session: str, reason: str | None) -> None:
+        problems = {k: v for k, v in self.collect_problems.items() if k != session}
+        if reason is not None:
+            problems[session] = reason
+        if problems != self.collect_problems:
+            self.collect_problems = problems
+            self._publish(ctx)
 
     def _publish(self, ctx: Context) -> None:
         sender = self.sender
         if sender is None:
             return
         ok, message, details = sender.status()
+        problems = self.collect_problems
+        if problems:
+            # The VM's messages wait there (nothing is lost), but nobody hears of them.
+            said = [
+                f"VM messages: cannot collect from session {n}: {r}" for n, r in problems.items()
+            ]
+            message = "; ".join([*([] if ok else [message]), *said])
+            ok = False
+        details["vm_messages"] = {"failing": dict(problems)}
         ctx.state.set_health(
             ctx.name, Health.OK if ok else Health.DEGRADED, message, brief="", **details
         )

@@ -156,6 +156,12 @@ class Sender:
         sent = sum(t.sent for t in self.targets)
         return True, f"{len(self.targets)} URL(s), {sent} message(s) sent", details
 
+    def has_left(self, alert: Alert) -> bool:
+        """``alert`` (this very object) waits in no URL's queue: sent, or dropped on overflow
+        (which the status reports)."""
+        with self._cond:
+            return not any(a is alert for t in self.targets for a in t.pending)
+
     def idle(self) -> bool:
         with self._cond:
             return not any(t.pending for t in self.targets)

@@ -33,6 +33,7 @@ from typing import Any
 import psutil
 
 from gateway.sim import netns
+from gateway.sim.inbox import Inbox
 from gateway.sim.polling import free_port
 from gateway.sim.vm import SimNetwork, SimVM
 
@@ -44,6 +45,7 @@ MORE_SESSIONS = ("second", "third", "fourth")
 FIRST_MORE_SSHD_PORT = 2222
 TMUX_SESSION = "colab"
 RERUN_AFTER = 10  # seconds; config.py's minimum for browser.rerun_after
+VM_MESSAGES_EVERY = 5  # seconds; config.py's minimum for notify.vm_messages_every
 POLL = 0.05
 
 # The parts of the product the loop needs, and where each comes from.
@@ -94,6 +96,10 @@ class PaneLogin:
     count: int  # prompt lines of that VM in the pane's history so far
 
 
+# GW_INSTALL=0: sshd is installed on this machine, nothing to apt-get.
+SIM_CELL_ENV = {"GW_INSTALL": "0"}
+
+
 class LoopHarness:
     def __init__(
         self,
@@ -103,16 +109,23 @@ class LoopHarness:
         sync: str = "",
         top: str | Callable[[], str] = "",
         more_sessions: int = 0,
+        inbox: bool = False,
+        notify: str = "",
     ) -> None:
         """``sync``: the session's ``sync:`` block (YAML, one mapping line, e.g.
         ``{paths: [/root/work]}``); ``top``: more top-level YAML for the config (a callable
         is called on the Pi when the config is written: a test's receiver binds there);
         ``more_sessions``: that many more notebooks (each its own page and VM) in the same
-        daemon, named after ``MORE_SESSIONS``."""
+        daemon, named after ``MORE_SESSIONS``; ``inbox``: the daemon's notifications go to
+        ``self.inbox`` (a json:// receiver on the Pi), with ``notify`` more keys of its
+        ``notify:`` block (YAML, ``key: value, ...``)."""
         self.workdir = Path(workdir)
         self.sync_yaml = sync
         self.top_yaml = top
         self.log = log or (lambda text: None)
+        self.wants_inbox = inbox
+        self.notify_yaml = notify
+        self.inbox: Inbox | None = None
         self.network = SimNetwork()
         self.vm: SimVM | None = None
         self.sim: Any = None  # gateway.sim.colab.SimColab, imported late (it may be missing)
@@ -164,6 +177,9 @@ class LoopHarness:
         # From here on this thread, and every thread and process it starts, is on the Pi.
         self._in_pi = self.network.entered_pi()
         self._in_pi.__enter__()
+        if self.wants_inbox:
+            self.inbox = Inbox()
+            self.log(f"notifications: to the inbox {self.inbox.url} (on the Pi's loopback)")
         # No sshd of the harness's own: the bootstrap cell starts it, as on a real Colab VM.
         self.vm = SimVM(self.network, self.workdir / "colab-vm", sshd=False)
         self.sim = SimColab(connect_delay=0.5).start()
@@ -223,8 +239,17 @@ metrics:
   listen: 127.0.0.1:{self.metrics_port}
   textfile: {self.metrics_textfile}
   textfile_every: 5s
+{self.notify_block()}
 {top}
 """
+
+    def notify_block(self) -> str:
+        if self.inbox is None:
+            return ""
+        more = f", {self.notify_yaml}" if self.notify_yaml else ""
+        return (
+            f"notify: {{urls: ['{self.inbox.url}'], vm_messages_every: {VM_MESSAGES_EVERY}s{more}}}"
+        )
 
     @property
     def metrics_url(self) -> str:
@@ -320,6 +345,8 @@ metrics:
                     os.kill(pid, signal.SIGKILL)
         if self.sim is not None:
             self.sim.stop()
+        if self.inbox is not None:
+            self.inbox.close()  # what it received stays readable
         for notebook in self.more:
             notebook.stop()
         if self.vm is not None:
@@ -564,10 +591,7 @@ class PageDrivesVM:
         with self.lock:
             if not vm.vm_id:
                 vm.start()
-            # GW_INSTALL=0: sshd is installed on this machine, nothing to apt-get.
-            proc = vm.run_cell(
-                self.notebook.cell, secrets=self.notebook.secrets, env={"GW_INSTALL": "0"}
-            )
+            proc = vm.run_cell(self.notebook.cell, secrets=self.notebook.secrets, env=SIM_CELL_ENV)
             self.log(
                 f"{self.label}page ran the {kind} cell: bootstrap pid {proc.pid} on {vm.hostname}"
             )

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.sim.harness import TMUX_SESSION as TMUX_SESSION_NAME
-from gateway.sim.harness import HarnessError, LoopHarness
+from gateway.sim.harness import VM_MESSAGES_EVERY, HarnessError, LoopHarness
 from gateway.sim.vm import SimVM
+from gateway.untrusted import untrusted
 
 # The bounds the issue sets, and generous ones where it sets none.
 BRING_UP_BOUND = 90.0
@@ -327,6 +328,40 @@ def sync_across_reset(h: LoopHarness) -> Step:
         h.log(f"resume.command ran {len(runs)} time(s) in {vm.hostname}, at {', '.join(runs)}")
         if len(runs) != 1:
             raise HarnessError(f"resume.command ran {len(runs)} times, not once")
+
+    return _attempt(step, body)
+
+
+# Two collections and the send: a message waiting just after one collection, then sent.
+JOB_END_BOUND = 2 * VM_MESSAGES_EVERY + 10.0
+JOB_END_COMMAND = ("sh", "-c", "echo epoch 3/3 loss 0.12; echo saved /root/model.pt")
+
+
+def job_end_message(h: LoopHarness) -> Step:
+    """``gw-run`` in the VM, as the user runs a training script; its end (exit status,
+    duration, last lines) reaches the inbox on the Pi through the daemon's notifications."""
+    step = Step("a job's end reaches the phone", "the inbox got the gw-run message", JOB_END_BOUND)
+    assert h.vm is not None
+    vm = h.vm
+
+    def body() -> None:
+        if h.inbox is None:
+            raise HarnessError("the harness has no inbox (LoopHarness(inbox=True))")
+        argv = ["gw-run", "--", *JOB_END_COMMAND]
+        h.log(f"in {vm.hostname}: gw-run -- {' '.join(JOB_END_COMMAND[:2])} '...'")
+        ran = vm.run(argv, timeout=30)
+        if ran.returncode != 0:
+            raise HarnessError(f"gw-run exited with {ran.returncode}: {ran.stderr.strip()}")
+        start = time.monotonic()
+        wanted = JOB_END_COMMAND[2][:20]
+        inbox = h.inbox
+        h.wait("the gw-run message in the inbox", lambda: inbox.find(wanted), step.bound)
+        step.seconds = time.monotonic() - start
+        post = inbox.find(wanted) or {}
+        # Escaped by the daemon already; a renderer escapes again (idempotent).
+        lines = [untrusted(str(post.get("title", "")))]
+        lines += [untrusted(line) for line in str(post.get("message", "")).splitlines()]
+        h.log("the inbox on the Pi received:\n" + "\n".join(f"  | {line}" for line in lines))
 
     return _attempt(step, body)
 

@@ -2,9 +2,10 @@
 
 ``SimNetwork`` creates two network namespaces, "the Pi" and "the VM", joined by a veth pair
 (``netns.PI_ADDRESS`` ↔ ``netns.VM_ADDRESS``). ``SimVM`` runs processes inside the VM's
-namespace, each also in a private mount namespace where ``/root``, ``/etc/ssh``, ``/tmp``
-and ``/run`` are the VM's own directories: the bootstrap can write ``/root/.ssh`` and start
-``/usr/sbin/sshd`` exactly as on Colab without touching this machine's files. The VM's sshd
+namespace, each also in a private mount namespace where ``/root``, ``/etc/ssh``, ``/tmp``,
+``/usr/local/bin`` and ``/run`` are the VM's own directories: the bootstrap can write
+``/root/.ssh``, install into ``/usr/local/bin`` and start ``/usr/sbin/sshd`` exactly as on
+Colab without touching this machine's files. The VM's sshd
 listens on the VM's loopback only, so the Pi reaches it through the reverse tunnel or not
 at all. ``reset()`` is Colab handing out a new VM: everything in it is killed, its
 directories are wiped and it gets a new host key and a new id.
@@ -43,16 +44,18 @@ VM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Runs first in every VM process (inside `ip netns exec`, which already gives a mount
 # namespace that does not propagate back): give it the VM's own directories, then exec.
+# /tmp last: the VM's directories may live under this machine's /tmp.
 _ENTER_VM = r"""
 set -e
 mount --make-rslave /
 mount -t tmpfs -o mode=0755,size=16m vm-run /run
 mkdir -m 0755 /run/sshd
+mount --bind "$4" /usr/local/bin
 mount --bind "$1" /root
 mount --bind "$2" /etc/ssh
 mount --bind "$3" /tmp
-hostname "$4"
-shift 4
+hostname "$5"
+shift 5
 cd /root
 exec "$@"
 """
@@ -214,7 +217,8 @@ class SimNetwork:
 
 
 class SimVM:
-    """The Colab VM: processes in ``network.vm_ns`` with their own /root, /etc/ssh, /tmp."""
+    """The Colab VM: processes in ``network.vm_ns`` with their own /root, /etc/ssh, /tmp
+    and /usr/local/bin."""
 
     def __init__(self, network: SimNetwork, workdir: Path, *, sshd: bool = True) -> None:
         self.network = network
@@ -277,6 +281,10 @@ class SimVM:
         return self.disk / "tmp"
 
     @property
+    def usr_local_bin(self) -> Path:
+        return self.disk / "usr-local-bin"
+
+    @property
     def logs_dir(self) -> Path:
         return self.workdir / "logs"
 
@@ -315,6 +323,9 @@ class SimVM:
         (disk / "etc-ssh").mkdir(parents=True, mode=0o755)
         (disk / "tmp").mkdir(parents=True)
         (disk / "tmp").chmod(0o1777)
+        # The VM's own /usr/local/bin, empty as on a fresh VM: what the bootstrap installs
+        # there (gw-notify, gw-run) stays in this VM and goes with it on a reset.
+        (disk / "usr-local-bin").mkdir(parents=True, mode=0o755)
         (disk / "etc-ssh" / "sshd_config").write_text(SSHD_CONFIG)
         # A fresh host key per VM, as a new Colab VM has: the Pi must pin the new one.
         subprocess.run(
@@ -357,7 +368,8 @@ class SimVM:
             *netns.exec_prefix(self.network.vm_ns),
             "unshare", "--uts", "--",
             "sh", "-c", _ENTER_VM, "vm-enter",
-            str(self.root_home), str(self.etc_ssh), str(self.tmp), self.hostname,
+            str(self.root_home), str(self.etc_ssh), str(self.tmp), str(self.usr_local_bin),
+            self.hostname,
             *argv,
         ]  # fmt: skip
 

@@ -96,6 +96,10 @@ def render_bootstrap_script(params: BootstrapParams) -> str:
         missing sshd stops the script. Its output is in ``$GW_DIR/apt.log``.
     ``GW_SSH``
         the ssh client (``ssh``).
+    ``GW_BIN``, ``GW_OUTBOX``
+        where ``gw-notify`` and ``gw-run`` are installed (``/usr/local/bin``) and where
+        ``gw-notify`` leaves messages for the gateway (``$GW_DIR/outbox``; the gateway reads
+        ``/root/.colab-gateway/outbox``, gateway/alerts/vm_outbox.py).
     ``GW_SERVER_ALIVE``, ``GW_BACKOFF_MAX``
         keepalive interval of the tunnel (15 s) and the longest wait between tries (60 s).
     ``GW_WAIT``

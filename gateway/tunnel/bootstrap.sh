@@ -25,6 +25,8 @@ die() { printf 'colab-gateway: ERROR: %s\n' "$*" >&2; exit 1; }
 : "${GW_SERVER_ALIVE:=15}"
 : "${GW_BACKOFF_MAX:=60}"
 : "${GW_SESSION:=}"
+: "${GW_BIN:=/usr/local/bin}"
+: "${GW_OUTBOX:=$GW_DIR/outbox}"
 : "${GW_SECRET:=}"
 if [ -z "${GW_KEY_SOURCE:-}" ]; then
     if [ -n "$GW_SECRET" ]; then
@@ -365,6 +367,146 @@ else
 fi
 vm_hostkey=$(cut -d' ' -f1,2 "$GW_SSHD_HOSTKEY.pub")
 say "sshd $sshd_state on 127.0.0.1:$GW_SSHD_PORT (keys only; host key $(ssh-keygen -lf "$GW_SSHD_HOSTKEY.pub" | cut -d' ' -f2))"
+
+# -- 5b. gw-notify and gw-run: messages from your jobs to your phone -----------------------
+# gw-notify writes one JSON file into GW_OUTBOX (a temporary name, then a rename: the
+# gateway never reads half a message); the gateway collects the directory over its ssh,
+# sends each message through its notify URLs, and only then removes the file. Python,
+# which every Colab VM has: JSON and a running output tail are a few lines in it.
+install_tool() {  # NAME, the script on stdin
+    local new="$GW_BIN/.$1.new.$$"
+    { printf '#!/usr/bin/env python3\nOUTBOX = %s\n' "$outbox_literal"; cat; } >"$new"
+    chmod 755 "$new"
+    mv -f "$new" "$GW_BIN/$1"
+}
+if command -v python3 >/dev/null 2>&1 && mkdir -p "$GW_BIN" "$GW_OUTBOX" 2>/dev/null; then
+    chmod 700 "$GW_OUTBOX"
+    outbox_literal=$(python3 -c 'import sys; print(repr(sys.argv[1]))' "$GW_OUTBOX")
+    install_tool gw-notify <<'GW_NOTIFY'
+# gw-notify [--title TITLE] MESSAGE...: send MESSAGE to your phone through colab-gateway
+# (installed by its bootstrap cell). "-" or no MESSAGE reads it from stdin.
+import json, os, secrets, sys, time
+
+TITLE_MAX, MESSAGE_MAX, OUTBOX_MAX = 200, 4000, 1000
+USAGE = "usage: gw-notify [--title TITLE] MESSAGE...   (or: ... | gw-notify [--title TITLE] -)"
+
+
+def main(args):
+    title = ""
+    if args[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if args[:1] == ["--title"] and len(args) > 1:
+        title, args = args[1], args[2:]
+    elif args[:1] and args[0].startswith("--title="):
+        title, args = args[0].split("=", 1)[1], args[1:]
+    if args[:1] == ["--"]:
+        args = args[1:]
+    message = " ".join(args)
+    if message in ("", "-"):
+        message = sys.stdin.read(MESSAGE_MAX * 4)
+    message = message.strip()
+    if not message and not title:
+        print(USAGE, file=sys.stderr)
+        return 2
+    os.makedirs(OUTBOX, mode=0o700, exist_ok=True)
+    if len(os.listdir(OUTBOX)) >= OUTBOX_MAX:
+        print(f"gw-notify: {OUTBOX} holds {OUTBOX_MAX} messages the gateway has not "
+              "collected yet (is the tunnel up?); this one is dropped", file=sys.stderr)
+        return 1
+    name = f"{time.time_ns()}-{secrets.token_hex(4)}"
+    record = {"id": name, "at": time.time(), "host": os.uname().nodename,
+              "title": title[:TITLE_MAX], "message": message[:MESSAGE_MAX]}
+    temp = os.path.join(OUTBOX, f".{name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(temp, os.path.join(OUTBOX, name + ".json"))
+    return 0
+
+
+sys.exit(main(sys.argv[1:]))
+GW_NOTIFY
+    install_tool gw-run <<'GW_RUN'
+# gw-run [--title TITLE] -- CMD ARGS...: run CMD, show its output as usual, and when it
+# ends send its exit status, duration and last lines of output through gw-notify.
+# Exits with CMD's status (128+N when a signal N ended it).
+import collections, os, shlex, signal, socket, subprocess, sys, time
+
+TAIL_LINES, LINE_MAX = 20, 200
+USAGE = "usage: gw-run [--title TITLE] -- CMD ARGS..."
+
+
+def took(seconds):
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def run(args, tail):
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    partial = b""
+    while True:
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        lines = (partial + chunk).split(b"\n")
+        partial = lines.pop()[-LINE_MAX * 4:]  # a progress bar's \r updates, bounded
+        for line in lines:
+            tail.append(line)
+    if partial:
+        tail.append(partial)
+    status = proc.wait()
+    return 128 - status if status < 0 else status
+
+
+def main(args):
+    title = ""
+    if args[:1] == ["--title"] and len(args) > 1:
+        title, args = args[1], args[2:]
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr if not args else sys.stdout)
+        return 2 if not args else 0
+    # Ctrl-C reaches the command (same process group); gw-run stays to report its end.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    command = shlex.join(args)
+    started = time.monotonic()
+    tail = collections.deque(maxlen=TAIL_LINES)
+    try:
+        status = run(args, tail)
+    except OSError as exc:
+        status = 127
+        tail.append(f"gw-run: cannot run {args[0]}: {exc.strerror}".encode())
+    duration = took(time.monotonic() - started)
+    shown = [line.decode(errors="replace").rsplit("\r", 1)[-1][:LINE_MAX] for line in tail]
+    outcome = "finished" if status == 0 else "failed"
+    title = title or f"{command[:80]}: {outcome}"
+    message = "\n".join(
+        [f"{command[:300]} {outcome} with exit {status} after {duration} on "
+         f"{socket.gethostname()}."] + (["Last lines of output:"] + shown if shown else [])
+    )
+    notify = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gw-notify")
+    subprocess.run([sys.executable, notify, "--title", title, "--", message], check=False)
+    return status
+
+
+sys.exit(main(sys.argv[1:]))
+GW_RUN
+    say "gw-notify and gw-run installed in $GW_BIN (messages wait in $GW_OUTBOX for the gateway)"
+else
+    say "gw-notify and gw-run not installed (no python3, or $GW_BIN is not writable)"
+fi
 
 # -- 6. the endpoint's host key, pinned --------------------------------------------------
 printf 'colab-gateway-endpoint %s\n' "$GW_ENDPOINT_HOSTKEY" >"$GW_DIR/known_hosts"

@@ -231,6 +231,7 @@ def make_vm(
         "GW_AUTHORIZED_KEYS": str(vm_dir / "authorized_keys"),
         "GW_SSHD_EXTRA": "StrictModes no",
         "GW_INSTALL": "0",
+        "GW_BIN": str(vm_dir / "bin"),  # gw-notify, gw-run: not this machine's /usr/local/bin
         "GW_WAIT": "10",
         "GW_BACKOFF_MAX": "2",
     }
