@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 3
 
 .PHONY: help venv system-deps deps test test-arm64 lint format demo bench bench-tunnel bench-browser bench-sessions \
-	bench-recovery bench-idle bench-tmux bench-sync bench-sync-watch bench-snapshot-flush bench-vm-stats soak clean
+	bench-recovery bench-idle bench-tmux bench-sync bench-sync-watch bench-snapshot-flush bench-vm-stats bench-vm-messages soak clean
 
 help:
 	@echo "make test    install what the tests need, then run them all"
@@ -24,7 +24,7 @@ help:
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make soak    the whole daemon under faults for SOAK_MINUTES (20): does anything grow?"
 	@echo "make bench-tunnel | bench-browser | bench-recovery | bench-tmux | bench-sync | bench-sync-watch | bench-idle"
-	@echo "make bench-snapshot-flush | bench-sessions | bench-vm-stats"
+	@echo "make bench-snapshot-flush | bench-sessions | bench-vm-stats | bench-vm-messages"
 
 $(BIN)/colab-gateway: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,7 +83,7 @@ demo: deps
 	$(BIN)/colab-gateway demo
 
 bench: bench-tunnel bench-browser bench-sessions bench-recovery bench-tmux bench-sync bench-sync-watch bench-idle \
-	bench-snapshot-flush bench-vm-stats
+	bench-snapshot-flush bench-vm-stats bench-vm-messages
 
 bench-tunnel: deps
 	$(BIN)/python bench/bench_tunnel.py
@@ -119,6 +119,10 @@ bench-snapshot-flush: deps
 # What one VM-facts sample costs on the Pi and the VM, against a fresh ssh login (root).
 bench-vm-stats: deps
 	$(BIN)/python bench/bench_vm_stats.py
+
+# What one collection of a VM's gw-notify outbox costs, over the kept connection and alone.
+bench-vm-messages: deps
+	$(BIN)/python bench/bench_vm_messages.py
 
 # The whole daemon under accelerated faults; SOAK_MINUTES=120 for the long run. Its CSV,
 # plot and logs go to SOAK_OUT (default: a new temporary directory). docs/soak.md.

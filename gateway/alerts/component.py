@@ -19,7 +19,7 @@ from gateway.alerts.sender import Sender
 from gateway.component import Context
 from gateway.durations import format_duration
 from gateway.untrusted import untrusted
-from gateway.vm_ssh import VM_LOGIN, ssh_options
+from gateway.vm_ssh import VM_LOGIN, over_kept_connection, ssh_options
 from gateway.vocabulary import Health
 
 log = logging.getLogger("gateway.alerts")
@@ -99,7 +99,13 @@ class AlertsComponent:
         collectors = {
             s.name: vm_outbox.Collector(
                 s.name,
-                ["ssh", *ssh_options(config, s.name, ctx.paths), VM_LOGIN],
+                [
+                    "ssh",
+                    *ssh_options(config, s.name, ctx.paths),
+                    # The VM facts' kept connection when it is up: no login per collection.
+                    *over_kept_connection(ctx.paths.runtime_dir, s.name),
+                    VM_LOGIN,
+                ],
                 ctx.paths.state_dir / "vm-messages" / f"{s.name}.json",
                 host=host,
             )

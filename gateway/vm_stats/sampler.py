@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import tempfile
 import time
 from pathlib import Path
 
 from gateway.untrusted import untrusted
-from gateway.vm_ssh import VM_LOGIN
+from gateway.vm_ssh import VM_LOGIN, kept_connection
 from gateway.vm_stats.parse import OUTPUT_LIMIT, SAMPLE_SCRIPT
 
 MASTER_TIMEOUT = 15.0  # for the master's socket to appear (ConnectTimeout is 10 s)
 SAMPLE_TIMEOUT = 20.0  # one sample, however the VM behaves (nvidia-smi has 10 s)
 STDERR_LIMIT = 2000
-# sun_path holds 108 bytes; ssh adds ".XXXXXXXXXXXXXXXX" while it creates the socket.
-SOCKET_PATH_MAX = 90
 
 
 class SampleFailed(Exception):
@@ -34,10 +31,11 @@ class SampleFailed(Exception):
 
 
 def control_path(runtime_dir: Path, session: str) -> Path:
-    """Where the session's master listens: in the runtime directory (0750, the daemon's
-    own), or in a private directory under /tmp when that path is too long for a socket."""
-    path = runtime_dir / f"vm-{session}.ctl"
-    if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
+    """Where the session's master listens: ``vm_ssh.kept_connection`` (the VM's outbox is
+    collected over it too), or a private directory under /tmp when that path is too long
+    for a socket."""
+    path = kept_connection(runtime_dir, session)
+    if path is not None:
         return path
     return Path(tempfile.mkdtemp(prefix="cg-vm-")) / f"{session[:40]}.ctl"
 

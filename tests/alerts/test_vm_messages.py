@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from helpers.alerts import Inbox
 from helpers.tunnel import ColabVM, make_config, make_vm, running_endpoint, ssh_keygen
 
 from gateway.alerts.sender import Sender
-from gateway.alerts.vm_outbox import Collector, alert_for, parse_listing
+from gateway.alerts.vm_outbox import Collector, SSHFailed, alert_for, parse_listing
 from gateway.config import Config
 from gateway.paths import Paths
-from gateway.vm_ssh import VM_LOGIN, ssh_options
+from gateway.vm_ssh import VM_LOGIN, kept_connection, over_kept_connection, ssh_options
+from gateway.vm_stats.sampler import VmSampler
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Link:
     inbox: Inbox
     sender: Sender
     new_collector: Callable[[], Collector]  # as a restarted daemon would make it
+    ssh_options: list[str]
+    paths: Paths
 
     @property
     def outbox(self) -> Path:
@@ -75,7 +79,7 @@ def link(tmp_path: Path) -> Iterator[Link]:
                     outbox=str(vm.dir / "outbox"),
                 )
 
-            yield Link(vm, inbox, sender, new_collector)
+            yield Link(vm, inbox, sender, new_collector, ssh[1:-1], paths)
             sender.stop()
         finally:
             vm.stop()
@@ -143,6 +147,47 @@ def test_a_collection_cut_before_sending_delivers_on_the_next_one(link: Link) ->
     collect(link, again)
     assert list(link.outbox.glob("*.json")) == []
     assert link.inbox.count("checkpoint saved") == 1
+
+
+def test_a_collection_goes_over_the_vm_facts_kept_connection_when_it_is_up(
+    link: Link,
+) -> None:
+    """No login per collection while the VM facts keep their connection (gateway/vm_stats'
+    ControlMaster on vm_ssh.kept_connection): with the VM's port closed to new logins (the
+    options name a port nothing listens on), a collection still reads, sends and removes
+    over the kept connection; without it the same collection cannot log in."""
+    done = link.on_vm(link.tool("gw-notify"), "--title", "epoch 40", "kept connection")
+    assert done.returncode == 0, done.stderr
+    options = list(link.ssh_options)
+    options[options.index("-p") + 1] = str(free_port())  # new logins go nowhere
+    argv = ["ssh", *options, *over_kept_connection(link.paths.runtime_dir, "colab"), VM_LOGIN]
+    collector = Collector(
+        "colab",
+        argv,
+        link.paths.state_dir / "vm-messages" / "colab.json",
+        host="pi",
+        outbox=str(link.outbox),
+    )
+    with pytest.raises(SSHFailed):
+        collect(link, collector)  # no kept connection yet: a login of its own, refused
+    socket = kept_connection(link.paths.runtime_dir, "colab")
+    assert socket is not None
+    sampler = VmSampler(link.ssh_options, socket)  # the VM facts' master, on the real port
+
+    async def over_the_master() -> int:
+        await sampler.ensure_master()
+        try:
+            first = await collector.collect(link.sender.put, link.sender.has_left)
+            link.inbox.wait_for("epoch 40")
+            await asyncio.to_thread(wait_until, "sent", link.sender.idle)
+            return first + await collector.collect(link.sender.put, link.sender.has_left)
+        finally:
+            await sampler.close()
+
+    assert asyncio.run(over_the_master()) == 1, "read, sent, then removed on the VM"
+    assert sampler.logins == 1
+    assert list(link.outbox.glob("*.json")) == []
+    assert link.inbox.count("epoch 40") == 1
 
 
 def test_hostile_outbox_lines_are_escaped_bounded_or_refused() -> None:
