@@ -30,6 +30,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -445,13 +446,36 @@ def test_second_run_changes_nothing(deployed: Deployment) -> None:
     assert counts["changed"] == 0, changed_tasks(result.stdout)
 
 
+CONFIG_PATH = "/etc/colab-gateway/config.yaml"
+
+
+@contextlib.contextmanager
+def files_restored(m: Machine, *paths: str, then: Callable[[], object]) -> Iterator[None]:
+    """Puts ``paths`` back after the block, byte for byte with their mode and owner, then
+    calls ``then`` (the handler's reload or restart): the machine as deployed again for the
+    tests after this one (in any order: test_second_run_changes_nothing), as a play of the
+    inventory's own values would leave it, without that play's minute."""
+    saved = "/root/cgw-saved"
+    m.run(f"sudo rm -rf {saved} && sudo mkdir -m 0700 {saved}")
+    for number, path in enumerate(paths):
+        m.run(f"sudo cp -a {path} {saved}/{number}")
+    try:
+        yield
+    finally:
+        for number, path in enumerate(paths):
+            m.run(f"sudo cp -a {saved}/{number} {path}")
+        m.run(f"sudo rm -rf {saved}")
+        then()
+
+
 def test_changed_variable_reloads_without_a_restart(deployed: Deployment) -> None:
     """A config change reaches the daemon through the Reload handler (SIGHUP), in place."""
     m = deployed.machine
     pid = main_pid(m)
     journal = "journalctl -u colab-gateway -o cat --no-pager | grep -c 'reloading /etc'"
     reloads = int(m.run(f"sudo {journal}", check=False).stdout.strip() or 0)
-    try:
+    reload = partial(m.run, "sudo systemctl reload colab-gateway")
+    with files_restored(m, CONFIG_PATH, then=reload):
         result = deployed.play("-e", "colab_gateway_log_level=debug")
         assert result.returncode == 0, result.stdout[-6000:]
         assert changed_tasks(result.stdout) == [
@@ -464,11 +488,6 @@ def test_changed_variable_reloads_without_a_restart(deployed: Deployment) -> Non
         while int(m.run(f"sudo {journal}", check=False).stdout.strip() or 0) == reloads:
             assert time.monotonic() < deadline, "the daemon never logged the reload"
             time.sleep(0.5)
-    finally:
-        # Back to the inventory's own values, so that the tests after this one (in any
-        # order: test_second_run_changes_nothing) find the machine as deployed.
-        restored = deployed.play()
-        assert restored.returncode == 0, restored.stdout[-6000:]
 
 
 def test_a_change_to_unit_and_config_restarts_without_a_reload(deployed: Deployment) -> None:
@@ -478,7 +497,7 @@ def test_a_change_to_unit_and_config_restarts_without_a_reload(deployed: Deploym
     m = deployed.machine
     pid = main_pid(m)
     unit = "/etc/systemd/system/colab-gateway.service"
-    try:
+    with files_restored(m, unit, CONFIG_PATH, then=partial(restart_and_wait, m)):
         m.run(f"echo '# changed by hand' | sudo tee -a {unit}")
         result = deployed.play("-e", "colab_gateway_log_level=debug")
         assert result.returncode == 0, result.stdout[-6000:]
@@ -486,9 +505,6 @@ def test_a_change_to_unit_and_config_restarts_without_a_reload(deployed: Deploym
         assert handlers == ["RUNNING HANDLER [colab_gateway : Restart colab-gateway]"], handlers
         wait_active(m, "colab-gateway")
         assert main_pid(m) != pid
-    finally:
-        restored = deployed.play()
-        assert restored.returncode == 0, restored.stdout[-6000:]
 
 
 def test_broken_config_fails_validation_and_leaves_the_service(deployed: Deployment) -> None:
