@@ -149,15 +149,19 @@ def run_demo(
 def vm_facts_line(harness: Any, timeout: float = 40.0) -> str:
     """``VM facts: T4 87 %, VRAM 11.2/15 GB · RAM …``: what the daemon sampled from the
     first session's VM, as ``colab-gateway status`` shows it."""
-    from gateway.sim.harness import HarnessError
+    from gateway.sim.harness import SESSION, HarnessError
 
     def shown() -> str | None:
         vm = harness.session_facts().get("vm") or {}
         if vm.get("sampled_at") is None:
             return None
-        report: str = harness.cli("status")
+        # Exit status 1 while anything is degraded (the second notebook still coming up).
+        report: str = harness.cli("status", any_status=True)
+        session = None  # whose lines these are: the second notebook's VM has no GPU
         for line in report.splitlines():
-            if line.strip().startswith("VM "):
+            if line.startswith("  session "):
+                session = line.removeprefix("  session ").partition(":")[0]
+            elif session == SESSION and line.strip().startswith("VM "):
                 return line.strip().removeprefix("VM ")
         return None
 

@@ -65,6 +65,7 @@ class SessionStats:
         self.warned_for: str | None = None
         self.idle_since: float | None = None
         self.next_at = 0.0
+        self.stopping = False  # set by the component's stop: the loop ends at its next turn
 
     def publish(self, **facts: object) -> None:
         self.ctx.state.update_vm(self.name, **facts)
@@ -72,7 +73,7 @@ class SessionStats:
     async def run(self) -> None:
         version = -1
         try:
-            while True:
+            while not self.stopping:
                 session = self.ctx.state.view().sessions.get(self.name)
                 tunnel = session.tunnel if session is not None else None
                 vm = tunnel.hostkey_fingerprint if tunnel is not None and tunnel.up else None
@@ -156,6 +157,24 @@ class VmStatsComponent:
                         task.result()  # a crashed session crashes the component: restart
                 await ctx.sleep(LOOK_EVERY)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_all(sessions, tasks)
+
+
+STOP_TRIES = 20  # cancellations, STOP_TRY apart: within the daemon's shutdown_timeout
+STOP_TRY = 0.25
+
+
+async def stop_all(sessions: list[SessionStats], tasks: list[asyncio.Task[None]]) -> None:
+    """End every session's loop and its ssh master. Cancelled again until done: Python
+    3.11's wait_for (under State.wait_changed) can swallow a cancellation that comes as
+    the State changes, and a stop changes it a lot (the tunnel's ports released); the
+    ``stopping`` flag ends such a loop at its next turn anyway."""
+    for session in sessions:
+        session.stopping = True
+    pending = set(tasks)
+    for _ in range(STOP_TRIES):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=STOP_TRY)

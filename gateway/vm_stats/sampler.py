@@ -67,8 +67,9 @@ class VmSampler:
                 why = await self._master_error()
                 await self.close()
                 raise SampleFailed(f"ssh into the VM failed: {why}")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.master.wait(), 0.05)
+            # A plain sleep: Python 3.11's wait_for can swallow a cancellation that comes
+            # as the awaited thing finishes (the master exiting as the daemon stops).
+            await asyncio.sleep(0.05)
 
     async def _master_error(self) -> str:
         master = self.master

@@ -175,3 +175,41 @@ def test_the_demo_line_reads_the_facts_from_the_daemons_status(loop: Loop) -> No
     line = demo.vm_facts_line(h)
     assert line.startswith("VM facts: T4 87 %, VRAM 11.2/15 GB · RAM "), line
     assert "(sampled " in line
+
+
+def _masters(daemon_pid: int) -> list[psutil.Process]:
+    """The daemon's ssh ControlMasters (``ssh … -M -N …``)."""
+    found = []
+    for child in psutil.Process(daemon_pid).children(recursive=True):
+        try:
+            argv = child.cmdline()
+        except psutil.Error:
+            continue
+        if argv[:1] == ["ssh"] and "-M" in argv:
+            found.append(child)
+    return found
+
+
+def test_a_stop_ends_the_sampling_and_its_master_at_once(loop: Loop) -> None:
+    """SIGTERM (systemctl stop) while a VM is sampled every second: the daemon stops without
+    giving up on vm_stats (its shutdown_timeout), and the ssh master is gone with it. Before
+    the fix a stop that came as the State changed (the tunnel's ports released) could be
+    swallowed by Python 3.11's wait_for, and the daemon logged "gave up waiting for
+    vm_stats after 8s". The daemon is started again for the tests after this one."""
+    h = loop.h
+    assert h.daemon is not None
+    h.wait("a VM sampled", lambda: _vm(h).get("sampled_at") is not None, 30)
+    masters = _masters(h.daemon.pid)
+    assert masters, "the daemon keeps an ssh master to the VM"
+    log = h.logs_dir / "daemon.log"
+    before = log.read_text()
+    h.daemon.send_signal(signal.SIGTERM)
+    assert h.daemon.wait(30) == 0
+    said = log.read_text()[len(before) :]
+    assert "gateway: stopped" in said
+    assert "gave up waiting for vm_stats" not in said, said[-3000:]
+    _gone, alive = psutil.wait_procs(masters, timeout=5)
+    assert not alive, f"ssh masters left after the stop: {[p.pid for p in alive]}"
+    h.start_daemon()
+    h.wait("the tunnel back after the restart", h.tunnel_up, 90)
+    h.wait("the VM sampled again", lambda: _vm(h).get("sampled_at") is not None, 60)
