@@ -344,6 +344,12 @@ class Soak:
                     name = "idle"
                 else:
                     vm_changes.append(now)
+            # The faults see a login as one more prompt in the pane's history: a full
+            # history (tmux's history-limit, 2000 lines, full after about 30 minutes here)
+            # drops a line for each new one and the count stops growing. Found by the first
+            # long run: every tunnel fault after minute 31 "not recovered", the loop whole
+            # at once.
+            h.tmux("clear-history", "-t", h.pane, check=False)
             step = faults[name](h)
             self.steps.append(step)
             t = time.monotonic() - self.start
