@@ -51,7 +51,11 @@ class AlertsComponent:
         sender.start()
         started_at = state.started_at
         # Held here: a task nobody references may be collected mid-run.
-        collecting = asyncio.create_task(self._collect_vm_messages(ctx, sender))
+        collecting = (
+            asyncio.create_task(self._collect_vm_messages(ctx, sender))
+            if vm_outbox.EVENT in config.notify.events
+            else None
+        )
         try:
             previous = await asyncio.to_thread(run_marker.unclean_predecessor, marker, started_at)
             await asyncio.to_thread(run_marker.write, marker, started_at, clean=False)
@@ -80,21 +84,25 @@ class AlertsComponent:
                     wait = min(wait, max(0.05, watcher.next_due - now))
                 version = await state.wait_changed(version, timeout=wait)
                 ctx.progress()
+                if collecting is not None and collecting.done():
+                    # An unexpected error ended the collection: crash, so that the
+                    # component is restarted with backoff instead of going deaf.
+                    collecting.result()
+                    raise RuntimeError("the collection of the VMs' messages ended")
         except asyncio.CancelledError:
             # Stopped on purpose (shutdown or reload): the next start is no "restart".
             run_marker.write(marker, started_at, clean=True)
             raise
         finally:
-            collecting.cancel()
-            await asyncio.gather(collecting, return_exceptions=True)
+            if collecting is not None:
+                collecting.cancel()
+                await asyncio.gather(collecting, return_exceptions=True)
             await asyncio.to_thread(sender.stop)
 
     async def _collect_vm_messages(self, ctx: Context, sender: Sender) -> None:
         """Every ``notify.vm_messages_every``, each session's VM outbox (gw-notify, gw-run)
         while its tunnel is up: the only way the VM can reach the phone."""
         config = ctx.config
-        if vm_outbox.EVENT not in config.notify.events:
-            return
         host = socket.gethostname()
         collectors = {
             s.name: vm_outbox.Collector(

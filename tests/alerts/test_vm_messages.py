@@ -206,3 +206,37 @@ def test_hostile_outbox_lines_are_escaped_bounded_or_refused() -> None:
     assert "\x1b" not in alert.title and "\u202e" not in alert.title
     assert "\x07" not in alert.body and len(alert.body) < 1000
     assert "unreadable" in alert_for(messages[1], "colab", "pi").body
+
+
+def test_a_collection_that_breaks_unexpectedly_crashes_the_component_for_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error nobody planned for (a bug, not a failing ssh) must not leave the alerts
+    component running without collecting anything, silently: it ends the component, which
+    the daemon restarts with backoff (gateway/supervisor.py)."""
+    from gateway.alerts import vm_outbox
+    from gateway.alerts.component import AlertsComponent
+    from gateway.component import Context
+    from gateway.config import Duration, NotifyConfig, Secret, SessionConfig
+    from gateway.state import State
+
+    async def broken(self: Collector, *args: object) -> int:
+        raise ValueError("a bug in the collection")
+
+    monkeypatch.setattr(vm_outbox.Collector, "collect", broken)
+    config = Config(
+        sessions=[SessionConfig(name="colab", notebook_url="https://colab.example/drive/1")],
+        notify=NotifyConfig(
+            urls=[Secret("json://127.0.0.1:9/none")], vm_messages_every=Duration(5)
+        ),
+    )
+    paths = Paths(config=tmp_path / "config.yaml", state_dir=tmp_path, runtime_dir=tmp_path)
+
+    async def run() -> None:
+        state = State()
+        state.attach(asyncio.get_running_loop())
+        state.update_tunnel("colab", up=True)
+        await asyncio.wait_for(AlertsComponent().run(Context("alerts", config, paths, state)), 60)
+
+    with pytest.raises(ValueError, match="a bug in the collection"):
+        asyncio.run(run())
