@@ -18,9 +18,14 @@ BODY_LIMIT = 1 << 20  # of one post; apprise's json:// sends a few KB
 
 
 class Inbox:
-    def __init__(self) -> None:
-        self.received = 0  # every post, also those no longer kept
-        self.posts: list[dict[str, Any]] = []  # the newest KEPT: title, message, type...
+    """``fail_first``: answer the first N posts with HTTP 500 (a service having a bad
+    minute: tests of the sender's retries)."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.fail_first = fail_first
+        self.refused = 0
+        self.received = 0  # every post taken, also those no longer kept
+        self.posts: list[dict[str, Any]] = []  # the newest KEPT: title, message, path...
         self._lock = threading.Lock()
         inbox = self
 
@@ -31,10 +36,16 @@ class Inbox:
                     post = json.loads(self.rfile.read(length) or b"{}")
                 except ValueError:
                     post = {}
+                if not isinstance(post, dict):
+                    post = {}
                 with inbox._lock:
-                    inbox.received += 1
-                    inbox.posts = [*inbox.posts, post if isinstance(post, dict) else {}][-KEPT:]
-                self.send_response(200)
+                    refuse = inbox.refused < inbox.fail_first
+                    if refuse:
+                        inbox.refused += 1
+                    else:
+                        inbox.received += 1
+                        inbox.posts = [*inbox.posts, {**post, "path": self.path}][-KEPT:]
+                self.send_response(500 if refuse else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
