@@ -35,6 +35,7 @@ from helpers.deploy import (
     cache_lock,
     changed_tasks,
     main_pid,
+    run_playbook,
     tmux_server,
 )
 from test_deploy import (
@@ -153,23 +154,13 @@ def play_release(
     controller: Controller, inventory: Path, workdir: Path, release: Release, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     """The release's own playbook and role, with its wheel."""
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(release.tree / "ansible/ansible.cfg"),
-        "ANSIBLE_HOME": str(workdir / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-tmp"),
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(workdir / "cp"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "0",
-    }
-    command = [
-        str(controller.playbook),
-        *("-i", str(inventory), str(release.tree / "ansible/playbook.yml")),
+    return run_playbook(
+        controller,
+        inventory,
+        workdir,
         *("-e", f"colab_gateway_wheel={release.wheel}"),
         *extra,
-    ]
-    return subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=PLAYBOOK_TIMEOUT
+        tree=release.tree,
     )
 
 

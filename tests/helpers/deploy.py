@@ -496,11 +496,12 @@ def remove_python(root: Path) -> None:
 
 
 def run_playbook(
-    controller: Controller, inventory: Path, workdir: Path, *extra: str
+    controller: Controller, inventory: Path, workdir: Path, *extra: str, tree: Path = REPO
 ) -> subprocess.CompletedProcess[str]:
+    """The playbook and role of ``tree``: this checkout's, or a release's source."""
     env = {
         **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible/ansible.cfg"),
+        "ANSIBLE_CONFIG": str(tree / "ansible/ansible.cfg"),
         "ANSIBLE_HOME": str(workdir / "ansible-home"),
         "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-tmp"),
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(workdir / "cp"),
@@ -511,7 +512,7 @@ def run_playbook(
         str(controller.playbook),
         "-i",
         str(inventory),
-        str(REPO / "ansible/playbook.yml"),
+        str(tree / "ansible/playbook.yml"),
         *extra,
     ]
     return subprocess.run(
